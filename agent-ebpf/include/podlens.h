@@ -1,0 +1,123 @@
+/* SPDX-License-Identifier: GPL-2.0-only OR MIT */
+/*
+ * Structures shared between the kernel programs and the agent.
+ *
+ * This header is the single source of truth. agent-ebpf/src/lib.rs mirrors
+ * every struct in Rust, and its tests compare sizes and field offsets with the
+ * BTF that clang emits for the compiled object, so a change here that is not
+ * mirrored there fails the build's tests rather than corrupting records.
+ */
+#ifndef PODLENS_H
+#define PODLENS_H
+
+/* Default capacity of each of the two flow maps (userspace may override). */
+#define PL_FLOW_MAP_ENTRIES 65536
+/* IPv6 extension headers skipped before giving up on finding L4. */
+#define PL_IPV6_MAX_EXT_HDRS 8
+/* Bytes of a cgroup path carried in a cgroup event (longer paths are truncated). */
+#define PL_CGROUP_PATH_LEN 256
+
+#define PL_FAMILY_IPV4 4
+#define PL_FAMILY_IPV6 6
+
+#define PL_DIR_EGRESS 0
+#define PL_DIR_INGRESS 1
+
+/*
+ * Per-CPU counter slots. Every place a program can lose or reject data has a
+ * slot; the agent exports them all and carries them in-band in the stream.
+ * Append only: the numbers are part of the agent<->kernel contract.
+ */
+enum pl_counter {
+	PL_CTR_PACKETS = 0,          /* packets seen by the flow programs */
+	PL_CTR_NON_IP = 1,           /* skb->protocol neither IPv4 nor IPv6 */
+	PL_CTR_TRUNCATED = 2,        /* a header could not be read: not attributed */
+	PL_CTR_MALFORMED = 3,        /* bad version / header length: not attributed */
+	PL_CTR_IPV6_EXT_LIMIT = 4,   /* more extension headers than we skip */
+	PL_CTR_FRAGMENTS = 5,        /* non-first fragments (recorded with ports 0) */
+	PL_CTR_NO_FLOW_MAP = 6,      /* no active flow map installed: not recorded */
+	PL_CTR_FLOW_MAP_FULL = 7,    /* new flow did not fit: sent as overflow event */
+	PL_CTR_FLOW_UPDATE_ERR = 8,  /* other insert error: sent as overflow event */
+	PL_CTR_OVERFLOW_LOST_PKTS = 9,  /* overflow event lost (ring full): packets */
+	PL_CTR_OVERFLOW_LOST_BYTES = 10, /* ... and their bytes */
+	PL_CTR_CGROUP_EVENTS = 11,   /* cgroup mkdir/rmdir events sent */
+	PL_CTR_CGROUP_EVENTS_LOST = 12, /* cgroup events lost (ring full) */
+	PL_CTR_MALFORMED_BYTES = 13, /* bytes of truncated/malformed/ext-limit packets */
+	PL_CTR_NON_IP_BYTES = 14,
+	PL_CTR_SLOTS = 32,
+};
+
+/* Event kinds on the shared "events" ring buffer. */
+enum pl_event_kind {
+	PL_EVENT_FLOW_OVERFLOW = 1,
+	PL_EVENT_CGROUP_MKDIR = 2,
+	PL_EVENT_CGROUP_RMDIR = 3,
+};
+
+/*
+ * One bidirectional flow, seen from the socket's side: for egress packets the
+ * local end is the source, for ingress packets the destination. Addresses are
+ * 16 bytes; IPv4 is stored as ::ffff:a.b.c.d with family = 4. Ports are in host
+ * byte order. For ICMP/ICMPv6 both ports hold the echo identifier (echo request
+ * and reply share one record) or, for other messages, (type << 8 | code).
+ * Non-first fragments and protocols without ports have ports 0.
+ */
+struct flow_key {
+	__u64 cgroup_id;
+	__u8 local_addr[16];
+	__u8 remote_addr[16];
+	__u16 local_port;
+	__u16 remote_port;
+	__u8 protocol;
+	__u8 family;
+	__u8 _pad[2];
+};
+
+/*
+ * Counts for one direction. Bytes are L3 bytes (IP header, extension headers,
+ * transport header and payload, no link layer) per wire segment: a GSO/GRO
+ * aggregate of n segments counts n packets and its header bytes n times.
+ */
+struct flow_counts {
+	__u64 bytes;
+	__u64 packets;
+	__u32 syn;
+	__u32 fin;
+	__u32 rst;
+	__u8 tcp_flags; /* OR of the TCP flags seen (FIN=0x01 ... CWR=0x80) */
+	__u8 _pad[3];
+};
+
+struct flow_value {
+	struct flow_counts dir[2]; /* indexed by PL_DIR_* */
+	__u64 first_seen_ns;       /* bpf_ktime_get_ns() */
+	__u64 last_seen_ns;
+};
+
+struct pl_event_header {
+	__u32 kind; /* enum pl_event_kind */
+	__u32 _pad;
+	__u64 ts_ns;
+};
+
+/* A packet whose flow could not be inserted into the flow map. */
+struct flow_overflow_event {
+	struct pl_event_header hdr;
+	struct flow_key key;
+	__u64 bytes;
+	__u64 packets;
+	__u8 direction; /* PL_DIR_* */
+	__u8 tcp_flags;
+	__u8 _pad[6];
+};
+
+/* A cgroup (v2 hierarchy) was created or removed. */
+struct cgroup_event {
+	struct pl_event_header hdr;
+	__u64 cgroup_id;
+	__u32 path_len; /* bytes copied, including the NUL; PL_CGROUP_PATH_LEN = maybe truncated */
+	__u32 _pad;
+	char path[PL_CGROUP_PATH_LEN]; /* relative to the cgroup2 root, starts with '/' */
+};
+
+#endif /* PODLENS_H */

@@ -1,0 +1,15 @@
+// SPDX-License-Identifier: GPL-2.0-only OR MIT
+/*
+ * Never loaded. One global per shared struct so that the object's BTF carries
+ * their complete layout (clang only emits types that globals or functions
+ * reference), for the Rust mirror's layout tests.
+ */
+#include "vmlinux.h"
+#include "podlens.h"
+
+struct flow_key pl_layout_flow_key;
+struct flow_counts pl_layout_flow_counts;
+struct flow_value pl_layout_flow_value;
+struct pl_event_header pl_layout_event_header;
+struct flow_overflow_event pl_layout_flow_overflow_event;
+struct cgroup_event pl_layout_cgroup_event;

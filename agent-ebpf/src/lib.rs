@@ -1,0 +1,379 @@
+//! podlens kernel programs and the Rust mirror of the structs they share with
+//! the agent.
+//!
+//! The C header `include/podlens.h` is the source of truth. Every struct here is
+//! `#[repr(C)]` and checked field by field against the BTF that clang emitted
+//! for the compiled object (see `layout_tests`), so a drift between the two is a
+//! test failure, not a silently corrupted record.
+
+#![deny(missing_docs)]
+
+#[cfg(test)]
+mod btf;
+
+/// An 8-byte aligned wrapper so the embedded ELF can be parsed in place.
+#[repr(C, align(8))]
+struct Aligned<B: ?Sized>(B);
+
+static PODLENS_OBJ: &Aligned<[u8]> =
+    &Aligned(*include_bytes!(concat!(env!("OUT_DIR"), "/podlens.bpf.o")));
+
+/// The compiled `podlens.bpf.c` object: flow accounting (cgroup_skb) and cgroup
+/// lifecycle tracking (tp_btf).
+pub fn podlens_object() -> &'static [u8] {
+    &PODLENS_OBJ.0
+}
+
+/// Program names in the object, as aya finds them.
+pub mod programs {
+    /// cgroup_skb/egress flow accounting.
+    pub const FLOW_EGRESS: &str = "podlens_flow_egress";
+    /// cgroup_skb/ingress flow accounting.
+    pub const FLOW_INGRESS: &str = "podlens_flow_ingress";
+    /// tp_btf/cgroup_mkdir.
+    pub const CGROUP_MKDIR: &str = "podlens_cgroup_mkdir";
+    /// tp_btf/cgroup_rmdir.
+    pub const CGROUP_RMDIR: &str = "podlens_cgroup_rmdir";
+}
+
+/// Map names in the object.
+pub mod maps {
+    /// ARRAY_OF_MAPS with one slot: the active flow map.
+    pub const FLOW_MAPS: &str = "flow_maps";
+    /// PERCPU_ARRAY of u64 loss/error counters, indexed by [`crate::Counter`].
+    pub const COUNTERS: &str = "counters";
+    /// Ring buffer of rare events ([`crate::EventKind`]).
+    pub const EVENTS: &str = "events";
+}
+
+/// Default capacity of each flow map (`PL_FLOW_MAP_ENTRIES`).
+pub const FLOW_MAP_ENTRIES: u32 = 65536;
+/// Number of slots in the counters map (`PL_CTR_SLOTS`).
+pub const COUNTER_SLOTS: u32 = 32;
+/// Bytes of a cgroup path carried in a cgroup event (`PL_CGROUP_PATH_LEN`).
+pub const CGROUP_PATH_LEN: usize = 256;
+/// `flow_key.family` for IPv4 (stored as `::ffff:a.b.c.d`).
+pub const FAMILY_IPV4: u8 = 4;
+/// `flow_key.family` for IPv6.
+pub const FAMILY_IPV6: u8 = 6;
+/// Index of the egress direction in `flow_value.dir`.
+pub const DIR_EGRESS: usize = 0;
+/// Index of the ingress direction in `flow_value.dir`.
+pub const DIR_INGRESS: usize = 1;
+
+/// Per-CPU counter slots (`enum pl_counter`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum Counter {
+    /// Packets seen by the flow programs.
+    Packets = 0,
+    /// skb->protocol neither IPv4 nor IPv6.
+    NonIp = 1,
+    /// A header could not be read completely; the packet is not attributed.
+    Truncated = 2,
+    /// Bad IP version or header length; the packet is not attributed.
+    Malformed = 3,
+    /// More IPv6 extension headers than the program skips; not attributed.
+    Ipv6ExtLimit = 4,
+    /// Non-first fragments (recorded with ports 0).
+    Fragments = 5,
+    /// No active flow map was installed; the packet was not recorded.
+    NoFlowMap = 6,
+    /// A new flow did not fit in the flow map and went out as an overflow event.
+    FlowMapFull = 7,
+    /// Another insert error; the packet went out as an overflow event.
+    FlowUpdateErr = 8,
+    /// Overflow events lost because the ring buffer was full: packets.
+    OverflowLostPackets = 9,
+    /// Overflow events lost because the ring buffer was full: bytes.
+    OverflowLostBytes = 10,
+    /// Cgroup lifecycle events sent.
+    CgroupEvents = 11,
+    /// Cgroup lifecycle events lost because the ring buffer was full.
+    CgroupEventsLost = 12,
+    /// Bytes of truncated, malformed or extension-limited packets.
+    MalformedBytes = 13,
+    /// Bytes of non-IP packets.
+    NonIpBytes = 14,
+}
+
+impl Counter {
+    /// Every counter, in slot order.
+    pub const ALL: [Counter; 15] = [
+        Counter::Packets,
+        Counter::NonIp,
+        Counter::Truncated,
+        Counter::Malformed,
+        Counter::Ipv6ExtLimit,
+        Counter::Fragments,
+        Counter::NoFlowMap,
+        Counter::FlowMapFull,
+        Counter::FlowUpdateErr,
+        Counter::OverflowLostPackets,
+        Counter::OverflowLostBytes,
+        Counter::CgroupEvents,
+        Counter::CgroupEventsLost,
+        Counter::MalformedBytes,
+        Counter::NonIpBytes,
+    ];
+
+    /// Stable snake_case name, used in metrics and in the stream.
+    pub fn name(self) -> &'static str {
+        match self {
+            Counter::Packets => "packets",
+            Counter::NonIp => "non_ip",
+            Counter::Truncated => "truncated",
+            Counter::Malformed => "malformed",
+            Counter::Ipv6ExtLimit => "ipv6_ext_limit",
+            Counter::Fragments => "fragments",
+            Counter::NoFlowMap => "no_flow_map",
+            Counter::FlowMapFull => "flow_map_full",
+            Counter::FlowUpdateErr => "flow_update_err",
+            Counter::OverflowLostPackets => "overflow_lost_packets",
+            Counter::OverflowLostBytes => "overflow_lost_bytes",
+            Counter::CgroupEvents => "cgroup_events",
+            Counter::CgroupEventsLost => "cgroup_events_lost",
+            Counter::MalformedBytes => "malformed_bytes",
+            Counter::NonIpBytes => "non_ip_bytes",
+        }
+    }
+}
+
+/// Event kinds on the events ring buffer (`enum pl_event_kind`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum EventKind {
+    /// [`FlowOverflowEvent`].
+    FlowOverflow = 1,
+    /// [`CgroupEvent`], cgroup created.
+    CgroupMkdir = 2,
+    /// [`CgroupEvent`], cgroup removed.
+    CgroupRmdir = 3,
+}
+
+impl EventKind {
+    /// Maps the raw kind; `None` for a kind this agent does not know.
+    pub fn from_raw(kind: u32) -> Option<Self> {
+        match kind {
+            1 => Some(EventKind::FlowOverflow),
+            2 => Some(EventKind::CgroupMkdir),
+            3 => Some(EventKind::CgroupRmdir),
+            _ => None,
+        }
+    }
+}
+
+/// `struct flow_key`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowKey {
+    /// cgroup v2 id of the socket (inode number of the cgroup directory).
+    pub cgroup_id: u64,
+    /// Local address; IPv4 as `::ffff:a.b.c.d`.
+    pub local_addr: [u8; 16],
+    /// Remote address; IPv4 as `::ffff:a.b.c.d`.
+    pub remote_addr: [u8; 16],
+    /// Local port, host byte order.
+    pub local_port: u16,
+    /// Remote port, host byte order.
+    pub remote_port: u16,
+    /// IP protocol number.
+    pub protocol: u8,
+    /// [`FAMILY_IPV4`] or [`FAMILY_IPV6`].
+    pub family: u8,
+    /// Always zero.
+    pub _pad: [u8; 2],
+}
+
+/// `struct flow_counts`: one direction of a flow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowCounts {
+    /// L3 bytes per wire segment.
+    pub bytes: u64,
+    /// Wire segments.
+    pub packets: u64,
+    /// Packets with SYN.
+    pub syn: u32,
+    /// Packets with FIN.
+    pub fin: u32,
+    /// Packets with RST.
+    pub rst: u32,
+    /// OR of the TCP flags seen.
+    pub tcp_flags: u8,
+    /// Always zero.
+    pub _pad: [u8; 3],
+}
+
+/// `struct flow_value`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowValue {
+    /// Indexed by [`DIR_EGRESS`] / [`DIR_INGRESS`].
+    pub dir: [FlowCounts; 2],
+    /// `bpf_ktime_get_ns()` of the first packet.
+    pub first_seen_ns: u64,
+    /// `bpf_ktime_get_ns()` of the last packet.
+    pub last_seen_ns: u64,
+}
+
+/// `struct pl_event_header`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventHeader {
+    /// Raw [`EventKind`].
+    pub kind: u32,
+    /// Always zero.
+    pub _pad: u32,
+    /// `bpf_ktime_get_ns()` when the event was produced.
+    pub ts_ns: u64,
+}
+
+/// `struct flow_overflow_event`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowOverflowEvent {
+    /// Common header.
+    pub hdr: EventHeader,
+    /// The flow that did not fit.
+    pub key: FlowKey,
+    /// L3 bytes of the packet (GSO-expanded).
+    pub bytes: u64,
+    /// Wire segments of the packet.
+    pub packets: u64,
+    /// [`DIR_EGRESS`] or [`DIR_INGRESS`].
+    pub direction: u8,
+    /// TCP flags of the packet.
+    pub tcp_flags: u8,
+    /// Always zero.
+    pub _pad: [u8; 6],
+}
+
+/// `struct cgroup_event`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CgroupEvent {
+    /// Common header.
+    pub hdr: EventHeader,
+    /// cgroup v2 id.
+    pub cgroup_id: u64,
+    /// Bytes copied into `path` including the NUL.
+    pub path_len: u32,
+    /// Always zero.
+    pub _pad: u32,
+    /// Path relative to the cgroup2 root, NUL terminated unless truncated.
+    pub path: [u8; CGROUP_PATH_LEN],
+}
+
+// SAFETY: all of these are plain `#[repr(C)]` data with no padding the kernel
+// leaves uninitialised (explicit `_pad` fields) and any bit pattern is valid.
+unsafe impl aya::Pod for FlowKey {}
+unsafe impl aya::Pod for FlowCounts {}
+unsafe impl aya::Pod for FlowValue {}
+
+#[cfg(test)]
+mod layout_tests {
+    use std::mem::{offset_of, size_of};
+
+    use super::*;
+    use crate::btf::{BtfLayout, StructLayout};
+
+    /// `layout.bpf.c` defines one global of each shared struct, so its BTF has
+    /// them all, laid out by the same clang invocation as the real programs.
+    static LAYOUT_OBJ: &Aligned<[u8]> =
+        &Aligned(*include_bytes!(concat!(env!("OUT_DIR"), "/layout.bpf.o")));
+
+    fn layout(name: &str) -> StructLayout {
+        BtfLayout::from_elf(&LAYOUT_OBJ.0)
+            .expect("the compiled object carries BTF")
+            .struct_layout(name)
+            .unwrap_or_else(|e| panic!("struct {name} in BTF: {e}"))
+    }
+
+    macro_rules! assert_layout {
+        ($c_name:literal, $ty:ty, [$($field:ident),+ $(,)?]) => {{
+            let l = layout($c_name);
+            assert_eq!(l.size, size_of::<$ty>(), "sizeof(struct {})", $c_name);
+            let mut checked = Vec::new();
+            $(
+                assert_eq!(
+                    l.offset_of(stringify!($field)),
+                    Some(offset_of!($ty, $field)),
+                    "offsetof(struct {}, {})", $c_name, stringify!($field)
+                );
+                checked.push(stringify!($field));
+            )+
+            let mut c_fields: Vec<&str> = l.members.iter().map(|m| m.name.as_str()).collect();
+            c_fields.sort_unstable();
+            checked.sort_unstable();
+            assert_eq!(c_fields, checked, "fields of struct {}", $c_name);
+        }};
+    }
+
+    #[test]
+    fn flow_key_matches_c() {
+        assert_layout!(
+            "flow_key",
+            FlowKey,
+            [
+                cgroup_id,
+                local_addr,
+                remote_addr,
+                local_port,
+                remote_port,
+                protocol,
+                family,
+                _pad
+            ]
+        );
+    }
+
+    #[test]
+    fn flow_counts_matches_c() {
+        assert_layout!(
+            "flow_counts",
+            FlowCounts,
+            [bytes, packets, syn, fin, rst, tcp_flags, _pad]
+        );
+    }
+
+    #[test]
+    fn flow_value_matches_c() {
+        assert_layout!("flow_value", FlowValue, [dir, first_seen_ns, last_seen_ns]);
+    }
+
+    #[test]
+    fn event_header_matches_c() {
+        assert_layout!("pl_event_header", EventHeader, [kind, _pad, ts_ns]);
+    }
+
+    #[test]
+    fn flow_overflow_event_matches_c() {
+        assert_layout!(
+            "flow_overflow_event",
+            FlowOverflowEvent,
+            [hdr, key, bytes, packets, direction, tcp_flags, _pad]
+        );
+    }
+
+    #[test]
+    fn cgroup_event_matches_c() {
+        assert_layout!(
+            "cgroup_event",
+            CgroupEvent,
+            [hdr, cgroup_id, path_len, _pad, path]
+        );
+    }
+
+    #[test]
+    fn counter_slots_fit_the_map() {
+        for c in Counter::ALL {
+            assert!((c as u32) < COUNTER_SLOTS, "{c:?}");
+        }
+        let names: std::collections::HashSet<_> = Counter::ALL.iter().map(|c| c.name()).collect();
+        assert_eq!(names.len(), Counter::ALL.len(), "counter names are unique");
+        for (i, c) in Counter::ALL.iter().enumerate() {
+            assert_eq!(*c as usize, i, "Counter::ALL is in slot order");
+        }
+    }
+}
