@@ -1,0 +1,130 @@
+//! Command-line flags, each with an environment twin.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{Parser, ValueEnum};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum KubeMode {
+    /// Use the Kubernetes API when running in a cluster (KUBERNETES_SERVICE_HOST set).
+    Auto,
+    /// Always use the Kubernetes API (fails if no configuration is found).
+    On,
+    /// Never use the Kubernetes API.
+    Off,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "podlens-agent", version, about = "podlens node agent: per-pod network flows from eBPF")]
+pub struct AgentArgs {
+    /// Run an embedded collector in this process and serve the Observe API locally.
+    #[arg(long, env = "PODLENS_STANDALONE")]
+    pub standalone: bool,
+
+    /// Address of the Observe API in standalone mode. Flows are sensitive: keep it on loopback.
+    #[arg(long, env = "PODLENS_LISTEN", default_value = "127.0.0.1:7700")]
+    pub listen: SocketAddr,
+
+    /// How often the kernel flow maps are drained into records (100ms..1h).
+    #[arg(long, env = "PODLENS_INTERVAL", default_value = "5s", value_parser = parse_interval)]
+    pub interval: Duration,
+
+    /// Name of this node (Kubernetes: from the downward API). Defaults to the host name.
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+
+    /// Pod metadata from a file in `kubectl get pods -A -o yaml` form, reloaded when it changes.
+    #[arg(long, env = "PODLENS_PODS_FILE")]
+    pub pods_file: Option<PathBuf>,
+
+    /// Pod metadata from the Kubernetes API (watch of this node's pods).
+    #[arg(long, env = "PODLENS_KUBE", value_enum, default_value = "auto")]
+    pub kube: KubeMode,
+
+    /// cgroup2 mount to attach to and resolve ids in (default: found in /proc/self/mountinfo).
+    #[arg(long, env = "PODLENS_CGROUP_ROOT")]
+    pub cgroup_root: Option<PathBuf>,
+
+    /// Capacity of each of the two kernel flow maps (distinct flows per interval before overflow).
+    #[arg(long, env = "PODLENS_FLOW_MAP_ENTRIES", default_value_t = 65536,
+          value_parser = clap::value_parser!(u32).range(1024..=4_194_304))]
+    pub flow_map_entries: u32,
+
+    /// Size of the kernel events ring buffer in bytes (power of two, 4KiB..256MiB).
+    #[arg(long, env = "PODLENS_EVENTS_RING_BYTES", default_value_t = 262_144, value_parser = parse_ring_bytes)]
+    pub events_ring_bytes: u32,
+
+    /// Log format.
+    #[arg(long, env = "PODLENS_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// Log filter (tracing EnvFilter syntax), e.g. "info" or "podlens_agent=debug".
+    #[arg(long, env = "PODLENS_LOG", default_value = "info")]
+    pub log: String,
+}
+
+/// Parses "250ms", "5s", "2m", "1h".
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration: expected a number followed by ms, s, m or h"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(format!("{s:?} has unit {unit:?}: expected ms, s, m or h")),
+    }
+}
+
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_millis(100) || d > Duration::from_secs(3600) {
+        return Err(format!("{s:?} is out of range: the interval must be between 100ms and 1h"));
+    }
+    Ok(d)
+}
+
+fn parse_ring_bytes(s: &str) -> Result<u32, String> {
+    let n: u32 = s.parse().map_err(|_| format!("{s:?} is not a number of bytes"))?;
+    if !n.is_power_of_two() || !(4096..=256 << 20).contains(&n) {
+        return Err(format!("{n} must be a power of two between 4096 and 268435456"));
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("5").unwrap_err().contains("unit"));
+        assert!(parse_duration("fast").unwrap_err().contains("not a duration"));
+        assert!(parse_interval("10ms").unwrap_err().contains("between 100ms and 1h"));
+    }
+
+    #[test]
+    fn flags_parse_and_bad_values_name_the_input() {
+        let a = AgentArgs::try_parse_from(["podlens-agent", "--standalone", "--interval", "1s"]).unwrap();
+        assert!(a.standalone);
+        assert_eq!(a.interval, Duration::from_secs(1));
+        assert_eq!(a.listen, "127.0.0.1:7700".parse().unwrap());
+        let err = AgentArgs::try_parse_from(["podlens-agent", "--flow-map-entries", "10"]).unwrap_err().to_string();
+        assert!(err.contains("--flow-map-entries"), "{err}");
+        let err = AgentArgs::try_parse_from(["podlens-agent", "--events-ring-bytes", "5000"]).unwrap_err().to_string();
+        assert!(err.contains("power of two"), "{err}");
+        let err = AgentArgs::try_parse_from(["podlens-agent", "--listen", "nowhere"]).unwrap_err().to_string();
+        assert!(err.contains("--listen"), "{err}");
+    }
+}

@@ -1,0 +1,180 @@
+//! Loading and attaching the kernel programs (aya), and access to their maps.
+
+pub mod batch;
+pub mod events;
+pub mod flow_maps;
+
+use std::{
+    fs::File,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    maps::{MapData, PerCpuArray, RingBuf},
+    programs::{BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, Program, ProgramError},
+    Btf, Ebpf, EbpfLoader,
+};
+use podlens_agent_ebpf::{maps, programs, Counter};
+
+use self::flow_maps::{FlowMapError, FlowMaps};
+
+/// Load-time settings.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Entries per flow map (there are two).
+    pub flow_map_entries: u32,
+    /// Size of the events ring buffer in bytes (power of two, multiple of the page size).
+    pub events_ring_bytes: u32,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self { flow_map_entries: podlens_agent_ebpf::FLOW_MAP_ENTRIES, events_ring_bytes: 256 * 1024 }
+    }
+}
+
+const PERMISSION_HINT: &str =
+    "run as root, or grant the agent CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN (see README, Capabilities)";
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("loading the eBPF object: {source}; {hint}")]
+    Object { source: aya::EbpfError, hint: &'static str },
+    #[error("program {name} missing from the eBPF object")]
+    MissingProgram { name: &'static str },
+    #[error("map {name} missing from the eBPF object")]
+    MissingMap { name: &'static str },
+    #[error("map {name}: {source}")]
+    Map { name: &'static str, source: aya::maps::MapError },
+    #[error("loading program {name}: {source}; {hint}")]
+    Program { name: &'static str, source: ProgramError, hint: &'static str },
+    #[error("reading kernel BTF from /sys/kernel/btf/vmlinux: {0}")]
+    Btf(aya::BtfError),
+    #[error(transparent)]
+    FlowMaps(#[from] FlowMapError),
+    #[error("opening cgroup2 root {path}: {source}")]
+    CgroupRoot { path: PathBuf, source: std::io::Error },
+    #[error("attaching {name} to {path}: {source}; {hint}")]
+    Attach { name: &'static str, path: PathBuf, source: ProgramError, hint: &'static str },
+}
+
+fn hint_for(e: &dyn std::error::Error) -> &'static str {
+    let text = format!("{e} {:?}", e.source());
+    if text.contains("Operation not permitted") || text.contains("EPERM") || text.contains("os error 1)") {
+        PERMISSION_HINT
+    } else {
+        "see README, Troubleshooting"
+    }
+}
+
+/// The loaded object: programs verified, maps created, nothing attached yet.
+pub struct Kernel {
+    ebpf: Ebpf,
+    pub flow_maps: FlowMaps,
+    events: Option<RingBuf<MapData>>,
+    counters: PerCpuArray<MapData, u64>,
+}
+
+/// Which optional parts came up, for logs and the status API.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Features {
+    /// Flow programs attached to the cgroup2 root.
+    pub flows: bool,
+    /// cgroup mkdir/rmdir events (else identity relies on rescans).
+    pub cgroup_events: bool,
+}
+
+impl Kernel {
+    /// Loads and verifies every program and creates the maps.
+    pub fn load(opts: &LoadOptions) -> Result<Self, LoadError> {
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(maps::EVENTS, opts.events_ring_bytes)
+            .load(podlens_agent_ebpf::podlens_object())
+            .map_err(|source| {
+                let hint = hint_for(&source);
+                LoadError::Object { source, hint }
+            })?;
+
+        for name in [programs::FLOW_EGRESS, programs::FLOW_INGRESS] {
+            let prog: &mut CgroupSkb = program(&mut ebpf, name)?;
+            prog.load().map_err(|source| program_error(name, source))?;
+        }
+        let btf = Btf::from_sys_fs().map_err(LoadError::Btf)?;
+        for (name, tp) in [(programs::CGROUP_MKDIR, "cgroup_mkdir"), (programs::CGROUP_RMDIR, "cgroup_rmdir")] {
+            let prog: &mut BtfTracePoint = program(&mut ebpf, name)?;
+            prog.load(tp, &btf).map_err(|source| program_error(name, source))?;
+        }
+
+        let outer = take_map(&mut ebpf, maps::FLOW_MAPS)?;
+        let flow_maps = FlowMaps::new(outer, opts.flow_map_entries)?;
+        let events = take_map(&mut ebpf, maps::EVENTS)?;
+        let counters = take_map(&mut ebpf, maps::COUNTERS)?;
+        Ok(Self { ebpf, flow_maps, events: Some(events), counters })
+    }
+
+    /// Attaches the flow programs to the cgroup2 root in multi mode (other
+    /// programs there keep running) and the cgroup event programs. The flow
+    /// programs are required; cgroup events are optional.
+    pub fn attach(&mut self, cgroup_root: &Path) -> Result<Features, LoadError> {
+        let dir = File::open(cgroup_root)
+            .map_err(|source| LoadError::CgroupRoot { path: cgroup_root.to_path_buf(), source })?;
+        for (name, kind) in [
+            (programs::FLOW_EGRESS, CgroupSkbAttachType::Egress),
+            (programs::FLOW_INGRESS, CgroupSkbAttachType::Ingress),
+        ] {
+            let prog: &mut CgroupSkb = program(&mut self.ebpf, name)?;
+            prog.attach(&dir, kind, CgroupAttachMode::AllowMultiple).map_err(|source| {
+                let hint = hint_for(&source);
+                LoadError::Attach { name, path: cgroup_root.to_path_buf(), source, hint }
+            })?;
+        }
+        let mut features = Features { flows: true, cgroup_events: true };
+        for name in [programs::CGROUP_MKDIR, programs::CGROUP_RMDIR] {
+            let prog: &mut BtfTracePoint = program(&mut self.ebpf, name)?;
+            if let Err(e) = prog.attach() {
+                tracing::warn!(program = name, error = %e, "cgroup events unavailable; identity falls back to rescans");
+                features.cgroup_events = false;
+            }
+        }
+        Ok(features)
+    }
+
+    /// The events ring buffer, for the one reader.
+    pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
+        self.events.take()
+    }
+
+    /// A loaded program, for BPF_PROG_TEST_RUN in tests and benchmarks.
+    pub fn program_mut(&mut self, name: &str) -> Option<&mut Program> {
+        self.ebpf.program_mut(name)
+    }
+
+    /// Every counter summed over CPUs, in [`Counter::ALL`] order.
+    pub fn counters(&self) -> Result<Vec<(Counter, u64)>, aya::maps::MapError> {
+        Counter::ALL
+            .iter()
+            .map(|&c| Ok((c, self.counters.get(&(c as u32), 0)?.iter().sum())))
+            .collect()
+    }
+}
+
+fn program_error(name: &'static str, source: ProgramError) -> LoadError {
+    let hint = hint_for(&source);
+    LoadError::Program { name, source, hint }
+}
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, LoadError>
+where
+    &'a mut T: TryFrom<&'a mut Program, Error = ProgramError>,
+{
+    let prog = ebpf.program_mut(name).ok_or(LoadError::MissingProgram { name })?;
+    prog.try_into().map_err(|source| LoadError::Program { name, source, hint: "object and agent out of sync" })
+}
+
+fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, LoadError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(LoadError::MissingMap { name })?;
+    T::try_from(map).map_err(|source| LoadError::Map { name, source })
+}

@@ -1,0 +1,212 @@
+//! The agent's data path in userspace: every interval, drain the kernel flow
+//! maps, merge overflow events, resolve identities, attach the loss report and
+//! publish one batch. Kernel events are read continuously in between.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use aya::maps::{MapData, RingBuf};
+use podlens_agent_ebpf::Counter;
+use podlens_proto::v1 as pb;
+use tokio::{io::unix::AsyncFd, sync::watch};
+
+use crate::{
+    ebpf::{events, flow_maps::FlowMapError, Kernel},
+    flows::{unix_nanos, Clock, FlowWindow},
+    identity::Resolver,
+    losses::LossTracker,
+};
+
+/// Where batches go: the embedded collector, or (later) the exporter.
+pub trait Sink: Send + Sync {
+    fn publish(&self, batch: pb::Batch);
+}
+
+/// Userspace drop points, cumulative.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct UserCounters {
+    pub event_decode_errors: u64,
+    pub cgroup_paths_truncated: u64,
+    pub drain_errors: u64,
+}
+
+/// How often the ring buffer is read when the kernel does not wake us.
+const EVENT_POLL: Duration = Duration::from_millis(200);
+/// Earliest a map-full overflow may force an extra drain after the last one.
+const MIN_EARLY_DRAIN: Duration = Duration::from_secs(1);
+
+pub struct Pipeline {
+    kernel: Kernel,
+    events: AsyncFd<RingBuf<MapData>>,
+    pub resolver: Resolver,
+    window: FlowWindow,
+    window_start: u64,
+    last_drain: Instant,
+    node: pb::NodeIdentity,
+    sequence: u64,
+    losses: LossTracker,
+    user: UserCounters,
+    overflow_pending: bool,
+    sink: Arc<dyn Sink>,
+}
+
+impl Pipeline {
+    pub fn new(
+        mut kernel: Kernel,
+        resolver: Resolver,
+        node: pb::NodeIdentity,
+        sink: Arc<dyn Sink>,
+    ) -> std::io::Result<Self> {
+        let ring = kernel.take_events().ok_or_else(|| std::io::Error::other("events ring buffer already taken"))?;
+        // SAFETY: the ring buffer owns its map fd, which stays open and the
+        // same for as long as the AsyncFd owns the ring buffer.
+        let events = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        Ok(Self {
+            kernel,
+            events,
+            resolver,
+            window: FlowWindow::default(),
+            window_start: unix_nanos(std::time::SystemTime::now()),
+            last_drain: Instant::now(),
+            node,
+            sequence: 0,
+            losses: LossTracker::default(),
+            user: UserCounters::default(),
+            overflow_pending: false,
+            sink,
+        })
+    }
+
+    /// Reads every pending kernel event; returns how many.
+    pub fn poll_events(&mut self) -> usize {
+        let mut n = 0;
+        let ring = self.events.get_mut();
+        while let Some(item) = ring.next() {
+            n += 1;
+            match events::decode(&item) {
+                Ok(events::Event::FlowOverflow(e)) => {
+                    self.window.add_overflow(&e);
+                    self.overflow_pending = true;
+                }
+                Ok(events::Event::CgroupMkdir { id, path }) => {
+                    if events::path_truncated(&path) {
+                        // A cut path would misattribute: let a rescan find the real one.
+                        self.user.cgroup_paths_truncated += 1;
+                    } else {
+                        self.resolver.cgroups.insert(id, &path);
+                    }
+                }
+                Ok(events::Event::CgroupRmdir { id, path }) => {
+                    self.resolver.cgroups.remove(id, &path, Instant::now());
+                }
+                Err(e) => {
+                    self.user.event_decode_errors += 1;
+                    tracing::warn!(error = %e, "undecodable kernel event");
+                }
+            }
+        }
+        n
+    }
+
+    /// Ends the window: drains the kernel, builds and publishes one batch.
+    pub fn end_window(&mut self) -> Result<usize, FlowMapError> {
+        let entries = tokio::task::block_in_place(|| self.kernel.flow_maps.drain());
+        let entries = match entries {
+            Ok(e) => e,
+            Err(e) => {
+                self.user.drain_errors += 1;
+                return Err(e);
+            }
+        };
+        // Overflow events submitted before the swap are already in the ring.
+        self.poll_events();
+        self.window.add_kernel(entries);
+        self.last_drain = Instant::now();
+        self.overflow_pending = false;
+
+        let window_end = unix_nanos(std::time::SystemTime::now());
+        let window = (self.window_start, window_end);
+        self.window_start = window_end;
+        let flows = std::mem::take(&mut self.window);
+        let bad_direction = flows.bad_overflow_events;
+        let clock = Clock::now();
+        let mut records = {
+            let mut ids = self.resolver.window(flows.cgroup_ids().collect::<Vec<_>>());
+            flows.into_records(&self.node.name, window, &clock, &mut ids)
+        };
+        let n = records.len();
+        self.user.event_decode_errors += bad_direction;
+        records.push(pb::Record {
+            node: self.node.name.clone(),
+            window_start_unix_nano: window.0,
+            window_end_unix_nano: window.1,
+            kind: Some(pb::record::Kind::Loss(self.loss_report())),
+        });
+        self.sequence += 1;
+        self.sink.publish(pb::Batch { node: Some(self.node.clone()), sequence: self.sequence, records });
+        Ok(n)
+    }
+
+    fn loss_report(&mut self) -> pb::LossReport {
+        let mut totals: Vec<(&'static str, &'static str, u64)> = Vec::new();
+        match self.kernel.counters() {
+            Ok(counters) => {
+                totals.extend(counters.into_iter().filter(|(c, _)| c.is_loss()).map(|(c, v)| ("kernel", c.name(), v)))
+            }
+            Err(e) => tracing::warn!(error = %e, "reading kernel counters failed"),
+        }
+        let id = self.resolver.stats();
+        totals.extend([
+            ("ringbuf", "decode_error", self.user.event_decode_errors),
+            ("identity", "cgroup_path_truncated", self.user.cgroup_paths_truncated),
+            ("identity", "unresolved_cgroup", id.unresolved_cgroups),
+            ("identity", "unknown_layout", id.unknown_layouts),
+            ("identity", "pod_without_metadata", id.pods_without_metadata),
+            ("agent", "drain_error", self.user.drain_errors),
+        ]);
+        self.losses.report(totals)
+    }
+
+    /// Kernel counters (summed), for logs and tests.
+    pub fn kernel_counters(&self) -> Vec<(Counter, u64)> {
+        self.kernel.counters().unwrap_or_default()
+    }
+
+    /// Runs until `shutdown` flips, then flushes one last window.
+    pub async fn run(mut self, interval: Duration, mut shutdown: watch::Receiver<bool>) -> Self {
+        let start = tokio::time::Instant::now();
+        let mut tick = tokio::time::interval_at(start + interval, interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut poll = tokio::time::interval(EVENT_POLL);
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                _ = tick.tick() => self.drain_logged(),
+                ready = self.events.readable_mut() => {
+                    if let Ok(mut guard) = ready {
+                        guard.clear_ready();
+                    }
+                    self.poll_events();
+                }
+                _ = poll.tick() => { self.poll_events(); }
+            }
+            if self.overflow_pending && self.last_drain.elapsed() >= MIN_EARLY_DRAIN {
+                tracing::info!("flow map full: draining early");
+                self.drain_logged();
+                tick.reset();
+            }
+        }
+        self.drain_logged();
+        self
+    }
+
+    fn drain_logged(&mut self) {
+        match self.end_window() {
+            Ok(n) => tracing::debug!(flows = n, sequence = self.sequence, "window published"),
+            Err(e) => tracing::error!(error = %e, "draining the flow maps failed"),
+        }
+    }
+}

@@ -1,0 +1,26 @@
+//! `podlens`: the command-line client for agents and collectors.
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use podlens_collector::cli;
+
+#[derive(Parser)]
+#[command(name = "podlens", version, about = "Per-pod network, DNS and pressure telemetry from podlens agents and collectors")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print live records as a table or JSON lines.
+    Observe(cli::observe::ObserveArgs),
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Observe(args) => cli::observe::run(args).await,
+    }
+}

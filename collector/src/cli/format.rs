@@ -1,0 +1,257 @@
+//! How the CLI prints records: JSON lines (stable, documented in the README)
+//! or a table for people.
+
+use std::net::IpAddr;
+
+use podlens_proto::v1::{self as pb, record::Kind, workload};
+use serde_json::{json, Value};
+
+/// IANA protocol number to a name.
+pub fn protocol_name(p: u32) -> String {
+    match p {
+        1 => "ICMP".into(),
+        6 => "TCP".into(),
+        17 => "UDP".into(),
+        58 => "ICMPv6".into(),
+        132 => "SCTP".into(),
+        n => format!("proto-{n}"),
+    }
+}
+
+/// TCP flag bits to "SYN|ACK|FIN".
+pub fn tcp_flags(bits: u32) -> String {
+    const NAMES: [(u32, &str); 8] =
+        [(0x02, "SYN"), (0x10, "ACK"), (0x08, "PSH"), (0x01, "FIN"), (0x04, "RST"), (0x20, "URG"), (0x40, "ECE"), (0x80, "CWR")];
+    NAMES.iter().filter(|(b, _)| bits & b != 0).map(|(_, n)| *n).collect::<Vec<_>>().join("|")
+}
+
+fn qos(q: i32) -> &'static str {
+    match pb::QosClass::try_from(q) {
+        Ok(pb::QosClass::Guaranteed) => "Guaranteed",
+        Ok(pb::QosClass::Burstable) => "Burstable",
+        Ok(pb::QosClass::BestEffort) => "BestEffort",
+        _ => "",
+    }
+}
+
+fn runtime(r: i32) -> &'static str {
+    match pb::ContainerRuntime::try_from(r) {
+        Ok(pb::ContainerRuntime::Containerd) => "containerd",
+        Ok(pb::ContainerRuntime::Crio) => "cri-o",
+        Ok(pb::ContainerRuntime::Docker) => "docker",
+        _ => "",
+    }
+}
+
+fn pod_json(p: &pb::PodRef) -> Value {
+    json!({
+        "uid": p.uid, "namespace": p.namespace, "name": p.name,
+        "container_id": p.container_id, "container_name": p.container_name,
+        "qos_class": qos(p.qos_class), "runtime": runtime(p.runtime),
+    })
+}
+
+fn counts_json(c: Option<&pb::FlowCounts>) -> Value {
+    let c = c.cloned().unwrap_or_default();
+    json!({"bytes": c.bytes, "packets": c.packets, "syn": c.syn, "fin": c.fin, "rst": c.rst, "tcp_flags": tcp_flags(c.tcp_flags)})
+}
+
+/// One record as a JSON object (one line of `podlens observe -o json`).
+pub fn record_json(r: &pb::Record) -> Value {
+    let mut v = match &r.kind {
+        Some(Kind::Flow(f)) => flow_json(f),
+        Some(Kind::Loss(l)) => json!({
+            "kind": "loss",
+            "counters": l.counters.iter().map(|c| json!({"source": c.source, "reason": c.reason, "total": c.total, "delta": c.delta})).collect::<Vec<_>>(),
+        }),
+        None => json!({"kind": "unknown"}),
+    };
+    v["node"] = json!(r.node);
+    v["window_start_unix_nano"] = json!(r.window_start_unix_nano);
+    v["window_end_unix_nano"] = json!(r.window_end_unix_nano);
+    v
+}
+
+fn flow_json(f: &pb::FlowRecord) -> Value {
+    let local = f.local.clone().unwrap_or_default();
+    let (pod, host_unit) = match &local.kind {
+        Some(workload::Kind::Pod(p)) => (pod_json(p), Value::Null),
+        Some(workload::Kind::Host(h)) => (Value::Null, json!(h.unit)),
+        None => (Value::Null, Value::Null),
+    };
+    let remote = f.remote.clone().unwrap_or_default();
+    json!({
+        "kind": "flow",
+        "local": {
+            "cgroup_id": local.cgroup_id, "cgroup_path": local.cgroup_path,
+            "pod": pod, "host_unit": host_unit, "unknown_layout": local.unknown_layout,
+            "ip": f.local_ip, "port": f.local_port,
+        },
+        "remote": {
+            "ip": remote.ip, "port": remote.port,
+            "pod": remote.pod.as_ref().map(pod_json).unwrap_or(Value::Null),
+            "fqdn": remote.fqdn,
+        },
+        "protocol": protocol_name(f.protocol),
+        "protocol_number": f.protocol,
+        "egress": counts_json(f.egress.as_ref()),
+        "ingress": counts_json(f.ingress.as_ref()),
+        "first_seen_unix_nano": f.first_seen_unix_nano,
+        "last_seen_unix_nano": f.last_seen_unix_nano,
+        "overflow": f.overflow,
+    })
+}
+
+/// Header of the table output.
+pub const TABLE_HEADER: &str = "NODE         LOCAL                              PROTO   LOCAL ADDR              REMOTE                                          TX BYTES/PKTS      RX BYTES/PKTS      FLAGS";
+
+fn endpoint(ip: &str, port: u32, protocol: u32) -> String {
+    let bracketed = match ip.parse::<IpAddr>() {
+        Ok(IpAddr::V6(_)) => format!("[{ip}]"),
+        _ => ip.to_string(),
+    };
+    if matches!(protocol, 6 | 17 | 132) {
+        format!("{bracketed}:{port}")
+    } else {
+        bracketed
+    }
+}
+
+fn who(local: &pb::Workload) -> String {
+    match &local.kind {
+        Some(workload::Kind::Pod(p)) if !p.name.is_empty() => format!("{}/{}", p.namespace, p.name),
+        Some(workload::Kind::Pod(p)) => format!("pod:{}", p.uid),
+        Some(workload::Kind::Host(h)) if local.unknown_layout => format!("?{}", h.unit),
+        Some(workload::Kind::Host(h)) if h.unit.is_empty() => "host:/".into(),
+        Some(workload::Kind::Host(h)) => format!("host:{}", h.unit),
+        None => format!("cgroup:{}", local.cgroup_id),
+    }
+}
+
+fn counts(c: Option<&pb::FlowCounts>) -> String {
+    let c = c.cloned().unwrap_or_default();
+    format!("{}/{}", c.bytes, c.packets)
+}
+
+fn clip(s: &str, width: usize) -> String {
+    if s.chars().count() <= width {
+        format!("{s:width$}")
+    } else {
+        let tail: String = s.chars().rev().take(width - 1).collect::<Vec<_>>().into_iter().rev().collect();
+        format!("…{tail}")
+    }
+}
+
+/// One record as a table line; `None` for records the table does not show
+/// (loss reports without losses in the window).
+pub fn record_line(r: &pb::Record) -> Option<String> {
+    match &r.kind {
+        Some(Kind::Flow(f)) => {
+            let remote = f.remote.clone().unwrap_or_default();
+            let mut peer = endpoint(&remote.ip, remote.port, f.protocol);
+            if let Some(p) = &remote.pod {
+                peer.push_str(&format!(" ({}/{})", p.namespace, p.name));
+            }
+            let flags = tcp_flags(f.egress.as_ref().map_or(0, |c| c.tcp_flags) | f.ingress.as_ref().map_or(0, |c| c.tcp_flags));
+            Some(format!(
+                "{} {} {:7} {} {} {:18} {:18} {}",
+                clip(&r.node, 12),
+                clip(&who(&f.local.clone().unwrap_or_default()), 34),
+                protocol_name(f.protocol),
+                clip(&endpoint(&f.local_ip, f.local_port, f.protocol), 23),
+                clip(&peer, 47),
+                counts(f.egress.as_ref()),
+                counts(f.ingress.as_ref()),
+                flags
+            ))
+        }
+        Some(Kind::Loss(l)) => {
+            let lost: Vec<String> =
+                l.counters.iter().filter(|c| c.delta > 0).map(|c| format!("{}/{}=+{}", c.source, c.reason, c.delta)).collect();
+            (!lost.is_empty()).then(|| format!("{} LOSS {}", clip(&r.node, 12), lost.join(" ")))
+        }
+        None => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> pb::Record {
+        pb::Record {
+            node: "node-1".into(),
+            window_start_unix_nano: 1,
+            window_end_unix_nano: 2,
+            kind: Some(Kind::Flow(pb::FlowRecord {
+                local: Some(pb::Workload {
+                    cgroup_id: 42,
+                    cgroup_path: "kubepods/burstable/podu1/abc".into(),
+                    kind: Some(workload::Kind::Pod(pb::PodRef {
+                        uid: "u1".into(),
+                        namespace: "shop".into(),
+                        name: "web".into(),
+                        qos_class: pb::QosClass::Burstable as i32,
+                        runtime: pb::ContainerRuntime::Containerd as i32,
+                        ..Default::default()
+                    })),
+                    unknown_layout: false,
+                }),
+                local_ip: "10.0.0.1".into(),
+                local_port: 43210,
+                remote: Some(pb::Peer { ip: "fd00::2".into(), port: 80, ..Default::default() }),
+                protocol: 6,
+                egress: Some(pb::FlowCounts { bytes: 100, packets: 2, syn: 1, tcp_flags: 0x12, ..Default::default() }),
+                ingress: None,
+                first_seen_unix_nano: 5,
+                last_seen_unix_nano: 6,
+                overflow: false,
+            })),
+        }
+    }
+
+    #[test]
+    fn json_fields_are_the_documented_ones() {
+        let v = record_json(&sample());
+        assert_eq!(v["kind"], "flow");
+        assert_eq!(v["node"], "node-1");
+        assert_eq!(v["local"]["pod"]["namespace"], "shop");
+        assert_eq!(v["local"]["pod"]["qos_class"], "Burstable");
+        assert_eq!(v["local"]["pod"]["runtime"], "containerd");
+        assert_eq!(v["local"]["host_unit"], Value::Null);
+        assert_eq!(v["local"]["port"], 43210);
+        assert_eq!(v["remote"]["ip"], "fd00::2");
+        assert_eq!(v["remote"]["pod"], Value::Null);
+        assert_eq!(v["protocol"], "TCP");
+        assert_eq!(v["egress"]["bytes"], 100);
+        assert_eq!(v["egress"]["tcp_flags"], "SYN|ACK");
+        assert_eq!(v["ingress"]["packets"], 0);
+        assert_eq!(v["window_end_unix_nano"], 2);
+    }
+
+    #[test]
+    fn table_line_shows_pod_addresses_and_counts() {
+        let line = record_line(&sample()).unwrap();
+        for part in ["shop/web", "TCP", "10.0.0.1:43210", "[fd00::2]:80", "100/2", "0/0", "SYN|ACK"] {
+            assert!(line.contains(part), "{part} in {line}");
+        }
+    }
+
+    #[test]
+    fn loss_lines_only_when_something_was_lost() {
+        let mut r = pb::Record { node: "n".into(), kind: Some(Kind::Loss(pb::LossReport::default())), ..Default::default() };
+        assert_eq!(record_line(&r), None);
+        r.kind = Some(Kind::Loss(pb::LossReport {
+            counters: vec![pb::LossCounter { source: "kernel".into(), reason: "flow_map_full".into(), total: 9, delta: 3 }],
+        }));
+        assert!(record_line(&r).unwrap().contains("kernel/flow_map_full=+3"));
+    }
+
+    #[test]
+    fn protocol_and_flag_names() {
+        assert_eq!(protocol_name(58), "ICMPv6");
+        assert_eq!(protocol_name(47), "proto-47");
+        assert_eq!(tcp_flags(0x11), "ACK|FIN");
+        assert_eq!(tcp_flags(0), "");
+    }
+}

@@ -1,0 +1,4 @@
+//! The `podlens` command-line client.
+
+pub mod format;
+pub mod observe;

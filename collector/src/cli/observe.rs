@@ -1,0 +1,91 @@
+//! `podlens observe`: live records from an agent (standalone) or a collector.
+
+use std::io::Write;
+
+use anyhow::{Context, Result};
+use podlens_proto::v1::{self as pb, observe_client::ObserveClient};
+
+use super::format;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Kind {
+    Flow,
+    Loss,
+}
+
+impl Kind {
+    fn to_pb(self) -> pb::RecordKind {
+        match self {
+            Kind::Flow => pb::RecordKind::Flow,
+            Kind::Loss => pb::RecordKind::Loss,
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ObserveArgs {
+    /// Address of a standalone agent or a collector.
+    #[arg(long, env = "PODLENS_SERVER", default_value = "http://127.0.0.1:7700")]
+    pub server: String,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value = "table")]
+    pub output: Output,
+    /// Only records of pods in this namespace (repeatable).
+    #[arg(short = 'n', long = "namespace")]
+    pub namespaces: Vec<String>,
+    /// Only records of this pod: NAME or NAMESPACE/NAME (repeatable).
+    #[arg(long = "pod")]
+    pub pods: Vec<String>,
+    /// Only records of this kind (repeatable).
+    #[arg(long = "kind", value_enum)]
+    pub kinds: Vec<Kind>,
+    /// Only records from this node (repeatable).
+    #[arg(long = "node")]
+    pub nodes: Vec<String>,
+    /// Stop after this many records (0 = run until interrupted).
+    #[arg(long, default_value_t = 0)]
+    pub limit: u64,
+}
+
+pub async fn run(args: ObserveArgs) -> Result<()> {
+    let mut client = ObserveClient::connect(args.server.clone())
+        .await
+        .with_context(|| format!("connecting to {}", args.server))?;
+    let request = pb::ObserveRequest {
+        nodes: args.nodes.clone(),
+        namespaces: args.namespaces.clone(),
+        pods: args.pods.clone(),
+        kinds: args.kinds.iter().map(|k| k.to_pb() as i32).collect(),
+    };
+    let mut stream = client.observe(request).await.context("starting Observe")?.into_inner();
+    let stdout = std::io::stdout();
+    if args.output == Output::Table {
+        writeln!(stdout.lock(), "{}", format::TABLE_HEADER)?;
+    }
+    let mut seen = 0u64;
+    while let Some(msg) = stream.message().await.context("reading the Observe stream")? {
+        let Some(record) = msg.record else { continue };
+        let line = match args.output {
+            Output::Json => Some(format::record_json(&record).to_string()),
+            Output::Table => format::record_line(&record),
+        };
+        if let Some(line) = line {
+            let mut out = stdout.lock();
+            // A closed pipe (`| head`) ends the command quietly.
+            if writeln!(out, "{line}").and_then(|_| out.flush()).is_err() {
+                return Ok(());
+            }
+        }
+        seen += 1;
+        if args.limit > 0 && seen >= args.limit {
+            break;
+        }
+    }
+    Ok(())
+}

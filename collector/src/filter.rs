@@ -1,0 +1,165 @@
+//! Observe filters: which records a consumer asked for.
+
+use podlens_proto::v1::{self as pb, record::Kind, workload};
+
+/// A parsed [`pb::ObserveRequest`]. Empty lists match everything.
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    nodes: Vec<String>,
+    namespaces: Vec<String>,
+    pods: Vec<String>,
+    kinds: Vec<pb::RecordKind>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FilterError {
+    #[error("kinds[{index}]: unknown record kind {value}")]
+    UnknownKind { index: usize, value: i32 },
+    #[error("{field}[{index}]: empty string")]
+    Empty { field: &'static str, index: usize },
+}
+
+impl Filter {
+    pub fn from_request(req: &pb::ObserveRequest) -> Result<Self, FilterError> {
+        let mut kinds = Vec::new();
+        for (index, &value) in req.kinds.iter().enumerate() {
+            match pb::RecordKind::try_from(value) {
+                Ok(pb::RecordKind::Unspecified) | Err(_) => return Err(FilterError::UnknownKind { index, value }),
+                Ok(k) => kinds.push(k),
+            }
+        }
+        for (field, list) in [("nodes", &req.nodes), ("namespaces", &req.namespaces), ("pods", &req.pods)] {
+            if let Some(index) = list.iter().position(|s| s.is_empty()) {
+                return Err(FilterError::Empty { field, index });
+            }
+        }
+        Ok(Self { nodes: req.nodes.clone(), namespaces: req.namespaces.clone(), pods: req.pods.clone(), kinds })
+    }
+
+    pub fn matches(&self, r: &pb::Record) -> bool {
+        if !self.nodes.is_empty() && !self.nodes.contains(&r.node) {
+            return false;
+        }
+        if !self.kinds.is_empty() && !kind_of(r).is_some_and(|k| self.kinds.contains(&k)) {
+            return false;
+        }
+        if self.namespaces.is_empty() && self.pods.is_empty() {
+            return true;
+        }
+        let Some(pod) = local_pod(r) else {
+            // Node-wide records (losses) are about every pod of the node.
+            return matches!(r.kind, Some(Kind::Loss(_)));
+        };
+        let ns_ok = self.namespaces.is_empty() || self.namespaces.contains(&pod.namespace);
+        let pod_ok = self.pods.is_empty()
+            || self.pods.iter().any(|p| match p.split_once('/') {
+                Some((ns, name)) => ns == pod.namespace && name == pod.name,
+                None => *p == pod.name,
+            });
+        ns_ok && pod_ok
+    }
+}
+
+pub fn kind_of(r: &pb::Record) -> Option<pb::RecordKind> {
+    match r.kind.as_ref()? {
+        Kind::Flow(_) => Some(pb::RecordKind::Flow),
+        Kind::Loss(_) => Some(pb::RecordKind::Loss),
+    }
+}
+
+/// The pod a record belongs to (its local side), if any.
+pub fn local_pod(r: &pb::Record) -> Option<&pb::PodRef> {
+    match r.kind.as_ref()? {
+        Kind::Flow(f) => match f.local.as_ref()?.kind.as_ref()? {
+            workload::Kind::Pod(p) => Some(p),
+            workload::Kind::Host(_) => None,
+        },
+        Kind::Loss(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flow(node: &str, ns: &str, name: &str) -> pb::Record {
+        pb::Record {
+            node: node.into(),
+            kind: Some(Kind::Flow(pb::FlowRecord {
+                local: Some(pb::Workload {
+                    kind: Some(workload::Kind::Pod(pb::PodRef { namespace: ns.into(), name: name.into(), ..Default::default() })),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })),
+            ..Default::default()
+        }
+    }
+
+    fn host_flow() -> pb::Record {
+        pb::Record {
+            node: "n1".into(),
+            kind: Some(Kind::Flow(pb::FlowRecord {
+                local: Some(pb::Workload { kind: Some(workload::Kind::Host(pb::HostUnit { unit: "system.slice".into() })), ..Default::default() }),
+                ..Default::default()
+            })),
+            ..Default::default()
+        }
+    }
+
+    fn loss() -> pb::Record {
+        pb::Record { node: "n1".into(), kind: Some(Kind::Loss(pb::LossReport::default())), ..Default::default() }
+    }
+
+    fn filter(nodes: &[&str], ns: &[&str], pods: &[&str], kinds: &[pb::RecordKind]) -> Filter {
+        let s = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
+        Filter::from_request(&pb::ObserveRequest {
+            nodes: s(nodes),
+            namespaces: s(ns),
+            pods: s(pods),
+            kinds: kinds.iter().map(|k| *k as i32).collect(),
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn empty_filter_matches_everything() {
+        let f = filter(&[], &[], &[], &[]);
+        assert!(f.matches(&flow("n1", "a", "p")) && f.matches(&host_flow()) && f.matches(&loss()));
+    }
+
+    #[test]
+    fn namespace_and_pod_select_the_local_pod() {
+        let f = filter(&[], &["shop"], &[], &[]);
+        assert!(f.matches(&flow("n1", "shop", "web")));
+        assert!(!f.matches(&flow("n1", "other", "web")));
+        assert!(!f.matches(&host_flow()), "host units have no namespace");
+        assert!(f.matches(&loss()), "loss reports concern every pod");
+        let f = filter(&[], &[], &["shop/web"], &[]);
+        assert!(f.matches(&flow("n1", "shop", "web")));
+        assert!(!f.matches(&flow("n1", "other", "web")));
+        let f = filter(&[], &[], &["web"], &[]);
+        assert!(f.matches(&flow("n1", "other", "web")));
+        let f = filter(&[], &["shop"], &["db"], &[]);
+        assert!(!f.matches(&flow("n1", "shop", "web")), "both lists must match");
+    }
+
+    #[test]
+    fn node_and_kind() {
+        let f = filter(&["n2"], &[], &[], &[]);
+        assert!(!f.matches(&flow("n1", "a", "p")));
+        assert!(f.matches(&flow("n2", "a", "p")));
+        let f = filter(&[], &[], &[], &[pb::RecordKind::Loss]);
+        assert!(f.matches(&loss()) && !f.matches(&flow("n1", "a", "p")));
+    }
+
+    #[test]
+    fn bad_requests_are_rejected_with_the_field() {
+        let err = Filter::from_request(&pb::ObserveRequest { kinds: vec![0], ..Default::default() }).unwrap_err();
+        assert_eq!(err.to_string(), "kinds[0]: unknown record kind 0");
+        let err = Filter::from_request(&pb::ObserveRequest { kinds: vec![1, 42], ..Default::default() }).unwrap_err();
+        assert_eq!(err, FilterError::UnknownKind { index: 1, value: 42 });
+        let err = Filter::from_request(&pb::ObserveRequest { pods: vec!["".into()], ..Default::default() }).unwrap_err();
+        assert_eq!(err.to_string(), "pods[0]: empty string");
+    }
+}

@@ -1,0 +1,220 @@
+//! The collector's core: accepts node batches (deduplicated by node run and
+//! sequence), keeps per-node state, and fans records out to Observe consumers
+//! through bounded per-consumer channels. A consumer whose channel is full is
+//! disconnected; ingest never waits for a consumer.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+};
+
+use podlens_proto::v1 as pb;
+use tokio::sync::mpsc;
+
+use crate::filter::Filter;
+
+/// Records buffered per consumer before it counts as too slow.
+pub const DEFAULT_CONSUMER_BUFFER: usize = 4096;
+
+/// What happened to one batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IngestOutcome {
+    Accepted { records: usize },
+    /// Already seen (a replay after reconnect): not applied again.
+    Duplicate,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum IngestError {
+    #[error("batch has no node identity")]
+    NoNode,
+    #[error("batch node.name is empty")]
+    EmptyNodeName,
+    #[error("batch sequence 0 is invalid (sequences start at 1)")]
+    ZeroSequence,
+}
+
+/// Per-node bookkeeping.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeState {
+    pub identity: pb::NodeIdentity,
+    /// Highest sequence applied for the current agent run.
+    pub last_sequence: u64,
+    pub batches: u64,
+    pub records: u64,
+    pub duplicates: u64,
+    /// Sequences skipped (the agent reports what it dropped in-band).
+    pub gaps: u64,
+}
+
+struct Subscriber {
+    filter: Filter,
+    tx: mpsc::Sender<pb::Record>,
+    lagged: Arc<AtomicBool>,
+}
+
+/// Counters of the hub itself.
+#[derive(Debug, Default)]
+pub struct HubStats {
+    pub consumers_dropped: AtomicU64,
+    pub records_fanned_out: AtomicU64,
+}
+
+#[derive(Default)]
+pub struct Hub {
+    nodes: Mutex<HashMap<String, NodeState>>,
+    subscribers: Mutex<Vec<Subscriber>>,
+    consumer_buffer: usize,
+    pub stats: HubStats,
+}
+
+/// The receiving side of one consumer.
+pub struct Subscription {
+    pub rx: mpsc::Receiver<pb::Record>,
+    /// Set when the hub dropped this consumer for falling behind.
+    pub lagged: Arc<AtomicBool>,
+}
+
+impl Hub {
+    pub fn new(consumer_buffer: usize) -> Self {
+        Self { consumer_buffer: consumer_buffer.max(1), ..Default::default() }
+    }
+
+    pub fn ingest(&self, batch: pb::Batch) -> Result<IngestOutcome, IngestError> {
+        let node = batch.node.ok_or(IngestError::NoNode)?;
+        if node.name.is_empty() {
+            return Err(IngestError::EmptyNodeName);
+        }
+        if batch.sequence == 0 {
+            return Err(IngestError::ZeroSequence);
+        }
+        {
+            let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+            let state = nodes.entry(node.name.clone()).or_default();
+            let same_run = state.identity.agent_epoch_unix_nano == node.agent_epoch_unix_nano
+                && state.identity.boot_id == node.boot_id;
+            if same_run && batch.sequence <= state.last_sequence {
+                state.duplicates += 1;
+                return Ok(IngestOutcome::Duplicate);
+            }
+            let expected = if same_run { state.last_sequence + 1 } else { 1 };
+            state.gaps += batch.sequence.saturating_sub(expected);
+            state.identity = node;
+            state.last_sequence = batch.sequence;
+            state.batches += 1;
+            state.records += batch.records.len() as u64;
+        }
+        let records = batch.records.len();
+        self.fan_out(batch.records);
+        Ok(IngestOutcome::Accepted { records })
+    }
+
+    fn fan_out(&self, records: Vec<pb::Record>) {
+        let mut subs = self.subscribers.lock().unwrap_or_else(|e| e.into_inner());
+        if subs.is_empty() {
+            return;
+        }
+        for record in records {
+            subs.retain(|s| {
+                if !s.filter.matches(&record) {
+                    return !s.tx.is_closed();
+                }
+                match s.tx.try_send(record.clone()) {
+                    Ok(()) => {
+                        self.stats.records_fanned_out.fetch_add(1, Ordering::Relaxed);
+                        true
+                    }
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        s.lagged.store(true, Ordering::Release);
+                        self.stats.consumers_dropped.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(buffer = self.consumer_buffer, "observe consumer too slow; disconnecting it");
+                        false
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => false,
+                }
+            });
+        }
+    }
+
+    pub fn subscribe(&self, filter: Filter) -> Subscription {
+        let (tx, rx) = mpsc::channel(self.consumer_buffer);
+        let lagged = Arc::new(AtomicBool::new(false));
+        self.subscribers.lock().unwrap_or_else(|e| e.into_inner()).push(Subscriber { filter, tx, lagged: lagged.clone() });
+        Subscription { rx, lagged }
+    }
+
+    pub fn consumers(&self) -> usize {
+        self.subscribers.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn nodes(&self) -> Vec<NodeState> {
+        self.nodes.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(node: &str, epoch: u64, seq: u64, n: usize) -> pb::Batch {
+        pb::Batch {
+            node: Some(pb::NodeIdentity { name: node.into(), agent_epoch_unix_nano: epoch, ..Default::default() }),
+            sequence: seq,
+            records: (0..n).map(|_| pb::Record { node: node.into(), kind: Some(pb::record::Kind::Loss(Default::default())), ..Default::default() }).collect(),
+        }
+    }
+
+    #[test]
+    fn duplicates_are_discarded_per_node_run() {
+        let hub = Hub::new(16);
+        assert_eq!(hub.ingest(batch("a", 1, 1, 2)), Ok(IngestOutcome::Accepted { records: 2 }));
+        assert_eq!(hub.ingest(batch("a", 1, 2, 1)), Ok(IngestOutcome::Accepted { records: 1 }));
+        assert_eq!(hub.ingest(batch("a", 1, 2, 1)), Ok(IngestOutcome::Duplicate));
+        assert_eq!(hub.ingest(batch("a", 1, 1, 2)), Ok(IngestOutcome::Duplicate));
+        // another node with the same sequence is not a duplicate
+        assert_eq!(hub.ingest(batch("b", 1, 1, 1)), Ok(IngestOutcome::Accepted { records: 1 }));
+        // a restarted agent starts again at 1
+        assert_eq!(hub.ingest(batch("a", 2, 1, 1)), Ok(IngestOutcome::Accepted { records: 1 }));
+        let a = hub.nodes().into_iter().find(|n| n.identity.name == "a").unwrap();
+        assert_eq!((a.batches, a.records, a.duplicates, a.gaps), (3, 4, 2, 0));
+    }
+
+    #[test]
+    fn gaps_are_counted() {
+        let hub = Hub::new(16);
+        hub.ingest(batch("a", 1, 1, 0)).unwrap();
+        hub.ingest(batch("a", 1, 5, 0)).unwrap();
+        assert_eq!(hub.nodes()[0].gaps, 3);
+    }
+
+    #[test]
+    fn invalid_batches_are_rejected() {
+        let hub = Hub::new(16);
+        assert_eq!(hub.ingest(pb::Batch::default()), Err(IngestError::NoNode));
+        assert_eq!(hub.ingest(batch("", 1, 1, 0)), Err(IngestError::EmptyNodeName));
+        assert_eq!(hub.ingest(batch("a", 1, 0, 0)), Err(IngestError::ZeroSequence));
+    }
+
+    #[test]
+    fn slow_consumer_is_dropped_without_blocking_ingest() {
+        let hub = Hub::new(4);
+        let mut slow = hub.subscribe(Filter::default());
+        let mut fast = hub.subscribe(Filter::default());
+        for seq in 1..=3 {
+            hub.ingest(batch("a", 1, seq, 2)).unwrap();
+            while fast.rx.try_recv().is_ok() {}
+        }
+        assert!(slow.lagged.load(Ordering::Acquire));
+        assert!(!fast.lagged.load(Ordering::Acquire));
+        assert_eq!(hub.consumers(), 1);
+        let mut got = 0;
+        while slow.rx.try_recv().is_ok() {
+            got += 1;
+        }
+        assert_eq!(got, 4, "the slow consumer keeps what was buffered");
+        assert_eq!(hub.stats.consumers_dropped.load(Ordering::Relaxed), 1);
+    }
+}
