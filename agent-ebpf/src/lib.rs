@@ -120,7 +120,10 @@ impl Counter {
     /// Whether the counter records data that did not reach a flow record (or
     /// identity events that were lost), as opposed to activity.
     pub fn is_loss(self) -> bool {
-        !matches!(self, Counter::Packets | Counter::Fragments | Counter::CgroupEvents | Counter::FlowMapFull)
+        !matches!(
+            self,
+            Counter::Packets | Counter::Fragments | Counter::CgroupEvents | Counter::FlowMapFull
+        )
     }
 
     /// Stable snake_case name, used in metrics and in the stream.

@@ -42,14 +42,19 @@ pub fn parse_release(release: &str) -> Result<(u32, u32), PreflightError> {
 
 pub fn check_kernel(release: &str) -> Result<(), PreflightError> {
     if parse_release(release)? < MIN_KERNEL {
-        return Err(PreflightError::KernelTooOld { found: release.trim().to_string() });
+        return Err(PreflightError::KernelTooOld {
+            found: release.trim().to_string(),
+        });
     }
     Ok(())
 }
 
 /// The effective capability set from /proc/self/status.
 pub fn effective_caps(status: &str) -> Option<u64> {
-    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?.trim();
+    let hex = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))?
+        .trim();
     u64::from_str_radix(hex, 16).ok()
 }
 
@@ -60,11 +65,15 @@ pub fn missing_caps(eff: u64) -> Vec<&'static str> {
     if has(CAP_SYS_ADMIN) {
         return Vec::new();
     }
-    [(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON"), (CAP_NET_ADMIN, "CAP_NET_ADMIN")]
-        .into_iter()
-        .filter(|(bit, _)| !has(*bit))
-        .map(|(_, name)| name)
-        .collect()
+    [
+        (CAP_BPF, "CAP_BPF"),
+        (CAP_PERFMON, "CAP_PERFMON"),
+        (CAP_NET_ADMIN, "CAP_NET_ADMIN"),
+    ]
+    .into_iter()
+    .filter(|(bit, _)| !has(*bit))
+    .map(|(_, name)| name)
+    .collect()
 }
 
 /// Unescapes the octal escapes mountinfo uses for spaces and the like.
@@ -73,7 +82,12 @@ fn unescape(field: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'\\' && i + 3 < bytes.len() && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b)) {
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && bytes[i + 1..i + 4]
+                .iter()
+                .all(|b| (b'0'..=b'7').contains(b))
+        {
             let v = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
             out.push(v);
             i += 4;
@@ -88,7 +102,9 @@ fn unescape(field: &str) -> String {
 /// The first cgroup2 mount point whose root is the hierarchy root.
 pub fn find_cgroup2(mountinfo: &str) -> Option<PathBuf> {
     for line in mountinfo.lines() {
-        let Some((pre, post)) = line.split_once(" - ") else { continue };
+        let Some((pre, post)) = line.split_once(" - ") else {
+            continue;
+        };
         let pre: Vec<&str> = pre.split(' ').collect();
         let fstype = post.split(' ').next().unwrap_or("");
         if fstype == "cgroup2" && pre.len() >= 5 && pre[3] == "/" {
@@ -100,7 +116,9 @@ pub fn find_cgroup2(mountinfo: &str) -> Option<PathBuf> {
 
 fn is_cgroup2(path: &Path) -> bool {
     const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
-    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else { return false };
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
     // SAFETY: statfs writes into the zeroed struct we own; c is NUL terminated.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
@@ -145,7 +163,10 @@ mod tests {
 
     #[test]
     fn finds_cgroup2_on_hybrid_and_pure_hosts() {
-        assert_eq!(find_cgroup2(HYBRID), Some(PathBuf::from("/sys/fs/cgroup/unified")));
+        assert_eq!(
+            find_cgroup2(HYBRID),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
         assert_eq!(find_cgroup2(PURE_V2), Some(PathBuf::from("/sys/fs/cgroup")));
     }
 
@@ -155,7 +176,10 @@ mod tests {
 50 23 0:26 /kubepods.slice /sys/fs/cgroup rw - cgroup2 cgroup2 rw
 51 23 0:26 / /host/sys\\040fs/cgroup rw - cgroup2 cgroup2 rw
 ";
-        assert_eq!(find_cgroup2(info), Some(PathBuf::from("/host/sys fs/cgroup")));
+        assert_eq!(
+            find_cgroup2(info),
+            Some(PathBuf::from("/host/sys fs/cgroup"))
+        );
     }
 
     #[test]
@@ -170,16 +194,29 @@ mod tests {
         assert!(check_kernel("5.8.0").is_ok());
         assert!(check_kernel("5.15.0-91-generic").is_ok());
         let err = check_kernel("5.4.0-150-generic").unwrap_err();
-        assert!(err.to_string().contains("5.4.0-150-generic") && err.to_string().contains(">= 5.8"), "{err}");
-        assert!(matches!(check_kernel("banana"), Err(PreflightError::KernelUnparsable(_))));
+        assert!(
+            err.to_string().contains("5.4.0-150-generic") && err.to_string().contains(">= 5.8"),
+            "{err}"
+        );
+        assert!(matches!(
+            check_kernel("banana"),
+            Err(PreflightError::KernelUnparsable(_))
+        ));
     }
 
     #[test]
     fn capabilities() {
         let status = "Name:\tagent\nCapEff:\t000001c000001000\n";
         let eff = effective_caps(status).unwrap();
-        assert_eq!(missing_caps(eff), Vec::<&str>::new(), "BPF, PERFMON, NET_ADMIN");
-        assert_eq!(missing_caps(1 << CAP_NET_ADMIN), vec!["CAP_BPF", "CAP_PERFMON"]);
+        assert_eq!(
+            missing_caps(eff),
+            Vec::<&str>::new(),
+            "BPF, PERFMON, NET_ADMIN"
+        );
+        assert_eq!(
+            missing_caps(1 << CAP_NET_ADMIN),
+            vec!["CAP_BPF", "CAP_PERFMON"]
+        );
         assert_eq!(missing_caps(1 << CAP_SYS_ADMIN), Vec::<&str>::new());
         assert_eq!(missing_caps(0).len(), 3);
         let err = PreflightError::MissingCapabilities(missing_caps(0)).to_string();

@@ -22,7 +22,9 @@ pub const DEFAULT_CONSUMER_BUFFER: usize = 4096;
 /// What happened to one batch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IngestOutcome {
-    Accepted { records: usize },
+    Accepted {
+        records: usize,
+    },
     /// Already seen (a replay after reconnect): not applied again.
     Duplicate,
 }
@@ -80,7 +82,10 @@ pub struct Subscription {
 
 impl Hub {
     pub fn new(consumer_buffer: usize) -> Self {
-        Self { consumer_buffer: consumer_buffer.max(1), ..Default::default() }
+        Self {
+            consumer_buffer: consumer_buffer.max(1),
+            ..Default::default()
+        }
     }
 
     pub fn ingest(&self, batch: pb::Batch) -> Result<IngestOutcome, IngestError> {
@@ -124,13 +129,18 @@ impl Hub {
                 }
                 match s.tx.try_send(record.clone()) {
                     Ok(()) => {
-                        self.stats.records_fanned_out.fetch_add(1, Ordering::Relaxed);
+                        self.stats
+                            .records_fanned_out
+                            .fetch_add(1, Ordering::Relaxed);
                         true
                     }
                     Err(mpsc::error::TrySendError::Full(_)) => {
                         s.lagged.store(true, Ordering::Release);
                         self.stats.consumers_dropped.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(buffer = self.consumer_buffer, "observe consumer too slow; disconnecting it");
+                        tracing::warn!(
+                            buffer = self.consumer_buffer,
+                            "observe consumer too slow; disconnecting it"
+                        );
                         false
                     }
                     Err(mpsc::error::TrySendError::Closed(_)) => false,
@@ -142,16 +152,31 @@ impl Hub {
     pub fn subscribe(&self, filter: Filter) -> Subscription {
         let (tx, rx) = mpsc::channel(self.consumer_buffer);
         let lagged = Arc::new(AtomicBool::new(false));
-        self.subscribers.lock().unwrap_or_else(|e| e.into_inner()).push(Subscriber { filter, tx, lagged: lagged.clone() });
+        self.subscribers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Subscriber {
+                filter,
+                tx,
+                lagged: lagged.clone(),
+            });
         Subscription { rx, lagged }
     }
 
     pub fn consumers(&self) -> usize {
-        self.subscribers.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.subscribers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
     }
 
     pub fn nodes(&self) -> Vec<NodeState> {
-        self.nodes.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
+        self.nodes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
     }
 }
 
@@ -161,24 +186,56 @@ mod tests {
 
     fn batch(node: &str, epoch: u64, seq: u64, n: usize) -> pb::Batch {
         pb::Batch {
-            node: Some(pb::NodeIdentity { name: node.into(), agent_epoch_unix_nano: epoch, ..Default::default() }),
+            node: Some(pb::NodeIdentity {
+                name: node.into(),
+                agent_epoch_unix_nano: epoch,
+                ..Default::default()
+            }),
             sequence: seq,
-            records: (0..n).map(|_| pb::Record { node: node.into(), kind: Some(pb::record::Kind::Loss(Default::default())), ..Default::default() }).collect(),
+            records: (0..n)
+                .map(|_| pb::Record {
+                    node: node.into(),
+                    kind: Some(pb::record::Kind::Loss(Default::default())),
+                    ..Default::default()
+                })
+                .collect(),
         }
     }
 
     #[test]
     fn duplicates_are_discarded_per_node_run() {
         let hub = Hub::new(16);
-        assert_eq!(hub.ingest(batch("a", 1, 1, 2)), Ok(IngestOutcome::Accepted { records: 2 }));
-        assert_eq!(hub.ingest(batch("a", 1, 2, 1)), Ok(IngestOutcome::Accepted { records: 1 }));
-        assert_eq!(hub.ingest(batch("a", 1, 2, 1)), Ok(IngestOutcome::Duplicate));
-        assert_eq!(hub.ingest(batch("a", 1, 1, 2)), Ok(IngestOutcome::Duplicate));
+        assert_eq!(
+            hub.ingest(batch("a", 1, 1, 2)),
+            Ok(IngestOutcome::Accepted { records: 2 })
+        );
+        assert_eq!(
+            hub.ingest(batch("a", 1, 2, 1)),
+            Ok(IngestOutcome::Accepted { records: 1 })
+        );
+        assert_eq!(
+            hub.ingest(batch("a", 1, 2, 1)),
+            Ok(IngestOutcome::Duplicate)
+        );
+        assert_eq!(
+            hub.ingest(batch("a", 1, 1, 2)),
+            Ok(IngestOutcome::Duplicate)
+        );
         // another node with the same sequence is not a duplicate
-        assert_eq!(hub.ingest(batch("b", 1, 1, 1)), Ok(IngestOutcome::Accepted { records: 1 }));
+        assert_eq!(
+            hub.ingest(batch("b", 1, 1, 1)),
+            Ok(IngestOutcome::Accepted { records: 1 })
+        );
         // a restarted agent starts again at 1
-        assert_eq!(hub.ingest(batch("a", 2, 1, 1)), Ok(IngestOutcome::Accepted { records: 1 }));
-        let a = hub.nodes().into_iter().find(|n| n.identity.name == "a").unwrap();
+        assert_eq!(
+            hub.ingest(batch("a", 2, 1, 1)),
+            Ok(IngestOutcome::Accepted { records: 1 })
+        );
+        let a = hub
+            .nodes()
+            .into_iter()
+            .find(|n| n.identity.name == "a")
+            .unwrap();
         assert_eq!((a.batches, a.records, a.duplicates, a.gaps), (3, 4, 2, 0));
     }
 
@@ -194,8 +251,14 @@ mod tests {
     fn invalid_batches_are_rejected() {
         let hub = Hub::new(16);
         assert_eq!(hub.ingest(pb::Batch::default()), Err(IngestError::NoNode));
-        assert_eq!(hub.ingest(batch("", 1, 1, 0)), Err(IngestError::EmptyNodeName));
-        assert_eq!(hub.ingest(batch("a", 1, 0, 0)), Err(IngestError::ZeroSequence));
+        assert_eq!(
+            hub.ingest(batch("", 1, 1, 0)),
+            Err(IngestError::EmptyNodeName)
+        );
+        assert_eq!(
+            hub.ingest(batch("a", 1, 0, 0)),
+            Err(IngestError::ZeroSequence)
+        );
     }
 
     #[test]

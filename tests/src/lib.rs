@@ -1,1 +1,7 @@
+//! Harness for podlens's privileged tests: crafted packets and the programs in
+//! test-run mode, and (for end-to-end tests) pods emulated exactly as the
+//! kubelet lays them out, each with its own network namespace.
 
+pub mod kernel;
+pub mod packets;
+pub mod privileged;

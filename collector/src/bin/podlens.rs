@@ -5,7 +5,11 @@ use clap::{Parser, Subcommand};
 use podlens_collector::cli;
 
 #[derive(Parser)]
-#[command(name = "podlens", version, about = "Per-pod network, DNS and pressure telemetry from podlens agents and collectors")]
+#[command(
+    name = "podlens",
+    version,
+    about = "Per-pod network, DNS and pressure telemetry from podlens agents and collectors"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

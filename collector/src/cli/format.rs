@@ -20,9 +20,22 @@ pub fn protocol_name(p: u32) -> String {
 
 /// TCP flag bits to "SYN|ACK|FIN".
 pub fn tcp_flags(bits: u32) -> String {
-    const NAMES: [(u32, &str); 8] =
-        [(0x02, "SYN"), (0x10, "ACK"), (0x08, "PSH"), (0x01, "FIN"), (0x04, "RST"), (0x20, "URG"), (0x40, "ECE"), (0x80, "CWR")];
-    NAMES.iter().filter(|(b, _)| bits & b != 0).map(|(_, n)| *n).collect::<Vec<_>>().join("|")
+    const NAMES: [(u32, &str); 8] = [
+        (0x02, "SYN"),
+        (0x10, "ACK"),
+        (0x08, "PSH"),
+        (0x01, "FIN"),
+        (0x04, "RST"),
+        (0x20, "URG"),
+        (0x40, "ECE"),
+        (0x80, "CWR"),
+    ];
+    NAMES
+        .iter()
+        .filter(|(b, _)| bits & b != 0)
+        .map(|(_, n)| *n)
+        .collect::<Vec<_>>()
+        .join("|")
 }
 
 fn qos(q: i32) -> &'static str {
@@ -137,7 +150,14 @@ fn clip(s: &str, width: usize) -> String {
     if s.chars().count() <= width {
         format!("{s:width$}")
     } else {
-        let tail: String = s.chars().rev().take(width - 1).collect::<Vec<_>>().into_iter().rev().collect();
+        let tail: String = s
+            .chars()
+            .rev()
+            .take(width - 1)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
         format!("…{tail}")
     }
 }
@@ -152,7 +172,10 @@ pub fn record_line(r: &pb::Record) -> Option<String> {
             if let Some(p) = &remote.pod {
                 peer.push_str(&format!(" ({}/{})", p.namespace, p.name));
             }
-            let flags = tcp_flags(f.egress.as_ref().map_or(0, |c| c.tcp_flags) | f.ingress.as_ref().map_or(0, |c| c.tcp_flags));
+            let flags = tcp_flags(
+                f.egress.as_ref().map_or(0, |c| c.tcp_flags)
+                    | f.ingress.as_ref().map_or(0, |c| c.tcp_flags),
+            );
             Some(format!(
                 "{} {} {:7} {} {} {:18} {:18} {}",
                 clip(&r.node, 12),
@@ -166,8 +189,12 @@ pub fn record_line(r: &pb::Record) -> Option<String> {
             ))
         }
         Some(Kind::Loss(l)) => {
-            let lost: Vec<String> =
-                l.counters.iter().filter(|c| c.delta > 0).map(|c| format!("{}/{}=+{}", c.source, c.reason, c.delta)).collect();
+            let lost: Vec<String> = l
+                .counters
+                .iter()
+                .filter(|c| c.delta > 0)
+                .map(|c| format!("{}/{}=+{}", c.source, c.reason, c.delta))
+                .collect();
             (!lost.is_empty()).then(|| format!("{} LOSS {}", clip(&r.node, 12), lost.join(" ")))
         }
         None => None,
@@ -186,7 +213,7 @@ mod tests {
             kind: Some(Kind::Flow(pb::FlowRecord {
                 local: Some(pb::Workload {
                     cgroup_id: 42,
-                    cgroup_path: "kubepods/burstable/podu1/abc".into(),
+                    cgroup_path: "/kubepods/burstable/podu1/abc".into(),
                     kind: Some(workload::Kind::Pod(pb::PodRef {
                         uid: "u1".into(),
                         namespace: "shop".into(),
@@ -199,9 +226,19 @@ mod tests {
                 }),
                 local_ip: "10.0.0.1".into(),
                 local_port: 43210,
-                remote: Some(pb::Peer { ip: "fd00::2".into(), port: 80, ..Default::default() }),
+                remote: Some(pb::Peer {
+                    ip: "fd00::2".into(),
+                    port: 80,
+                    ..Default::default()
+                }),
                 protocol: 6,
-                egress: Some(pb::FlowCounts { bytes: 100, packets: 2, syn: 1, tcp_flags: 0x12, ..Default::default() }),
+                egress: Some(pb::FlowCounts {
+                    bytes: 100,
+                    packets: 2,
+                    syn: 1,
+                    tcp_flags: 0x12,
+                    ..Default::default()
+                }),
                 ingress: None,
                 first_seen_unix_nano: 5,
                 last_seen_unix_nano: 6,
@@ -232,17 +269,34 @@ mod tests {
     #[test]
     fn table_line_shows_pod_addresses_and_counts() {
         let line = record_line(&sample()).unwrap();
-        for part in ["shop/web", "TCP", "10.0.0.1:43210", "[fd00::2]:80", "100/2", "0/0", "SYN|ACK"] {
+        for part in [
+            "shop/web",
+            "TCP",
+            "10.0.0.1:43210",
+            "[fd00::2]:80",
+            "100/2",
+            "0/0",
+            "SYN|ACK",
+        ] {
             assert!(line.contains(part), "{part} in {line}");
         }
     }
 
     #[test]
     fn loss_lines_only_when_something_was_lost() {
-        let mut r = pb::Record { node: "n".into(), kind: Some(Kind::Loss(pb::LossReport::default())), ..Default::default() };
+        let mut r = pb::Record {
+            node: "n".into(),
+            kind: Some(Kind::Loss(pb::LossReport::default())),
+            ..Default::default()
+        };
         assert_eq!(record_line(&r), None);
         r.kind = Some(Kind::Loss(pb::LossReport {
-            counters: vec![pb::LossCounter { source: "kernel".into(), reason: "flow_map_full".into(), total: 9, delta: 3 }],
+            counters: vec![pb::LossCounter {
+                source: "kernel".into(),
+                reason: "flow_map_full".into(),
+                total: 9,
+                delta: 3,
+            }],
         }));
         assert!(record_line(&r).unwrap().contains("kernel/flow_map_full=+3"));
     }

@@ -51,7 +51,9 @@ pub struct Workload {
     /// cgroup v2 id (inode number of the cgroup directory).
     #[prost(uint64, tag = "1")]
     pub cgroup_id: u64,
-    /// Path below the cgroup2 root; empty if the cgroup vanished before it was seen.
+    /// Path within the cgroup2 hierarchy as /proc/<pid>/cgroup shows it ("/" is
+    /// the root, "/system.slice/sshd.service", ...). Empty when the id could not
+    /// be resolved (the cgroup vanished before the agent saw it).
     #[prost(string, tag = "2")]
     pub cgroup_path: ::prost::alloc::string::String,
     /// True when the path looked like a pod's but did not parse (counted as

@@ -1,0 +1,127 @@
+//! The flow programs loaded (not attached) for BPF_PROG_TEST_RUN.
+
+use std::collections::BTreeMap;
+
+use aya::{
+    maps::{MapData, RingBuf},
+    programs::{CgroupSkb, TestRun, TestRunOptions},
+};
+use podlens_agent::ebpf::{events, Kernel, LoadOptions};
+use podlens_agent_ebpf::{programs, Counter, FlowKey, FlowValue};
+
+/// Offset of `gso_segs` in `struct __sk_buff` (UAPI, stable).
+const SKB_GSO_SEGS: usize = 164;
+const SKB_SIZE: usize = 192;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dir {
+    Egress,
+    Ingress,
+}
+
+pub struct FlowProgs {
+    pub kernel: Kernel,
+    pub ring: RingBuf<MapData>,
+}
+
+impl FlowProgs {
+    pub fn load(flow_map_entries: u32, events_ring_bytes: u32) -> Self {
+        crate::privileged::require_root();
+        let mut kernel = Kernel::load(&LoadOptions {
+            flow_map_entries,
+            events_ring_bytes,
+        })
+        .expect("load the eBPF object");
+        let ring = kernel.take_events().expect("events ring");
+        Self { kernel, ring }
+    }
+
+    /// Runs the program for `dir` on an Ethernet frame; returns the verdict.
+    pub fn run(&mut self, dir: Dir, frame: &[u8]) -> u32 {
+        self.run_with(dir, frame, 0, 1)
+    }
+
+    /// Runs with `gso_segs` in the context, `repeat` times.
+    pub fn run_with(&mut self, dir: Dir, frame: &[u8], gso_segs: u32, repeat: u32) -> u32 {
+        self.try_run(dir, frame, gso_segs, repeat)
+            .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN on {} bytes: {e}", frame.len()))
+    }
+
+    pub fn try_run(
+        &mut self,
+        dir: Dir,
+        frame: &[u8],
+        gso_segs: u32,
+        repeat: u32,
+    ) -> Result<u32, aya::programs::ProgramError> {
+        let name = match dir {
+            Dir::Egress => programs::FLOW_EGRESS,
+            Dir::Ingress => programs::FLOW_INGRESS,
+        };
+        let mut ctx = [0u8; SKB_SIZE];
+        ctx[SKB_GSO_SEGS..SKB_GSO_SEGS + 4].copy_from_slice(&gso_segs.to_ne_bytes());
+        let prog: &mut CgroupSkb = self
+            .kernel
+            .program_mut(name)
+            .expect("program")
+            .try_into()
+            .expect("cgroup_skb");
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            ctx_in: Some(&ctx),
+            repeat,
+            ..Default::default()
+        };
+        Ok(prog.test_run(opts)?.return_value)
+    }
+
+    /// Drains the flow maps (the agent's lossless swap) into a sorted map.
+    pub fn drain(&mut self) -> BTreeMap<FlowKey, FlowValue> {
+        let mut out = BTreeMap::new();
+        for (k, v) in self.kernel.flow_maps.drain().expect("drain") {
+            assert!(
+                out.insert(k, v).is_none(),
+                "duplicate key from one drain: {k:?}"
+            );
+        }
+        out
+    }
+
+    pub fn counter(&self, c: Counter) -> u64 {
+        self.kernel
+            .counters()
+            .expect("counters")
+            .into_iter()
+            .find(|(k, _)| *k == c)
+            .map(|(_, v)| v)
+            .unwrap_or(0)
+    }
+
+    /// Every counter, for messages.
+    pub fn counters(&self) -> Vec<(Counter, u64)> {
+        self.kernel.counters().expect("counters")
+    }
+
+    pub fn events(&mut self) -> Vec<events::Event> {
+        let mut out = Vec::new();
+        while let Some(item) = self.ring.next() {
+            out.push(events::decode(&item).expect("decodable event"));
+        }
+        out
+    }
+}
+
+/// The cgroup v2 id of this process (the test-run socket belongs to it).
+pub fn own_cgroup_id() -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let root = podlens_agent::preflight::find_cgroup2(&mountinfo).expect("cgroup2 mounted");
+    let own = std::fs::read_to_string("/proc/self/cgroup").expect("/proc/self/cgroup");
+    let path = own
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .expect("cgroup2 entry");
+    std::fs::metadata(root.join(path.trim_start_matches('/')))
+        .expect("own cgroup dir")
+        .ino()
+}
