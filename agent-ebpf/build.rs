@@ -27,10 +27,7 @@ fn main() -> Result<()> {
 
     for entry in std::fs::read_dir(&bpf_dir).context("reading src/bpf")? {
         let path = entry?.path();
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
         if path.is_file() {
             println!("cargo:rerun-if-changed={}", path.display());
         }
@@ -53,11 +50,7 @@ fn find_clang() -> Result<String> {
         }
     }
     for candidate in ["clang-16", "clang"] {
-        if Command::new(candidate)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-        {
+        if Command::new(candidate).arg("--version").output().is_ok_and(|o| o.status.success()) {
             return Ok(candidate.to_string());
         }
     }
@@ -79,18 +72,9 @@ fn target_arch_define() -> Result<&'static str> {
     })
 }
 
-fn compile(
-    clang: &str,
-    src: &Path,
-    obj: &Path,
-    include: &Path,
-    bpf_dir: &Path,
-    arch: &str,
-) -> Result<()> {
+fn compile(clang: &str, src: &Path, obj: &Path, include: &Path, bpf_dir: &Path, arch: &str) -> Result<()> {
     let output = Command::new(clang)
-        .args([
-            "-O2", "-g", "-target", "bpf", "-mcpu=v3", "-Wall", "-Werror",
-        ])
+        .args(["-O2", "-g", "-target", "bpf", "-mcpu=v3", "-Wall", "-Werror"])
         .arg(arch)
         .arg("-I")
         .arg(include)
@@ -117,11 +101,7 @@ fn compile(
 /// Best effort: without llvm-strip the object is just larger.
 fn strip_dwarf(obj: &Path) {
     for strip in ["llvm-strip-16", "llvm-strip"] {
-        let ok = Command::new(strip)
-            .arg("--strip-debug")
-            .arg(obj)
-            .status()
-            .is_ok_and(|s| s.success());
+        let ok = Command::new(strip).arg("--strip-debug").arg(obj).status().is_ok_and(|s| s.success());
         if ok {
             return;
         }

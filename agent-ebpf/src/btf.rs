@@ -32,10 +32,7 @@ pub struct StructLayout {
 
 impl StructLayout {
     pub fn offset_of(&self, name: &str) -> Option<usize> {
-        self.members
-            .iter()
-            .find(|m| m.name == name)
-            .map(|m| m.offset)
+        self.members.iter().find(|m| m.name == name).map(|m| m.offset)
     }
 }
 
@@ -103,10 +100,7 @@ impl BtfLayout {
                     let m = pos + 12 * i;
                     let raw = u32_at(types, m + 8)?;
                     let bits = if kind_flag { raw & 0x00ff_ffff } else { raw };
-                    members.push(Member {
-                        name: name(u32_at(types, m)?),
-                        offset: bits as usize / 8,
-                    });
+                    members.push(Member { name: name(u32_at(types, m)?), offset: bits as usize / 8 });
                 }
                 structs.push((name(name_off), StructLayout { size, members }));
             }

@@ -15,8 +15,7 @@ mod btf;
 #[repr(C, align(8))]
 struct Aligned<B: ?Sized>(B);
 
-static PODLENS_OBJ: &Aligned<[u8]> =
-    &Aligned(*include_bytes!(concat!(env!("OUT_DIR"), "/podlens.bpf.o")));
+static PODLENS_OBJ: &Aligned<[u8]> = &Aligned(*include_bytes!(concat!(env!("OUT_DIR"), "/podlens.bpf.o")));
 
 /// The compiled `podlens.bpf.c` object: flow accounting (cgroup_skb) and cgroup
 /// lifecycle tracking (tp_btf).
@@ -120,10 +119,7 @@ impl Counter {
     /// Whether the counter records data that did not reach a flow record (or
     /// identity events that were lost), as opposed to activity.
     pub fn is_loss(self) -> bool {
-        !matches!(
-            self,
-            Counter::Packets | Counter::Fragments | Counter::CgroupEvents | Counter::FlowMapFull
-        )
+        !matches!(self, Counter::Packets | Counter::Fragments | Counter::CgroupEvents | Counter::FlowMapFull)
     }
 
     /// Stable snake_case name, used in metrics and in the stream.
@@ -289,8 +285,7 @@ mod layout_tests {
 
     /// `layout.bpf.c` defines one global of each shared struct, so its BTF has
     /// them all, laid out by the same clang invocation as the real programs.
-    static LAYOUT_OBJ: &Aligned<[u8]> =
-        &Aligned(*include_bytes!(concat!(env!("OUT_DIR"), "/layout.bpf.o")));
+    static LAYOUT_OBJ: &Aligned<[u8]> = &Aligned(*include_bytes!(concat!(env!("OUT_DIR"), "/layout.bpf.o")));
 
     fn layout(name: &str) -> StructLayout {
         BtfLayout::from_elf(&LAYOUT_OBJ.0)
@@ -324,26 +319,13 @@ mod layout_tests {
         assert_layout!(
             "flow_key",
             FlowKey,
-            [
-                cgroup_id,
-                local_addr,
-                remote_addr,
-                local_port,
-                remote_port,
-                protocol,
-                family,
-                _pad
-            ]
+            [cgroup_id, local_addr, remote_addr, local_port, remote_port, protocol, family, _pad]
         );
     }
 
     #[test]
     fn flow_counts_matches_c() {
-        assert_layout!(
-            "flow_counts",
-            FlowCounts,
-            [bytes, packets, syn, fin, rst, tcp_flags, _pad]
-        );
+        assert_layout!("flow_counts", FlowCounts, [bytes, packets, syn, fin, rst, tcp_flags, _pad]);
     }
 
     #[test]
@@ -367,11 +349,7 @@ mod layout_tests {
 
     #[test]
     fn cgroup_event_matches_c() {
-        assert_layout!(
-            "cgroup_event",
-            CgroupEvent,
-            [hdr, cgroup_id, path_len, _pad, path]
-        );
+        assert_layout!("cgroup_event", CgroupEvent, [hdr, cgroup_id, path_len, _pad, path]);
     }
 
     #[test]

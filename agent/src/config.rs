@@ -21,11 +21,7 @@ pub enum LogFormat {
 }
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "podlens-agent",
-    version,
-    about = "podlens node agent: per-pod network flows from eBPF"
-)]
+#[command(name = "podlens-agent", version, about = "podlens node agent: per-pod network flows from eBPF")]
 pub struct AgentArgs {
     /// Run an embedded collector in this process and serve the Observe API locally.
     #[arg(long, env = "PODLENS_STANDALONE")]
@@ -78,9 +74,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().map_err(|_| {
-        format!("{s:?} is not a duration: expected a number followed by ms, s, m or h")
-    })?;
+    let n: u64 =
+        num.parse().map_err(|_| format!("{s:?} is not a duration: expected a number followed by ms, s, m or h"))?;
     match unit {
         "ms" => Ok(Duration::from_millis(n)),
         "s" => Ok(Duration::from_secs(n)),
@@ -93,21 +88,15 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 fn parse_interval(s: &str) -> Result<Duration, String> {
     let d = parse_duration(s)?;
     if d < Duration::from_millis(100) || d > Duration::from_secs(3600) {
-        return Err(format!(
-            "{s:?} is out of range: the interval must be between 100ms and 1h"
-        ));
+        return Err(format!("{s:?} is out of range: the interval must be between 100ms and 1h"));
     }
     Ok(d)
 }
 
 fn parse_ring_bytes(s: &str) -> Result<u32, String> {
-    let n: u32 = s
-        .parse()
-        .map_err(|_| format!("{s:?} is not a number of bytes"))?;
+    let n: u32 = s.parse().map_err(|_| format!("{s:?} is not a number of bytes"))?;
     if !n.is_power_of_two() || !(4096..=256 << 20).contains(&n) {
-        return Err(format!(
-            "{n} must be a power of two between 4096 and 268435456"
-        ));
+        return Err(format!("{n} must be a power of two between 4096 and 268435456"));
     }
     Ok(n)
 }
@@ -122,32 +111,21 @@ mod tests {
         assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert!(parse_duration("5").unwrap_err().contains("unit"));
-        assert!(parse_duration("fast")
-            .unwrap_err()
-            .contains("not a duration"));
-        assert!(parse_interval("10ms")
-            .unwrap_err()
-            .contains("between 100ms and 1h"));
+        assert!(parse_duration("fast").unwrap_err().contains("not a duration"));
+        assert!(parse_interval("10ms").unwrap_err().contains("between 100ms and 1h"));
     }
 
     #[test]
     fn flags_parse_and_bad_values_name_the_input() {
-        let a = AgentArgs::try_parse_from(["podlens-agent", "--standalone", "--interval", "1s"])
-            .unwrap();
+        let a = AgentArgs::try_parse_from(["podlens-agent", "--standalone", "--interval", "1s"]).unwrap();
         assert!(a.standalone);
         assert_eq!(a.interval, Duration::from_secs(1));
         assert_eq!(a.listen, "127.0.0.1:7700".parse().unwrap());
-        let err = AgentArgs::try_parse_from(["podlens-agent", "--flow-map-entries", "10"])
-            .unwrap_err()
-            .to_string();
+        let err = AgentArgs::try_parse_from(["podlens-agent", "--flow-map-entries", "10"]).unwrap_err().to_string();
         assert!(err.contains("--flow-map-entries"), "{err}");
-        let err = AgentArgs::try_parse_from(["podlens-agent", "--events-ring-bytes", "5000"])
-            .unwrap_err()
-            .to_string();
+        let err = AgentArgs::try_parse_from(["podlens-agent", "--events-ring-bytes", "5000"]).unwrap_err().to_string();
         assert!(err.contains("power of two"), "{err}");
-        let err = AgentArgs::try_parse_from(["podlens-agent", "--listen", "nowhere"])
-            .unwrap_err()
-            .to_string();
+        let err = AgentArgs::try_parse_from(["podlens-agent", "--listen", "nowhere"]).unwrap_err().to_string();
         assert!(err.contains("--listen"), "{err}");
     }
 }

@@ -7,9 +7,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use podlens_agent_ebpf::{
-    FlowCounts, FlowKey, FlowOverflowEvent, FlowValue, DIR_INGRESS, FAMILY_IPV4,
-};
+use podlens_agent_ebpf::{FlowCounts, FlowKey, FlowOverflowEvent, FlowValue, DIR_INGRESS, FAMILY_IPV4};
 use podlens_proto::v1 as pb;
 
 use crate::identity::WindowResolver;
@@ -145,23 +143,14 @@ fn counts(c: &FlowCounts) -> pb::FlowCounts {
     }
 }
 
-fn flow_record(
-    key: &FlowKey,
-    agg: &FlowAgg,
-    clock: &Clock,
-    ids: &mut WindowResolver<'_>,
-) -> pb::FlowRecord {
+fn flow_record(key: &FlowKey, agg: &FlowAgg, clock: &Clock, ids: &mut WindowResolver<'_>) -> pb::FlowRecord {
     let last = clock.unix_nanos(agg.last_seen_ns);
     let remote_ip = key_addr(key.family, &key.remote_addr);
     pb::FlowRecord {
         local: Some(ids.workload(key.cgroup_id)),
         local_ip: key_addr(key.family, &key.local_addr).to_string(),
         local_port: key.local_port.into(),
-        remote: Some(ids.peer(
-            remote_ip,
-            key.remote_port,
-            UNIX_EPOCH + Duration::from_nanos(last),
-        )),
+        remote: Some(ids.peer(remote_ip, key.remote_port, UNIX_EPOCH + Duration::from_nanos(last))),
         protocol: key.protocol.into(),
         egress: Some(counts(&agg.dir[0])),
         ingress: Some(counts(&agg.dir[1])),
@@ -182,9 +171,7 @@ impl Clock {
     pub fn now() -> Self {
         let mono = monotonic_ns();
         let unix = unix_nanos(SystemTime::now());
-        Self {
-            offset: i128::from(unix) - i128::from(mono),
-        }
+        Self { offset: i128::from(unix) - i128::from(mono) }
     }
 
     /// For tests: a fixed offset.
@@ -201,21 +188,14 @@ impl Clock {
 }
 
 pub fn unix_nanos(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
 }
 
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime writes into the timespec we own.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    (ts.tv_sec as u64)
-        .saturating_mul(1_000_000_000)
-        .saturating_add(ts.tv_nsec as u64)
+    (ts.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(ts.tv_nsec as u64)
 }
 
 #[cfg(test)]
@@ -249,30 +229,15 @@ mod tests {
             tcp_flags: flags,
             ..Default::default()
         };
-        FlowValue {
-            dir: [c(out), c(inn)],
-            first_seen_ns: first,
-            last_seen_ns: last,
-        }
+        FlowValue { dir: [c(out), c(inn)], first_seen_ns: first, last_seen_ns: last }
     }
 
     #[test]
     fn kernel_values_of_one_key_are_summed() {
         let mut w = FlowWindow::default();
-        w.add_kernel([
-            (key(1), value((100, 2), (50, 1), 10, 20, 0x02)),
-            (key(1), value((1, 1), (2, 2), 5, 30, 0x10)),
-        ]);
+        w.add_kernel([(key(1), value((100, 2), (50, 1), 10, 20, 0x02)), (key(1), value((1, 1), (2, 2), 5, 30, 0x10))]);
         let agg = w.flows[&key(1)];
-        assert_eq!(
-            (
-                agg.dir[0].bytes,
-                agg.dir[0].packets,
-                agg.dir[1].bytes,
-                agg.dir[1].packets
-            ),
-            (101, 3, 52, 3)
-        );
+        assert_eq!((agg.dir[0].bytes, agg.dir[0].packets, agg.dir[1].bytes, agg.dir[1].packets), (101, 3, 52, 3));
         assert_eq!(agg.dir[0].syn, 2);
         assert_eq!(agg.dir[0].tcp_flags, 0x12);
         assert_eq!((agg.first_seen_ns, agg.last_seen_ns), (5, 30));
@@ -284,11 +249,7 @@ mod tests {
         let mut w = FlowWindow::default();
         w.add_kernel([(key(1), value((100, 2), (0, 0), 10, 20, 0x10))]);
         let e = FlowOverflowEvent {
-            hdr: EventHeader {
-                kind: 1,
-                _pad: 0,
-                ts_ns: 40,
-            },
+            hdr: EventHeader { kind: 1, _pad: 0, ts_ns: 40 },
             key: key(1),
             bytes: 60,
             packets: 1,
@@ -301,13 +262,7 @@ mod tests {
         let agg = w.flows[&key(1)];
         // syn 1 comes from the kernel value; the event adds FIN and RST
         assert_eq!(
-            (
-                agg.dir[1].bytes,
-                agg.dir[1].packets,
-                agg.dir[1].fin,
-                agg.dir[1].rst,
-                agg.dir[1].syn
-            ),
+            (agg.dir[1].bytes, agg.dir[1].packets, agg.dir[1].fin, agg.dir[1].rst, agg.dir[1].syn),
             (60, 1, 1, 1, 1)
         );
         assert_eq!(agg.dir[1].tcp_flags, 0x05 | 0x10);
@@ -327,10 +282,7 @@ mod tests {
     #[test]
     fn addresses_decode_by_family() {
         let k = key(1);
-        assert_eq!(
-            key_addr(k.family, &k.local_addr),
-            "10.0.0.1".parse::<IpAddr>().unwrap()
-        );
+        assert_eq!(key_addr(k.family, &k.local_addr), "10.0.0.1".parse::<IpAddr>().unwrap());
         let v6: Ipv6Addr = "fd00::1".parse().unwrap();
         assert_eq!(key_addr(FAMILY_IPV6, &v6.octets()), IpAddr::V6(v6));
     }
@@ -339,32 +291,21 @@ mod tests {
     fn records_carry_identity_orientation_and_times() {
         let mut table = CgroupTable::new("/nonexistent", Duration::from_secs(60));
         table.insert(5, "/system.slice/sshd.service");
-        let mut resolver = Resolver::new(
-            table,
-            Arc::new(RwLock::new(PodStore::new(Duration::from_secs(60)))),
-        );
+        let mut resolver = Resolver::new(table, Arc::new(RwLock::new(PodStore::new(Duration::from_secs(60)))));
         let mut w = FlowWindow::default();
         w.add_kernel([(key(4242), value((100, 2), (50, 1), 1_000, 2_000, 0x12))]);
         let clock = Clock::with_offset(1_700_000_000_000_000_000);
         let mut ids = resolver.window([5]);
         let recs = w.into_records("n1", (1, 2), &clock, &mut ids);
         assert_eq!(recs.len(), 1);
-        let Some(pb::record::Kind::Flow(f)) = &recs[0].kind else {
-            panic!()
-        };
+        let Some(pb::record::Kind::Flow(f)) = &recs[0].kind else { panic!() };
         assert_eq!((f.local_ip.as_str(), f.local_port), ("10.0.0.1", 4242));
         let remote = f.remote.as_ref().unwrap();
         assert_eq!((remote.ip.as_str(), remote.port), ("10.0.0.2", 80));
         assert_eq!(f.egress.as_ref().unwrap().bytes, 100);
         assert_eq!(f.ingress.as_ref().unwrap().packets, 1);
         assert_eq!(f.first_seen_unix_nano, 1_700_000_000_000_001_000);
-        assert_eq!(
-            f.local.as_ref().unwrap().cgroup_path,
-            "/system.slice/sshd.service"
-        );
-        assert_eq!(
-            (recs[0].window_start_unix_nano, recs[0].window_end_unix_nano),
-            (1, 2)
-        );
+        assert_eq!(f.local.as_ref().unwrap().cgroup_path, "/system.slice/sshd.service");
+        assert_eq!((recs[0].window_start_unix_nano, recs[0].window_end_unix_nano), (1, 2));
     }
 }

@@ -14,21 +14,13 @@ pub struct LossTracker {
 impl LossTracker {
     /// Builds the report for `totals` (source, reason, cumulative total).
     /// A counter that went backwards (a reset) reports its whole total as delta.
-    pub fn report(
-        &mut self,
-        totals: impl IntoIterator<Item = (&'static str, &'static str, u64)>,
-    ) -> pb::LossReport {
+    pub fn report(&mut self, totals: impl IntoIterator<Item = (&'static str, &'static str, u64)>) -> pb::LossReport {
         let mut counters = Vec::new();
         for (source, reason, total) in totals {
             let key = (source.to_string(), reason.to_string());
             let prev = self.previous.insert(key, total).unwrap_or(0);
             let delta = if total >= prev { total - prev } else { total };
-            counters.push(pb::LossCounter {
-                source: source.into(),
-                reason: reason.into(),
-                total,
-                delta,
-            });
+            counters.push(pb::LossCounter { source: source.into(), reason: reason.into(), total, delta });
         }
         pb::LossReport { counters }
     }

@@ -22,13 +22,13 @@ use tokio::sync::watch;
 
 /// Deleted pods and cgroups stay resolvable this long, for late flows.
 const RETENTION: Duration = Duration::from_secs(600);
+/// How long consumers get to read the last window at shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 fn init_logging(args: &AgentArgs) -> Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
         .with_context(|| format!("--log {:?} is not a valid filter", args.log))?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match args.log_format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
@@ -37,15 +37,9 @@ fn init_logging(args: &AgentArgs) -> Result<()> {
 }
 
 fn node_identity(args: &AgentArgs) -> pb::NodeIdentity {
-    let name = args
-        .node_name
-        .clone()
-        .filter(|n| !n.is_empty())
-        .unwrap_or_else(|| {
-            std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|h| h.trim().to_string())
-                .unwrap_or_default()
-        });
+    let name = args.node_name.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default()
+    });
     pb::NodeIdentity {
         name,
         boot_id: std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
@@ -65,12 +59,7 @@ async fn start_pod_source(
     if let Some(path) = &args.pods_file {
         let n = inventory::reload(path, pods)?;
         tracing::info!(pods = n, file = %path.display(), "pod metadata from inventory file");
-        tokio::spawn(inventory::watch(
-            path.clone(),
-            pods.clone(),
-            Duration::from_secs(1),
-            shutdown.clone(),
-        ));
+        tokio::spawn(inventory::watch(path.clone(), pods.clone(), Duration::from_secs(1), shutdown.clone()));
         return Ok(());
     }
     let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
@@ -78,17 +67,9 @@ async fn start_pod_source(
         tracing::warn!("no pod metadata source (--pods-file or the Kubernetes API): pods are identified by UID only");
         return Ok(());
     }
-    let client = ::kube::Client::try_default()
-        .await
-        .context("connecting to the Kubernetes API (--kube)")?;
+    let client = ::kube::Client::try_default().await.context("connecting to the Kubernetes API (--kube)")?;
     let (synced, _) = watch::channel(false);
-    tokio::spawn(kube::run_watch(
-        client,
-        node.to_string(),
-        pods.clone(),
-        synced,
-        shutdown.clone(),
-    ));
+    tokio::spawn(kube::run_watch(client, node.to_string(), pods.clone(), synced, shutdown.clone()));
     Ok(())
 }
 
@@ -112,10 +93,7 @@ async fn main() -> Result<()> {
     let cgroup_root = preflight::run(args.cgroup_root.as_deref())?;
     let node = node_identity(&args);
 
-    let opts = LoadOptions {
-        flow_map_entries: args.flow_map_entries,
-        events_ring_bytes: args.events_ring_bytes,
-    };
+    let opts = LoadOptions { flow_map_entries: args.flow_map_entries, events_ring_bytes: args.events_ring_bytes };
     let mut kernel = Kernel::load(&opts)?;
     let mut cgroups = CgroupTable::new(&cgroup_root, RETENTION);
     // Scan after attaching the event programs would miss nothing, but the
@@ -140,18 +118,18 @@ async fn main() -> Result<()> {
         let _ = server_stop.changed().await;
     }));
 
-    let pipeline = Pipeline::new(
-        kernel,
-        Resolver::new(cgroups, pods),
-        node,
-        Arc::new(HubSink(hub)),
-    )?;
+    let pipeline = Pipeline::new(kernel, Resolver::new(cgroups, pods), node, Arc::new(HubSink(hub.clone())))?;
     let run = tokio::spawn(pipeline.run(args.interval, stop_rx));
     shutdown_signal().await?;
     stop_tx.send_replace(true);
     let pipeline = run.await.context("pipeline task")?;
     drop(pipeline); // detaches the programs
-    server.await.context("server task")??;
+                    // The last window is queued for consumers; their streams end after it.
+    hub.close_consumers();
+    match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
+        Ok(r) => r.context("server task")??,
+        Err(_) => tracing::warn!(grace = ?SHUTDOWN_GRACE, "Observe consumers still connected; closing anyway"),
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -59,14 +59,11 @@ impl Pipeline {
         node: pb::NodeIdentity,
         sink: Arc<dyn Sink>,
     ) -> std::io::Result<Self> {
-        let ring = kernel
-            .take_events()
-            .ok_or_else(|| std::io::Error::other("events ring buffer already taken"))?;
+        let ring = kernel.take_events().ok_or_else(|| std::io::Error::other("events ring buffer already taken"))?;
         // SAFETY: the ring buffer owns its map fd, which stays open and the
         // same for as long as the AsyncFd owns the ring buffer.
-        let events =
-            unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-                .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let events = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
         Ok(Self {
             kernel,
             events,
@@ -149,33 +146,22 @@ impl Pipeline {
             kind: Some(pb::record::Kind::Loss(self.loss_report())),
         });
         self.sequence += 1;
-        self.sink.publish(pb::Batch {
-            node: Some(self.node.clone()),
-            sequence: self.sequence,
-            records,
-        });
+        self.sink.publish(pb::Batch { node: Some(self.node.clone()), sequence: self.sequence, records });
         Ok(n)
     }
 
     fn loss_report(&mut self) -> pb::LossReport {
         let mut totals: Vec<(&'static str, &'static str, u64)> = Vec::new();
         match self.kernel.counters() {
-            Ok(counters) => totals.extend(
-                counters
-                    .into_iter()
-                    .filter(|(c, _)| c.is_loss())
-                    .map(|(c, v)| ("kernel", c.name(), v)),
-            ),
+            Ok(counters) => {
+                totals.extend(counters.into_iter().filter(|(c, _)| c.is_loss()).map(|(c, v)| ("kernel", c.name(), v)))
+            }
             Err(e) => tracing::warn!(error = %e, "reading kernel counters failed"),
         }
         let id = self.resolver.stats();
         totals.extend([
             ("ringbuf", "decode_error", self.user.event_decode_errors),
-            (
-                "identity",
-                "cgroup_path_truncated",
-                self.user.cgroup_paths_truncated,
-            ),
+            ("identity", "cgroup_path_truncated", self.user.cgroup_paths_truncated),
             ("identity", "unresolved_cgroup", id.unresolved_cgroups),
             ("identity", "unknown_layout", id.unknown_layouts),
             ("identity", "pod_without_metadata", id.pods_without_metadata),

@@ -42,19 +42,14 @@ pub fn parse_release(release: &str) -> Result<(u32, u32), PreflightError> {
 
 pub fn check_kernel(release: &str) -> Result<(), PreflightError> {
     if parse_release(release)? < MIN_KERNEL {
-        return Err(PreflightError::KernelTooOld {
-            found: release.trim().to_string(),
-        });
+        return Err(PreflightError::KernelTooOld { found: release.trim().to_string() });
     }
     Ok(())
 }
 
 /// The effective capability set from /proc/self/status.
 pub fn effective_caps(status: &str) -> Option<u64> {
-    let hex = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))?
-        .trim();
+    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?.trim();
     u64::from_str_radix(hex, 16).ok()
 }
 
@@ -65,15 +60,11 @@ pub fn missing_caps(eff: u64) -> Vec<&'static str> {
     if has(CAP_SYS_ADMIN) {
         return Vec::new();
     }
-    [
-        (CAP_BPF, "CAP_BPF"),
-        (CAP_PERFMON, "CAP_PERFMON"),
-        (CAP_NET_ADMIN, "CAP_NET_ADMIN"),
-    ]
-    .into_iter()
-    .filter(|(bit, _)| !has(*bit))
-    .map(|(_, name)| name)
-    .collect()
+    [(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON"), (CAP_NET_ADMIN, "CAP_NET_ADMIN")]
+        .into_iter()
+        .filter(|(bit, _)| !has(*bit))
+        .map(|(_, name)| name)
+        .collect()
 }
 
 /// Unescapes the octal escapes mountinfo uses for spaces and the like.
@@ -82,12 +73,7 @@ fn unescape(field: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'\\'
-            && i + 3 < bytes.len()
-            && bytes[i + 1..i + 4]
-                .iter()
-                .all(|b| (b'0'..=b'7').contains(b))
-        {
+        if bytes[i] == b'\\' && i + 3 < bytes.len() && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b)) {
             let v = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
             out.push(v);
             i += 4;
@@ -163,10 +149,7 @@ mod tests {
 
     #[test]
     fn finds_cgroup2_on_hybrid_and_pure_hosts() {
-        assert_eq!(
-            find_cgroup2(HYBRID),
-            Some(PathBuf::from("/sys/fs/cgroup/unified"))
-        );
+        assert_eq!(find_cgroup2(HYBRID), Some(PathBuf::from("/sys/fs/cgroup/unified")));
         assert_eq!(find_cgroup2(PURE_V2), Some(PathBuf::from("/sys/fs/cgroup")));
     }
 
@@ -176,10 +159,7 @@ mod tests {
 50 23 0:26 /kubepods.slice /sys/fs/cgroup rw - cgroup2 cgroup2 rw
 51 23 0:26 / /host/sys\\040fs/cgroup rw - cgroup2 cgroup2 rw
 ";
-        assert_eq!(
-            find_cgroup2(info),
-            Some(PathBuf::from("/host/sys fs/cgroup"))
-        );
+        assert_eq!(find_cgroup2(info), Some(PathBuf::from("/host/sys fs/cgroup")));
     }
 
     #[test]
@@ -194,29 +174,16 @@ mod tests {
         assert!(check_kernel("5.8.0").is_ok());
         assert!(check_kernel("5.15.0-91-generic").is_ok());
         let err = check_kernel("5.4.0-150-generic").unwrap_err();
-        assert!(
-            err.to_string().contains("5.4.0-150-generic") && err.to_string().contains(">= 5.8"),
-            "{err}"
-        );
-        assert!(matches!(
-            check_kernel("banana"),
-            Err(PreflightError::KernelUnparsable(_))
-        ));
+        assert!(err.to_string().contains("5.4.0-150-generic") && err.to_string().contains(">= 5.8"), "{err}");
+        assert!(matches!(check_kernel("banana"), Err(PreflightError::KernelUnparsable(_))));
     }
 
     #[test]
     fn capabilities() {
         let status = "Name:\tagent\nCapEff:\t000001c000001000\n";
         let eff = effective_caps(status).unwrap();
-        assert_eq!(
-            missing_caps(eff),
-            Vec::<&str>::new(),
-            "BPF, PERFMON, NET_ADMIN"
-        );
-        assert_eq!(
-            missing_caps(1 << CAP_NET_ADMIN),
-            vec!["CAP_BPF", "CAP_PERFMON"]
-        );
+        assert_eq!(missing_caps(eff), Vec::<&str>::new(), "BPF, PERFMON, NET_ADMIN");
+        assert_eq!(missing_caps(1 << CAP_NET_ADMIN), vec!["CAP_BPF", "CAP_PERFMON"]);
         assert_eq!(missing_caps(1 << CAP_SYS_ADMIN), Vec::<&str>::new());
         assert_eq!(missing_caps(0).len(), 3);
         let err = PreflightError::MissingCapabilities(missing_caps(0)).to_string();

@@ -24,27 +24,16 @@ impl Filter {
         let mut kinds = Vec::new();
         for (index, &value) in req.kinds.iter().enumerate() {
             match pb::RecordKind::try_from(value) {
-                Ok(pb::RecordKind::Unspecified) | Err(_) => {
-                    return Err(FilterError::UnknownKind { index, value })
-                }
+                Ok(pb::RecordKind::Unspecified) | Err(_) => return Err(FilterError::UnknownKind { index, value }),
                 Ok(k) => kinds.push(k),
             }
         }
-        for (field, list) in [
-            ("nodes", &req.nodes),
-            ("namespaces", &req.namespaces),
-            ("pods", &req.pods),
-        ] {
+        for (field, list) in [("nodes", &req.nodes), ("namespaces", &req.namespaces), ("pods", &req.pods)] {
             if let Some(index) = list.iter().position(|s| s.is_empty()) {
                 return Err(FilterError::Empty { field, index });
             }
         }
-        Ok(Self {
-            nodes: req.nodes.clone(),
-            namespaces: req.namespaces.clone(),
-            pods: req.pods.clone(),
-            kinds,
-        })
+        Ok(Self { nodes: req.nodes.clone(), namespaces: req.namespaces.clone(), pods: req.pods.clone(), kinds })
     }
 
     pub fn matches(&self, r: &pb::Record) -> bool {
@@ -116,9 +105,7 @@ mod tests {
             node: "n1".into(),
             kind: Some(Kind::Flow(pb::FlowRecord {
                 local: Some(pb::Workload {
-                    kind: Some(workload::Kind::Host(pb::HostUnit {
-                        unit: "system.slice".into(),
-                    })),
+                    kind: Some(workload::Kind::Host(pb::HostUnit { unit: "system.slice".into() })),
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -128,11 +115,7 @@ mod tests {
     }
 
     fn loss() -> pb::Record {
-        pb::Record {
-            node: "n1".into(),
-            kind: Some(Kind::Loss(pb::LossReport::default())),
-            ..Default::default()
-        }
+        pb::Record { node: "n1".into(), kind: Some(Kind::Loss(pb::LossReport::default())), ..Default::default() }
     }
 
     fn filter(nodes: &[&str], ns: &[&str], pods: &[&str], kinds: &[pb::RecordKind]) -> Filter {
@@ -165,10 +148,7 @@ mod tests {
         let f = filter(&[], &[], &["web"], &[]);
         assert!(f.matches(&flow("n1", "other", "web")));
         let f = filter(&[], &["shop"], &["db"], &[]);
-        assert!(
-            !f.matches(&flow("n1", "shop", "web")),
-            "both lists must match"
-        );
+        assert!(!f.matches(&flow("n1", "shop", "web")), "both lists must match");
     }
 
     #[test]
@@ -182,29 +162,12 @@ mod tests {
 
     #[test]
     fn bad_requests_are_rejected_with_the_field() {
-        let err = Filter::from_request(&pb::ObserveRequest {
-            kinds: vec![0],
-            ..Default::default()
-        })
-        .unwrap_err();
+        let err = Filter::from_request(&pb::ObserveRequest { kinds: vec![0], ..Default::default() }).unwrap_err();
         assert_eq!(err.to_string(), "kinds[0]: unknown record kind 0");
-        let err = Filter::from_request(&pb::ObserveRequest {
-            kinds: vec![1, 42],
-            ..Default::default()
-        })
-        .unwrap_err();
-        assert_eq!(
-            err,
-            FilterError::UnknownKind {
-                index: 1,
-                value: 42
-            }
-        );
-        let err = Filter::from_request(&pb::ObserveRequest {
-            pods: vec!["".into()],
-            ..Default::default()
-        })
-        .unwrap_err();
+        let err = Filter::from_request(&pb::ObserveRequest { kinds: vec![1, 42], ..Default::default() }).unwrap_err();
+        assert_eq!(err, FilterError::UnknownKind { index: 1, value: 42 });
+        let err =
+            Filter::from_request(&pb::ObserveRequest { pods: vec!["".into()], ..Default::default() }).unwrap_err();
         assert_eq!(err.to_string(), "pods[0]: empty string");
     }
 }

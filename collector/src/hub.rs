@@ -1,12 +1,13 @@
 //! The collector's core: accepts node batches (deduplicated by node run and
-//! sequence), keeps per-node state, and fans records out to Observe consumers
-//! through bounded per-consumer channels. A consumer whose channel is full is
-//! disconnected; ingest never waits for a consumer.
+//! sequence), keeps per-node state, and fans records out to Observe consumers.
+//! Each consumer has a buffer bounded in records (a batch is queued whole, so
+//! one large window does not count as slowness); a consumer whose buffer would
+//! overflow is disconnected. Ingest never waits for a consumer.
 
 use std::{
     collections::HashMap,
     sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
         Arc, Mutex,
     },
 };
@@ -16,8 +17,9 @@ use tokio::sync::mpsc;
 
 use crate::filter::Filter;
 
-/// Records buffered per consumer before it counts as too slow.
-pub const DEFAULT_CONSUMER_BUFFER: usize = 4096;
+/// Records buffered per consumer before it counts as too slow: two full
+/// windows of the default flow map.
+pub const DEFAULT_CONSUMER_BUFFER: usize = 131_072;
 
 /// What happened to one batch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,7 +56,9 @@ pub struct NodeState {
 
 struct Subscriber {
     filter: Filter,
-    tx: mpsc::Sender<pb::Record>,
+    tx: mpsc::UnboundedSender<Vec<pb::Record>>,
+    /// Records queued and not yet taken by the consumer (the bound).
+    buffered: Arc<AtomicUsize>,
     lagged: Arc<AtomicBool>,
 }
 
@@ -75,17 +79,45 @@ pub struct Hub {
 
 /// The receiving side of one consumer.
 pub struct Subscription {
-    pub rx: mpsc::Receiver<pb::Record>,
+    rx: mpsc::UnboundedReceiver<Vec<pb::Record>>,
+    buffered: Arc<AtomicUsize>,
+    current: std::vec::IntoIter<pb::Record>,
     /// Set when the hub dropped this consumer for falling behind.
     pub lagged: Arc<AtomicBool>,
 }
 
+impl Subscription {
+    /// The next record; `None` once the hub dropped this consumer (see
+    /// `lagged`) and everything queued before was taken.
+    pub async fn recv(&mut self) -> Option<pb::Record> {
+        loop {
+            if let Some(r) = self.next_buffered() {
+                return Some(r);
+            }
+            self.current = self.rx.recv().await?.into_iter();
+        }
+    }
+
+    /// The next record if one is queued, without waiting.
+    pub fn try_recv(&mut self) -> Option<pb::Record> {
+        loop {
+            if let Some(r) = self.next_buffered() {
+                return Some(r);
+            }
+            self.current = self.rx.try_recv().ok()?.into_iter();
+        }
+    }
+
+    fn next_buffered(&mut self) -> Option<pb::Record> {
+        let r = self.current.next()?;
+        self.buffered.fetch_sub(1, Ordering::AcqRel);
+        Some(r)
+    }
+}
+
 impl Hub {
     pub fn new(consumer_buffer: usize) -> Self {
-        Self {
-            consumer_buffer: consumer_buffer.max(1),
-            ..Default::default()
-        }
+        Self { consumer_buffer: consumer_buffer.max(1), ..Default::default() }
     }
 
     pub fn ingest(&self, batch: pb::Batch) -> Result<IngestOutcome, IngestError> {
@@ -119,64 +151,51 @@ impl Hub {
 
     fn fan_out(&self, records: Vec<pb::Record>) {
         let mut subs = self.subscribers.lock().unwrap_or_else(|e| e.into_inner());
-        if subs.is_empty() {
-            return;
-        }
-        for record in records {
-            subs.retain(|s| {
-                if !s.filter.matches(&record) {
-                    return !s.tx.is_closed();
-                }
-                match s.tx.try_send(record.clone()) {
-                    Ok(()) => {
-                        self.stats
-                            .records_fanned_out
-                            .fetch_add(1, Ordering::Relaxed);
-                        true
-                    }
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        s.lagged.store(true, Ordering::Release);
-                        self.stats.consumers_dropped.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(
-                            buffer = self.consumer_buffer,
-                            "observe consumer too slow; disconnecting it"
-                        );
-                        false
-                    }
-                    Err(mpsc::error::TrySendError::Closed(_)) => false,
-                }
-            });
-        }
+        subs.retain(|s| {
+            let mine: Vec<pb::Record> = records.iter().filter(|r| s.filter.matches(r)).cloned().collect();
+            if mine.is_empty() {
+                return !s.tx.is_closed();
+            }
+            let n = mine.len();
+            if s.buffered.load(Ordering::Acquire) + n > self.consumer_buffer {
+                s.lagged.store(true, Ordering::Release);
+                self.stats.consumers_dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(buffer = self.consumer_buffer, "observe consumer too slow; disconnecting it");
+                return false;
+            }
+            s.buffered.fetch_add(n, Ordering::AcqRel);
+            if s.tx.send(mine).is_err() {
+                return false;
+            }
+            self.stats.records_fanned_out.fetch_add(n as u64, Ordering::Relaxed);
+            true
+        });
     }
 
     pub fn subscribe(&self, filter: Filter) -> Subscription {
-        let (tx, rx) = mpsc::channel(self.consumer_buffer);
+        let (tx, rx) = mpsc::unbounded_channel();
         let lagged = Arc::new(AtomicBool::new(false));
-        self.subscribers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(Subscriber {
-                filter,
-                tx,
-                lagged: lagged.clone(),
-            });
-        Subscription { rx, lagged }
+        let buffered = Arc::new(AtomicUsize::new(0));
+        self.subscribers.lock().unwrap_or_else(|e| e.into_inner()).push(Subscriber {
+            filter,
+            tx,
+            buffered: buffered.clone(),
+            lagged: lagged.clone(),
+        });
+        Subscription { rx, buffered, current: Vec::new().into_iter(), lagged }
+    }
+
+    /// Ends every consumer's stream once it has taken what is queued (shutdown).
+    pub fn close_consumers(&self) {
+        self.subscribers.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 
     pub fn consumers(&self) -> usize {
-        self.subscribers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .len()
+        self.subscribers.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
     pub fn nodes(&self) -> Vec<NodeState> {
-        self.nodes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
-            .collect()
+        self.nodes.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
     }
 }
 
@@ -186,11 +205,7 @@ mod tests {
 
     fn batch(node: &str, epoch: u64, seq: u64, n: usize) -> pb::Batch {
         pb::Batch {
-            node: Some(pb::NodeIdentity {
-                name: node.into(),
-                agent_epoch_unix_nano: epoch,
-                ..Default::default()
-            }),
+            node: Some(pb::NodeIdentity { name: node.into(), agent_epoch_unix_nano: epoch, ..Default::default() }),
             sequence: seq,
             records: (0..n)
                 .map(|_| pb::Record {
@@ -205,38 +220,33 @@ mod tests {
     #[test]
     fn duplicates_are_discarded_per_node_run() {
         let hub = Hub::new(16);
-        assert_eq!(
-            hub.ingest(batch("a", 1, 1, 2)),
-            Ok(IngestOutcome::Accepted { records: 2 })
-        );
-        assert_eq!(
-            hub.ingest(batch("a", 1, 2, 1)),
-            Ok(IngestOutcome::Accepted { records: 1 })
-        );
-        assert_eq!(
-            hub.ingest(batch("a", 1, 2, 1)),
-            Ok(IngestOutcome::Duplicate)
-        );
-        assert_eq!(
-            hub.ingest(batch("a", 1, 1, 2)),
-            Ok(IngestOutcome::Duplicate)
-        );
+        assert_eq!(hub.ingest(batch("a", 1, 1, 2)), Ok(IngestOutcome::Accepted { records: 2 }));
+        assert_eq!(hub.ingest(batch("a", 1, 2, 1)), Ok(IngestOutcome::Accepted { records: 1 }));
+        assert_eq!(hub.ingest(batch("a", 1, 2, 1)), Ok(IngestOutcome::Duplicate));
+        assert_eq!(hub.ingest(batch("a", 1, 1, 2)), Ok(IngestOutcome::Duplicate));
         // another node with the same sequence is not a duplicate
-        assert_eq!(
-            hub.ingest(batch("b", 1, 1, 1)),
-            Ok(IngestOutcome::Accepted { records: 1 })
-        );
+        assert_eq!(hub.ingest(batch("b", 1, 1, 1)), Ok(IngestOutcome::Accepted { records: 1 }));
         // a restarted agent starts again at 1
-        assert_eq!(
-            hub.ingest(batch("a", 2, 1, 1)),
-            Ok(IngestOutcome::Accepted { records: 1 })
-        );
-        let a = hub
-            .nodes()
-            .into_iter()
-            .find(|n| n.identity.name == "a")
-            .unwrap();
+        assert_eq!(hub.ingest(batch("a", 2, 1, 1)), Ok(IngestOutcome::Accepted { records: 1 }));
+        let a = hub.nodes().into_iter().find(|n| n.identity.name == "a").unwrap();
         assert_eq!((a.batches, a.records, a.duplicates, a.gaps), (3, 4, 2, 0));
+    }
+
+    #[test]
+    fn one_batch_larger_than_a_small_share_of_the_buffer_is_not_slowness() {
+        let hub = Hub::new(100);
+        let mut sub = hub.subscribe(Filter::default());
+        hub.ingest(batch("a", 1, 1, 100)).unwrap();
+        assert!(!sub.lagged.load(Ordering::Acquire));
+        let mut got = 0;
+        while sub.try_recv().is_some() {
+            got += 1;
+        }
+        assert_eq!(got, 100);
+        // taking records frees the buffer again
+        hub.ingest(batch("a", 1, 2, 100)).unwrap();
+        assert!(!sub.lagged.load(Ordering::Acquire));
+        assert_eq!(hub.consumers(), 1);
     }
 
     #[test]
@@ -251,14 +261,8 @@ mod tests {
     fn invalid_batches_are_rejected() {
         let hub = Hub::new(16);
         assert_eq!(hub.ingest(pb::Batch::default()), Err(IngestError::NoNode));
-        assert_eq!(
-            hub.ingest(batch("", 1, 1, 0)),
-            Err(IngestError::EmptyNodeName)
-        );
-        assert_eq!(
-            hub.ingest(batch("a", 1, 0, 0)),
-            Err(IngestError::ZeroSequence)
-        );
+        assert_eq!(hub.ingest(batch("", 1, 1, 0)), Err(IngestError::EmptyNodeName));
+        assert_eq!(hub.ingest(batch("a", 1, 0, 0)), Err(IngestError::ZeroSequence));
     }
 
     #[test]
@@ -268,13 +272,13 @@ mod tests {
         let mut fast = hub.subscribe(Filter::default());
         for seq in 1..=3 {
             hub.ingest(batch("a", 1, seq, 2)).unwrap();
-            while fast.rx.try_recv().is_ok() {}
+            while fast.try_recv().is_some() {}
         }
         assert!(slow.lagged.load(Ordering::Acquire));
         assert!(!fast.lagged.load(Ordering::Acquire));
         assert_eq!(hub.consumers(), 1);
         let mut got = 0;
-        while slow.rx.try_recv().is_ok() {
+        while slow.try_recv().is_some() {
             got += 1;
         }
         assert_eq!(got, 4, "the slow consumer keeps what was buffered");

@@ -27,16 +27,12 @@ type ObserveStream = Pin<Box<dyn Stream<Item = Result<pb::ObserveResponse, Statu
 impl Observe for ObserveService {
     type ObserveStream = ObserveStream;
 
-    async fn observe(
-        &self,
-        request: Request<pb::ObserveRequest>,
-    ) -> Result<Response<Self::ObserveStream>, Status> {
-        let filter = Filter::from_request(request.get_ref())
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    async fn observe(&self, request: Request<pb::ObserveRequest>) -> Result<Response<Self::ObserveStream>, Status> {
+        let filter = Filter::from_request(request.get_ref()).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let sub = self.hub.subscribe(filter);
         let stream = futures::stream::unfold(Some(sub), |state| async move {
             let mut sub = state?;
-            match sub.rx.recv().await {
+            match sub.recv().await {
                 Some(record) => Some((Ok(pb::ObserveResponse { record: Some(record) }), Some(sub))),
                 None if sub.lagged.load(Ordering::Acquire) => Some((
                     Err(Status::resource_exhausted(

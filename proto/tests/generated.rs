@@ -14,9 +14,6 @@ fn generated_code_is_up_to_date() {
         let fresh = std::fs::read(tmp.path().join(name)).unwrap();
         let committed = std::fs::read(root.join("src/gen").join(name))
             .unwrap_or_else(|e| panic!("src/gen/{name}: {e}; run `cargo xtask proto`"));
-        assert!(
-            fresh == committed,
-            "src/gen/{name} is stale: run `cargo xtask proto`"
-        );
+        assert!(fresh == committed, "src/gen/{name} is stale: run `cargo xtask proto`");
     }
 }

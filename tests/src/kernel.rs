@@ -27,11 +27,8 @@ pub struct FlowProgs {
 impl FlowProgs {
     pub fn load(flow_map_entries: u32, events_ring_bytes: u32) -> Self {
         crate::privileged::require_root();
-        let mut kernel = Kernel::load(&LoadOptions {
-            flow_map_entries,
-            events_ring_bytes,
-        })
-        .expect("load the eBPF object");
+        let mut kernel =
+            Kernel::load(&LoadOptions { flow_map_entries, events_ring_bytes }).expect("load the eBPF object");
         let ring = kernel.take_events().expect("events ring");
         Self { kernel, ring }
     }
@@ -60,18 +57,8 @@ impl FlowProgs {
         };
         let mut ctx = [0u8; SKB_SIZE];
         ctx[SKB_GSO_SEGS..SKB_GSO_SEGS + 4].copy_from_slice(&gso_segs.to_ne_bytes());
-        let prog: &mut CgroupSkb = self
-            .kernel
-            .program_mut(name)
-            .expect("program")
-            .try_into()
-            .expect("cgroup_skb");
-        let opts = TestRunOptions {
-            data_in: Some(frame),
-            ctx_in: Some(&ctx),
-            repeat,
-            ..Default::default()
-        };
+        let prog: &mut CgroupSkb = self.kernel.program_mut(name).expect("program").try_into().expect("cgroup_skb");
+        let opts = TestRunOptions { data_in: Some(frame), ctx_in: Some(&ctx), repeat, ..Default::default() };
         Ok(prog.test_run(opts)?.return_value)
     }
 
@@ -79,22 +66,13 @@ impl FlowProgs {
     pub fn drain(&mut self) -> BTreeMap<FlowKey, FlowValue> {
         let mut out = BTreeMap::new();
         for (k, v) in self.kernel.flow_maps.drain().expect("drain") {
-            assert!(
-                out.insert(k, v).is_none(),
-                "duplicate key from one drain: {k:?}"
-            );
+            assert!(out.insert(k, v).is_none(), "duplicate key from one drain: {k:?}");
         }
         out
     }
 
     pub fn counter(&self, c: Counter) -> u64 {
-        self.kernel
-            .counters()
-            .expect("counters")
-            .into_iter()
-            .find(|(k, _)| *k == c)
-            .map(|(_, v)| v)
-            .unwrap_or(0)
+        self.kernel.counters().expect("counters").into_iter().find(|(k, _)| *k == c).map(|(_, v)| v).unwrap_or(0)
     }
 
     /// Every counter, for messages.
@@ -117,11 +95,6 @@ pub fn own_cgroup_id() -> u64 {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
     let root = podlens_agent::preflight::find_cgroup2(&mountinfo).expect("cgroup2 mounted");
     let own = std::fs::read_to_string("/proc/self/cgroup").expect("/proc/self/cgroup");
-    let path = own
-        .lines()
-        .find_map(|l| l.strip_prefix("0::"))
-        .expect("cgroup2 entry");
-    std::fs::metadata(root.join(path.trim_start_matches('/')))
-        .expect("own cgroup dir")
-        .ino()
+    let path = own.lines().find_map(|l| l.strip_prefix("0::")).expect("cgroup2 entry");
+    std::fs::metadata(root.join(path.trim_start_matches('/'))).expect("own cgroup dir").ino()
 }

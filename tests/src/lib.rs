@@ -2,6 +2,9 @@
 //! test-run mode, and (for end-to-end tests) pods emulated exactly as the
 //! kubelet lays them out, each with its own network namespace.
 
+pub mod agent;
+pub mod cluster;
 pub mod kernel;
 pub mod packets;
 pub mod privileged;
+pub mod records;

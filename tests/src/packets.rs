@@ -71,14 +71,7 @@ pub fn icmp(kind: u8, code: u8, id: u16, payload: &[u8]) -> Vec<u8> {
 
 /// IPv4 header (20 bytes + options) followed by `l4`. `frag` is the raw
 /// flags/fragment-offset field.
-pub fn ipv4_full(
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
-    proto: u8,
-    frag: u16,
-    options: &[u8],
-    l4: &[u8],
-) -> Vec<u8> {
+pub fn ipv4_full(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, frag: u16, options: &[u8], l4: &[u8]) -> Vec<u8> {
     assert!(options.len() % 4 == 0 && options.len() <= 40);
     let ihl = ((20 + options.len()) / 4) as u8;
     let total = (20 + options.len() + l4.len()) as u16;

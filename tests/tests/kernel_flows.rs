@@ -63,32 +63,15 @@ fn assert_flows(p: &mut FlowProgs, want: &[(FlowKey, [FlowCounts; 2])]) {
     let got = p.drain();
     let got_keys: Vec<_> = got.keys().collect();
     let want_keys: Vec<_> = want.iter().map(|(k, _)| k).collect();
-    assert_eq!(
-        got.len(),
-        want.len(),
-        "flow keys: got {got_keys:#?}\nwant {want_keys:#?}"
-    );
+    assert_eq!(got.len(), want.len(), "flow keys: got {got_keys:#?}\nwant {want_keys:#?}");
     for (key, dirs) in want {
-        let v: &FlowValue = got
-            .get(key)
-            .unwrap_or_else(|| panic!("missing {key:?}; have {got_keys:#?}"));
+        let v: &FlowValue = got.get(key).unwrap_or_else(|| panic!("missing {key:?}; have {got_keys:#?}"));
         assert_eq!(&v.dir, dirs, "counts of {key:?}");
-        assert!(
-            v.first_seen_ns > 0 && v.first_seen_ns <= v.last_seen_ns,
-            "timestamps of {key:?}: {v:?}"
-        );
+        assert!(v.first_seen_ns > 0 && v.first_seen_ns <= v.last_seen_ns, "timestamps of {key:?}: {v:?}");
     }
 }
 
-const NONE: FlowCounts = FlowCounts {
-    bytes: 0,
-    packets: 0,
-    syn: 0,
-    fin: 0,
-    rst: 0,
-    tcp_flags: 0,
-    _pad: [0; 3],
-};
+const NONE: FlowCounts = FlowCounts { bytes: 0, packets: 0, syn: 0, fin: 0, rst: 0, tcp_flags: 0, _pad: [0; 3] };
 
 #[test]
 fn tcp_v4_both_directions_share_one_record() {
@@ -103,13 +86,7 @@ fn tcp_v4_both_directions_share_one_record() {
     out.bytes += 10 * data.len() as u64;
     out.packets += 10;
     out.tcp_flags |= ACK | PSH;
-    assert_flows(
-        &mut p,
-        &[(
-            key4(A4, 40000, B4, 80, 6),
-            [out, counts(synack.len() as u64, 1, SYN | ACK)],
-        )],
-    );
+    assert_flows(&mut p, &[(key4(A4, 40000, B4, 80, 6), [out, counts(synack.len() as u64, 1, SYN | ACK)])]);
 }
 
 #[test]
@@ -117,13 +94,7 @@ fn ingress_orientation_makes_the_destination_local() {
     let mut p = progs();
     let pkt = ipv4(B4, A4, 17, &udp(5353, 9999, &[1; 30]));
     assert_eq!(p.run(Dir::Ingress, &eth(ETH_P_IP, &pkt)), 1);
-    assert_flows(
-        &mut p,
-        &[(
-            key4(A4, 9999, B4, 5353, 17),
-            [NONE, counts(pkt.len() as u64, 1, 0)],
-        )],
-    );
+    assert_flows(&mut p, &[(key4(A4, 9999, B4, 5353, 17), [NONE, counts(pkt.len() as u64, 1, 0)])]);
 }
 
 #[test]
@@ -135,13 +106,7 @@ fn fin_and_rst_are_counted() {
     assert_eq!(p.run(Dir::Ingress, &eth(ETH_P_IP, &rst)), 1);
     assert_flows(
         &mut p,
-        &[(
-            key4(A4, 1, B4, 2, 6),
-            [
-                counts(2 * fin.len() as u64, 2, FIN | ACK),
-                counts(rst.len() as u64, 1, RST),
-            ],
-        )],
+        &[(key4(A4, 1, B4, 2, 6), [counts(2 * fin.len() as u64, 2, FIN | ACK), counts(rst.len() as u64, 1, RST)])],
     );
 }
 
@@ -157,17 +122,8 @@ fn icmp_echo_request_and_reply_share_a_record() {
     assert_flows(
         &mut p,
         &[
-            (
-                key4(A4, 0x1234, B4, 0x1234, 1),
-                [
-                    counts(req.len() as u64, 1, 0),
-                    counts(rep.len() as u64, 1, 0),
-                ],
-            ),
-            (
-                key4(A4, 0x0303, B4, 0x0303, 1),
-                [NONE, counts(unreach.len() as u64, 1, 0)],
-            ),
+            (key4(A4, 0x1234, B4, 0x1234, 1), [counts(req.len() as u64, 1, 0), counts(rep.len() as u64, 1, 0)]),
+            (key4(A4, 0x0303, B4, 0x0303, 1), [NONE, counts(unreach.len() as u64, 1, 0)]),
         ],
     );
 }
@@ -184,18 +140,9 @@ fn ipv6_tcp_udp_and_icmpv6() {
     assert_flows(
         &mut p,
         &[
-            (
-                key6(A6, 5000, B6, 443, 6),
-                [counts(t.len() as u64, 1, SYN), NONE],
-            ),
-            (
-                key6(A6, 5001, B6, 53, 17),
-                [NONE, counts(u.len() as u64, 1, 0)],
-            ),
-            (
-                key6(A6, 77, B6, 77, 58),
-                [counts(echo.len() as u64, 1, 0), NONE],
-            ),
+            (key6(A6, 5000, B6, 443, 6), [counts(t.len() as u64, 1, SYN), NONE]),
+            (key6(A6, 5001, B6, 53, 17), [NONE, counts(u.len() as u64, 1, 0)]),
+            (key6(A6, 77, B6, 77, 58), [counts(echo.len() as u64, 1, 0), NONE]),
         ],
     );
 }
@@ -219,14 +166,8 @@ fn ipv6_extension_headers_are_skipped() {
     assert_flows(
         &mut p,
         &[
-            (
-                key6(A6, 1111, B6, 2222, 17),
-                [counts(pkt.len() as u64, 1, 0), NONE],
-            ),
-            (
-                key6(A6, 3333, B6, 4444, 6),
-                [counts(pkt2.len() as u64, 1, ACK), NONE],
-            ),
+            (key6(A6, 1111, B6, 2222, 17), [counts(pkt.len() as u64, 1, 0), NONE]),
+            (key6(A6, 3333, B6, 4444, 6), [counts(pkt2.len() as u64, 1, ACK), NONE]),
         ],
     );
     assert_eq!(p.counter(Counter::Ipv6ExtLimit), 0);
@@ -244,28 +185,15 @@ fn fragments_first_has_ports_later_ones_do_not() {
     let f2 = ipv6(A6, B6, 44, &later);
     // IPv4: non-first fragment (offset 185 * 8).
     let f3 = ipv4_full(A4, B4, 17, 185, &[], &[0xbb; 40]);
-    for (frame, proto) in [
-        (f1.clone(), ETH_P_IPV6),
-        (f2.clone(), ETH_P_IPV6),
-        (f3.clone(), ETH_P_IP),
-    ] {
+    for (frame, proto) in [(f1.clone(), ETH_P_IPV6), (f2.clone(), ETH_P_IPV6), (f3.clone(), ETH_P_IP)] {
         assert_eq!(p.run(Dir::Egress, &eth(proto, &frame)), 1);
     }
     assert_flows(
         &mut p,
         &[
-            (
-                key6(A6, 7000, B6, 8000, 17),
-                [counts(f1.len() as u64, 1, 0), NONE],
-            ),
-            (
-                key6(A6, 0, B6, 0, 17),
-                [counts(f2.len() as u64, 1, 0), NONE],
-            ),
-            (
-                key4(A4, 0, B4, 0, 17),
-                [counts(f3.len() as u64, 1, 0), NONE],
-            ),
+            (key6(A6, 7000, B6, 8000, 17), [counts(f1.len() as u64, 1, 0), NONE]),
+            (key6(A6, 0, B6, 0, 17), [counts(f2.len() as u64, 1, 0), NONE]),
+            (key4(A4, 0, B4, 0, 17), [counts(f3.len() as u64, 1, 0), NONE]),
         ],
     );
     assert_eq!(p.counter(Counter::Fragments), 2);
@@ -281,14 +209,8 @@ fn other_protocols_are_counted_by_number() {
     assert_flows(
         &mut p,
         &[
-            (
-                key4(A4, 0, B4, 0, 47),
-                [counts(gre.len() as u64, 1, 0), NONE],
-            ),
-            (
-                key6(B6, 0, A6, 0, 132),
-                [NONE, counts(sctp_v6.len() as u64, 1, 0)],
-            ),
+            (key4(A4, 0, B4, 0, 47), [counts(gre.len() as u64, 1, 0), NONE]),
+            (key6(B6, 0, A6, 0, 132), [NONE, counts(sctp_v6.len() as u64, 1, 0)]),
         ],
     );
 }
@@ -296,22 +218,9 @@ fn other_protocols_are_counted_by_number() {
 #[test]
 fn ipv4_options_move_the_transport_header() {
     let mut p = progs();
-    let pkt = ipv4_full(
-        A4,
-        B4,
-        6,
-        0,
-        &[1, 1, 1, 0, 0x44, 4, 5, 0],
-        &tcp(12, 34, SYN, &[], &[]),
-    );
+    let pkt = ipv4_full(A4, B4, 6, 0, &[1, 1, 1, 0, 0x44, 4, 5, 0], &tcp(12, 34, SYN, &[], &[]));
     assert_eq!(p.run(Dir::Egress, &eth(ETH_P_IP, &pkt)), 1);
-    assert_flows(
-        &mut p,
-        &[(
-            key4(A4, 12, B4, 34, 6),
-            [counts(pkt.len() as u64, 1, SYN), NONE],
-        )],
-    );
+    assert_flows(&mut p, &[(key4(A4, 12, B4, 34, 6), [counts(pkt.len() as u64, 1, SYN), NONE])]);
 }
 
 #[test]
@@ -319,18 +228,7 @@ fn gso_aggregates_count_every_segment_and_its_headers() {
     let mut p = progs();
     // one 4-segment TSO skb: 20 IP + 32 TCP (12 bytes of options) + 4 * 500 payload
     // (test-run data must fit in a page)
-    let pkt = ipv4(
-        A4,
-        B4,
-        6,
-        &tcp(
-            1000,
-            2000,
-            ACK | PSH,
-            &[1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2],
-            &[0; 2000],
-        ),
-    );
+    let pkt = ipv4(A4, B4, 6, &tcp(1000, 2000, ACK | PSH, &[1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2], &[0; 2000]));
     assert_eq!(p.run_with(Dir::Egress, &eth(ETH_P_IP, &pkt), 4, 1), 1);
     let hdr = 20 + 32;
     let want = counts(pkt.len() as u64 + 3 * hdr, 4, ACK | PSH);
@@ -345,48 +243,13 @@ fn malformed_and_truncated_packets_pass_and_are_never_attributed() {
     // (and the stack never hands such packets to cgroup_skb), so truncation is
     // exercised from the first byte after it.
     let cases: Vec<(&str, u16, Vec<u8>, Counter)> = vec![
-        (
-            "tcp header missing",
-            ETH_P_IP,
-            ipv4(A4, B4, 6, &[]),
-            Counter::Truncated,
-        ),
-        (
-            "tcp header cut short",
-            ETH_P_IP,
-            ipv4(A4, B4, 6, &good_tcp[..10]),
-            Counter::Truncated,
-        ),
-        (
-            "tcp options beyond the packet",
-            ETH_P_IP,
-            ipv4(A4, B4, 6, &tcp_raw_doff(1, 2, 15, 24)),
-            Counter::Truncated,
-        ),
-        (
-            "udp header cut short",
-            ETH_P_IP,
-            ipv4(A4, B4, 17, &[0, 53, 0]),
-            Counter::Truncated,
-        ),
-        (
-            "icmp header cut short",
-            ETH_P_IP,
-            ipv4(A4, B4, 1, &[8, 0, 0]),
-            Counter::Truncated,
-        ),
-        (
-            "udp header missing after ipv6",
-            ETH_P_IPV6,
-            ipv6(A6, B6, 17, &[]),
-            Counter::Truncated,
-        ),
-        (
-            "ipv6 ext header cut short",
-            ETH_P_IPV6,
-            ipv6(A6, B6, 0, &[17]),
-            Counter::Truncated,
-        ),
+        ("tcp header missing", ETH_P_IP, ipv4(A4, B4, 6, &[]), Counter::Truncated),
+        ("tcp header cut short", ETH_P_IP, ipv4(A4, B4, 6, &good_tcp[..10]), Counter::Truncated),
+        ("tcp options beyond the packet", ETH_P_IP, ipv4(A4, B4, 6, &tcp_raw_doff(1, 2, 15, 24)), Counter::Truncated),
+        ("udp header cut short", ETH_P_IP, ipv4(A4, B4, 17, &[0, 53, 0]), Counter::Truncated),
+        ("icmp header cut short", ETH_P_IP, ipv4(A4, B4, 1, &[8, 0, 0]), Counter::Truncated),
+        ("udp header missing after ipv6", ETH_P_IPV6, ipv6(A6, B6, 17, &[]), Counter::Truncated),
+        ("ipv6 ext header cut short", ETH_P_IPV6, ipv6(A6, B6, 0, &[17]), Counter::Truncated),
         (
             "ihl beyond the packet",
             ETH_P_IP,
@@ -427,36 +290,21 @@ fn malformed_and_truncated_packets_pass_and_are_never_attributed() {
             },
             Counter::Malformed,
         ),
-        (
-            "tcp data offset below 5",
-            ETH_P_IP,
-            ipv4(A4, B4, 6, &tcp_raw_doff(1, 2, 3, 20)),
-            Counter::Malformed,
-        ),
+        ("tcp data offset below 5", ETH_P_IP, ipv4(A4, B4, 6, &tcp_raw_doff(1, 2, 3, 20)), Counter::Malformed),
         ("arp", ETH_P_ARP, vec![0; 28], Counter::NonIp),
     ];
     for (what, ethertype, l3, counter) in &cases {
         let before = p.counter(*counter);
-        let verdict = p
-            .try_run(Dir::Egress, &eth(*ethertype, l3), 0, 1)
-            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        let verdict = p.try_run(Dir::Egress, &eth(*ethertype, l3), 0, 1).unwrap_or_else(|e| panic!("{what}: {e}"));
         assert_eq!(verdict, 1, "{what}: verdict");
-        assert_eq!(
-            p.counter(*counter),
-            before + 1,
-            "{what}: {counter:?}; all: {:?}",
-            p.counters()
-        );
+        assert_eq!(p.counter(*counter), before + 1, "{what}: {counter:?}; all: {:?}", p.counters());
     }
     // nine hop-by-hop headers: more than the program skips
     let mut rest = Vec::new();
     for _ in 0..9 {
         rest.extend(ext_hdr(0, 0));
     }
-    assert_eq!(
-        p.run(Dir::Ingress, &eth(ETH_P_IPV6, &ipv6(A6, B6, 0, &rest))),
-        1
-    );
+    assert_eq!(p.run(Dir::Ingress, &eth(ETH_P_IPV6, &ipv6(A6, B6, 0, &rest))), 1);
     assert_eq!(p.counter(Counter::Ipv6ExtLimit), 1);
     assert_flows(&mut p, &[]);
     assert!(p.counter(Counter::MalformedBytes) > 0);
@@ -503,28 +351,14 @@ fn map_full_overflow_and_ring_full_losses_add_up() {
         .collect();
     assert!(!overflow.is_empty(), "some overflow events fit in one page");
     for o in &overflow {
-        assert_eq!(
-            (o.key.remote_port, o.key.protocol, o.direction, o.packets),
-            (53, 17, 0, 1)
-        );
-        assert!(
-            !in_map.contains_key(&o.key),
-            "an overflowed flow is not also in the map"
-        );
+        assert_eq!((o.key.remote_port, o.key.protocol, o.direction, o.packets), (53, 17, 0, 1));
+        assert!(!in_map.contains_key(&o.key), "an overflowed flow is not also in the map");
     }
     let lost_packets = p.counter(Counter::OverflowLostPackets);
     let full = p.counter(Counter::FlowMapFull);
-    assert_eq!(
-        full,
-        u64::from(n_flows) - 8,
-        "every packet past capacity is counted as map-full"
-    );
+    assert_eq!(full, u64::from(n_flows) - 8, "every packet past capacity is counted as map-full");
     assert!(lost_packets > 0, "a 4 KiB ring cannot hold {full} events");
-    assert_eq!(
-        8 + overflow.len() as u64 + lost_packets,
-        u64::from(n_flows),
-        "produced = map + events + lost"
-    );
+    assert_eq!(8 + overflow.len() as u64 + lost_packets, u64::from(n_flows), "produced = map + events + lost");
     let bytes: u64 = in_map.values().map(|v| v.dir[0].bytes).sum::<u64>()
         + overflow.iter().map(|o| o.bytes).sum::<u64>()
         + p.counter(Counter::OverflowLostBytes);

@@ -37,10 +37,7 @@ fn main() -> Result<()> {
 }
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
 }
 
 fn vmlinux(btf: &Path) -> Result<()> {
@@ -52,10 +49,7 @@ fn vmlinux(btf: &Path) -> Result<()> {
         .output()
         .context("running bpftool (Debian: apt-get install bpftool)")?;
     if !output.status.success() {
-        bail!(
-            "bpftool failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        bail!("bpftool failed: {}", String::from_utf8_lossy(&output.stderr));
     }
     std::fs::write(&out, &output.stdout).with_context(|| format!("writing {}", out.display()))?;
     println!("wrote {} ({} bytes)", out.display(), output.stdout.len());

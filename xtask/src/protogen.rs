@@ -24,8 +24,7 @@ pub fn generate(proto_root: &Path, out_dir: &Path) -> Result<(), String> {
     let fds = protox::compile(&files, [proto_root]).map_err(|e| format!("{e:?}"))?;
     let descriptor = prost::Message::encode_to_vec(&fds);
     std::fs::create_dir_all(out_dir).map_err(|e| format!("{}: {e}", out_dir.display()))?;
-    std::fs::write(out_dir.join(DESCRIPTOR_FILE), descriptor)
-        .map_err(|e| format!("writing descriptor: {e}"))?;
+    std::fs::write(out_dir.join(DESCRIPTOR_FILE), descriptor).map_err(|e| format!("writing descriptor: {e}"))?;
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)

@@ -15,11 +15,7 @@ pub enum Event {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
     #[error("event of {len} bytes is shorter than its {need}-byte {what}")]
-    Short {
-        len: usize,
-        need: usize,
-        what: &'static str,
-    },
+    Short { len: usize, need: usize, what: &'static str },
     #[error("unknown event kind {0}")]
     UnknownKind(u32),
     #[error("cgroup event path length {0} exceeds {CGROUP_PATH_LEN}")]
@@ -29,11 +25,7 @@ pub enum DecodeError {
 fn read<T: Copy>(bytes: &[u8], what: &'static str) -> Result<T, DecodeError> {
     let need = std::mem::size_of::<T>();
     if bytes.len() < need {
-        return Err(DecodeError::Short {
-            len: bytes.len(),
-            need,
-            what,
-        });
+        return Err(DecodeError::Short { len: bytes.len(), need, what });
     }
     // SAFETY: length checked above; T is a plain #[repr(C)] mirror for which
     // every bit pattern is valid, and read_unaligned has no alignment demand.
@@ -43,9 +35,7 @@ fn read<T: Copy>(bytes: &[u8], what: &'static str) -> Result<T, DecodeError> {
 pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
     let hdr: EventHeader = read(bytes, "header")?;
     match EventKind::from_raw(hdr.kind) {
-        Some(EventKind::FlowOverflow) => {
-            Ok(Event::FlowOverflow(read(bytes, "flow overflow event")?))
-        }
+        Some(EventKind::FlowOverflow) => Ok(Event::FlowOverflow(read(bytes, "flow overflow event")?)),
         Some(kind @ (EventKind::CgroupMkdir | EventKind::CgroupRmdir)) => {
             let e: CgroupEvent = read(bytes, "cgroup event")?;
             let len = e.path_len as usize;
@@ -56,15 +46,9 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
             let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
             let path = String::from_utf8_lossy(&raw[..end]).into_owned();
             Ok(if kind == EventKind::CgroupMkdir {
-                Event::CgroupMkdir {
-                    id: e.cgroup_id,
-                    path,
-                }
+                Event::CgroupMkdir { id: e.cgroup_id, path }
             } else {
-                Event::CgroupRmdir {
-                    id: e.cgroup_id,
-                    path,
-                }
+                Event::CgroupRmdir { id: e.cgroup_id, path }
             })
         }
         None => Err(DecodeError::UnknownKind(hdr.kind)),
@@ -84,19 +68,12 @@ mod tests {
 
     fn bytes_of<T>(v: &T) -> Vec<u8> {
         // SAFETY: test-only view of a plain #[repr(C)] value.
-        unsafe {
-            std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>())
-                .to_vec()
-        }
+        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()).to_vec() }
     }
 
     fn cgroup_event(kind: EventKind, path: &[u8], path_len: u32) -> Vec<u8> {
         let mut e = CgroupEvent {
-            hdr: EventHeader {
-                kind: kind as u32,
-                _pad: 0,
-                ts_ns: 5,
-            },
+            hdr: EventHeader { kind: kind as u32, _pad: 0, ts_ns: 5 },
             cgroup_id: 77,
             path_len,
             _pad: 0,
@@ -109,18 +86,8 @@ mod tests {
     #[test]
     fn decodes_overflow() {
         let e = FlowOverflowEvent {
-            hdr: EventHeader {
-                kind: EventKind::FlowOverflow as u32,
-                _pad: 0,
-                ts_ns: 9,
-            },
-            key: FlowKey {
-                cgroup_id: 3,
-                local_port: 80,
-                protocol: 6,
-                family: 4,
-                ..Default::default()
-            },
+            hdr: EventHeader { kind: EventKind::FlowOverflow as u32, _pad: 0, ts_ns: 9 },
+            key: FlowKey { cgroup_id: 3, local_port: 80, protocol: 6, family: 4, ..Default::default() },
             bytes: 1500,
             packets: 1,
             direction: 1,
@@ -133,38 +100,17 @@ mod tests {
     #[test]
     fn decodes_cgroup_events() {
         let b = cgroup_event(EventKind::CgroupMkdir, b"/kubepods/podx\0", 15);
-        assert_eq!(
-            decode(&b),
-            Ok(Event::CgroupMkdir {
-                id: 77,
-                path: "/kubepods/podx".into()
-            })
-        );
+        assert_eq!(decode(&b), Ok(Event::CgroupMkdir { id: 77, path: "/kubepods/podx".into() }));
         let b = cgroup_event(EventKind::CgroupRmdir, b"/a\0", 3);
-        assert_eq!(
-            decode(&b),
-            Ok(Event::CgroupRmdir {
-                id: 77,
-                path: "/a".into()
-            })
-        );
+        assert_eq!(decode(&b), Ok(Event::CgroupRmdir { id: 77, path: "/a".into() }));
     }
 
     #[test]
     fn rejects_short_unknown_and_lying_records() {
-        assert!(matches!(
-            decode(&[1, 0, 0]),
-            Err(DecodeError::Short { what: "header", .. })
-        ));
+        assert!(matches!(decode(&[1, 0, 0]), Err(DecodeError::Short { what: "header", .. })));
         let mut b = cgroup_event(EventKind::CgroupMkdir, b"/x\0", 3);
         b.truncate(100);
-        assert!(matches!(
-            decode(&b),
-            Err(DecodeError::Short {
-                what: "cgroup event",
-                ..
-            })
-        ));
+        assert!(matches!(decode(&b), Err(DecodeError::Short { what: "cgroup event", .. })));
         let mut b = cgroup_event(EventKind::CgroupMkdir, b"/x\0", 3);
         b[0] = 99;
         assert_eq!(decode(&b), Err(DecodeError::UnknownKind(99)));
@@ -176,9 +122,7 @@ mod tests {
     fn path_without_nul_uses_path_len() {
         let long = vec![b'a'; CGROUP_PATH_LEN];
         let b = cgroup_event(EventKind::CgroupMkdir, &long, CGROUP_PATH_LEN as u32);
-        let Ok(Event::CgroupMkdir { path, .. }) = decode(&b) else {
-            panic!()
-        };
+        let Ok(Event::CgroupMkdir { path, .. }) = decode(&b) else { panic!() };
         assert_eq!(path.len(), CGROUP_PATH_LEN);
         assert!(path_truncated(&path));
     }

@@ -42,25 +42,12 @@ pub enum FlowMapError {
 
 impl FlowMaps {
     /// Creates both maps with `capacity` entries each and installs the first.
-    pub fn new(
-        mut outer: ArrayOfMaps<MapData, FlowMap>,
-        capacity: u32,
-    ) -> Result<Self, FlowMapError> {
-        let create = || {
-            FlowMap::create(capacity, 0).map_err(|source| FlowMapError::Create {
-                entries: capacity,
-                source,
-            })
-        };
+    pub fn new(mut outer: ArrayOfMaps<MapData, FlowMap>, capacity: u32) -> Result<Self, FlowMapError> {
+        let create =
+            || FlowMap::create(capacity, 0).map_err(|source| FlowMapError::Create { entries: capacity, source });
         let maps = [create()?, create()?];
         outer.set(0, &maps[0], 0).map_err(FlowMapError::Swap)?;
-        Ok(Self {
-            outer,
-            maps,
-            active: 0,
-            capacity,
-            batch_supported: true,
-        })
+        Ok(Self { outer, maps, active: 0, capacity, batch_supported: true })
     }
 
     pub fn capacity(&self) -> u32 {
@@ -72,9 +59,7 @@ impl FlowMaps {
     pub fn drain(&mut self) -> Result<Vec<(FlowKey, FlowValue)>, FlowMapError> {
         let idle = 1 - self.active;
         // Returns after synchronize_rcu(): see the module comment.
-        self.outer
-            .set(0, &self.maps[idle], 0)
-            .map_err(FlowMapError::Swap)?;
+        self.outer.set(0, &self.maps[idle], 0).map_err(FlowMapError::Swap)?;
         let old = self.active;
         self.active = idle;
         let mut out = Vec::new();
@@ -96,23 +81,16 @@ impl FlowMaps {
 }
 
 fn unsupported(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EINVAL) | Some(libc::ENOTSUP) | Some(524 /* ENOTSUPP */)
-    )
+    matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOTSUP) | Some(524 /* ENOTSUPP */))
 }
 
-fn drain_per_key(
-    map: &mut FlowMap,
-    out: &mut Vec<(FlowKey, FlowValue)>,
-) -> Result<(), FlowMapError> {
+fn drain_per_key(map: &mut FlowMap, out: &mut Vec<(FlowKey, FlowValue)>) -> Result<(), FlowMapError> {
     let start = out.len();
     for item in map.iter() {
         out.push(item.map_err(|e| FlowMapError::Read(e.to_string()))?);
     }
     for (key, _) in &out[start..] {
-        map.remove(key)
-            .map_err(|e| FlowMapError::Read(e.to_string()))?;
+        map.remove(key).map_err(|e| FlowMapError::Read(e.to_string()))?;
     }
     Ok(())
 }

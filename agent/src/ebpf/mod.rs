@@ -11,9 +11,7 @@ use std::{
 
 use aya::{
     maps::{MapData, PerCpuArray, RingBuf},
-    programs::{
-        BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, Program, ProgramError,
-    },
+    programs::{BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, Program, ProgramError},
     Btf, Ebpf, EbpfLoader,
 };
 use podlens_agent_ebpf::{maps, programs, Counter};
@@ -31,10 +29,7 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self {
-            flow_map_entries: podlens_agent_ebpf::FLOW_MAP_ENTRIES,
-            events_ring_bytes: 256 * 1024,
-        }
+        Self { flow_map_entries: podlens_agent_ebpf::FLOW_MAP_ENTRIES, events_ring_bytes: 256 * 1024 }
     }
 }
 
@@ -44,49 +39,28 @@ const PERMISSION_HINT: &str =
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error("loading the eBPF object: {source}; {hint}")]
-    Object {
-        source: aya::EbpfError,
-        hint: &'static str,
-    },
+    Object { source: aya::EbpfError, hint: &'static str },
     #[error("program {name} missing from the eBPF object")]
     MissingProgram { name: &'static str },
     #[error("map {name} missing from the eBPF object")]
     MissingMap { name: &'static str },
     #[error("map {name}: {source}")]
-    Map {
-        name: &'static str,
-        source: aya::maps::MapError,
-    },
+    Map { name: &'static str, source: aya::maps::MapError },
     #[error("loading program {name}: {source}; {hint}")]
-    Program {
-        name: &'static str,
-        source: ProgramError,
-        hint: &'static str,
-    },
+    Program { name: &'static str, source: ProgramError, hint: &'static str },
     #[error("reading kernel BTF from /sys/kernel/btf/vmlinux: {0}")]
     Btf(aya::BtfError),
     #[error(transparent)]
     FlowMaps(#[from] FlowMapError),
     #[error("opening cgroup2 root {path}: {source}")]
-    CgroupRoot {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    CgroupRoot { path: PathBuf, source: std::io::Error },
     #[error("attaching {name} to {path}: {source}; {hint}")]
-    Attach {
-        name: &'static str,
-        path: PathBuf,
-        source: ProgramError,
-        hint: &'static str,
-    },
+    Attach { name: &'static str, path: PathBuf, source: ProgramError, hint: &'static str },
 }
 
 fn hint_for(e: &dyn std::error::Error) -> &'static str {
     let text = format!("{e} {:?}", e.source());
-    if text.contains("Operation not permitted")
-        || text.contains("EPERM")
-        || text.contains("os error 1)")
-    {
+    if text.contains("Operation not permitted") || text.contains("EPERM") || text.contains("os error 1)") {
         PERMISSION_HINT
     } else {
         "see README, Troubleshooting"
@@ -126,35 +100,24 @@ impl Kernel {
             prog.load().map_err(|source| program_error(name, source))?;
         }
         let btf = Btf::from_sys_fs().map_err(LoadError::Btf)?;
-        for (name, tp) in [
-            (programs::CGROUP_MKDIR, "cgroup_mkdir"),
-            (programs::CGROUP_RMDIR, "cgroup_rmdir"),
-        ] {
+        for (name, tp) in [(programs::CGROUP_MKDIR, "cgroup_mkdir"), (programs::CGROUP_RMDIR, "cgroup_rmdir")] {
             let prog: &mut BtfTracePoint = program(&mut ebpf, name)?;
-            prog.load(tp, &btf)
-                .map_err(|source| program_error(name, source))?;
+            prog.load(tp, &btf).map_err(|source| program_error(name, source))?;
         }
 
         let outer = take_map(&mut ebpf, maps::FLOW_MAPS)?;
         let flow_maps = FlowMaps::new(outer, opts.flow_map_entries)?;
         let events = take_map(&mut ebpf, maps::EVENTS)?;
         let counters = take_map(&mut ebpf, maps::COUNTERS)?;
-        Ok(Self {
-            ebpf,
-            flow_maps,
-            events: Some(events),
-            counters,
-        })
+        Ok(Self { ebpf, flow_maps, events: Some(events), counters })
     }
 
     /// Attaches the flow programs to the cgroup2 root in multi mode (other
     /// programs there keep running) and the cgroup event programs. The flow
     /// programs are required; cgroup events are optional.
     pub fn attach(&mut self, cgroup_root: &Path) -> Result<Features, LoadError> {
-        let dir = File::open(cgroup_root).map_err(|source| LoadError::CgroupRoot {
-            path: cgroup_root.to_path_buf(),
-            source,
-        })?;
+        let dir = File::open(cgroup_root)
+            .map_err(|source| LoadError::CgroupRoot { path: cgroup_root.to_path_buf(), source })?;
         for (name, kind) in [
             (programs::FLOW_EGRESS, CgroupSkbAttachType::Egress),
             (programs::FLOW_INGRESS, CgroupSkbAttachType::Ingress),
@@ -163,21 +126,12 @@ impl Kernel {
             // On >= 5.7 aya attaches with a BPF link, which the kernel always
             // runs in multi mode and which rejects any flag (EINVAL): "Single"
             // only means "no flags" here. Others' programs keep running.
-            prog.attach(&dir, kind, CgroupAttachMode::Single)
-                .map_err(|source| {
-                    let hint = hint_for(&source);
-                    LoadError::Attach {
-                        name,
-                        path: cgroup_root.to_path_buf(),
-                        source,
-                        hint,
-                    }
-                })?;
+            prog.attach(&dir, kind, CgroupAttachMode::Single).map_err(|source| {
+                let hint = hint_for(&source);
+                LoadError::Attach { name, path: cgroup_root.to_path_buf(), source, hint }
+            })?;
         }
-        let mut features = Features {
-            flows: true,
-            cgroup_events: true,
-        };
+        let mut features = Features { flows: true, cgroup_events: true };
         for name in [programs::CGROUP_MKDIR, programs::CGROUP_RMDIR] {
             let prog: &mut BtfTracePoint = program(&mut self.ebpf, name)?;
             if let Err(e) = prog.attach() {
@@ -200,10 +154,7 @@ impl Kernel {
 
     /// Every counter summed over CPUs, in [`Counter::ALL`] order.
     pub fn counters(&self) -> Result<Vec<(Counter, u64)>, aya::maps::MapError> {
-        Counter::ALL
-            .iter()
-            .map(|&c| Ok((c, self.counters.get(&(c as u32), 0)?.iter().sum())))
-            .collect()
+        Counter::ALL.iter().map(|&c| Ok((c, self.counters.get(&(c as u32), 0)?.iter().sum()))).collect()
     }
 }
 
@@ -216,14 +167,8 @@ fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, L
 where
     &'a mut T: TryFrom<&'a mut Program, Error = ProgramError>,
 {
-    let prog = ebpf
-        .program_mut(name)
-        .ok_or(LoadError::MissingProgram { name })?;
-    prog.try_into().map_err(|source| LoadError::Program {
-        name,
-        source,
-        hint: "object and agent out of sync",
-    })
+    let prog = ebpf.program_mut(name).ok_or(LoadError::MissingProgram { name })?;
+    prog.try_into().map_err(|source| LoadError::Program { name, source, hint: "object and agent out of sync" })
 }
 
 fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, LoadError>

@@ -58,13 +58,9 @@ pub fn parse_cgroup_path(path: &str) -> CgroupOwner {
     let segments: Vec<&str> = trimmed.split('/').filter(|s| !s.is_empty()).collect();
 
     let Some(kube_idx) = segments.iter().position(|s| is_kubepods_root(s)) else {
-        return CgroupOwner::Host {
-            unit: trimmed.to_string(),
-        };
+        return CgroupOwner::Host { unit: trimmed.to_string() };
     };
-    let unknown = || CgroupOwner::UnknownLayout {
-        path: trimmed.to_string(),
-    };
+    let unknown = || CgroupOwner::UnknownLayout { path: trimmed.to_string() };
 
     let rest = &segments[kube_idx + 1..];
     // The kubepods cgroup itself, or a QoS slice with no pod: node-level, not a pod.
@@ -75,9 +71,7 @@ pub fn parse_cgroup_path(path: &str) -> CgroupOwner {
         i = 1;
     }
     let Some(pod_segment) = rest.get(i) else {
-        return CgroupOwner::Host {
-            unit: trimmed.to_string(),
-        };
+        return CgroupOwner::Host { unit: trimmed.to_string() };
     };
     let Some(uid) = pod_uid(pod_segment) else {
         return unknown();
@@ -89,11 +83,7 @@ pub fn parse_cgroup_path(path: &str) -> CgroupOwner {
             None => return unknown(),
         },
     };
-    CgroupOwner::Pod(PodCgroup {
-        uid,
-        qos,
-        container,
-    })
+    CgroupOwner::Pod(PodCgroup { uid, qos, container })
 }
 
 /// "kubepods.slice", "kubepods", or a nested systemd form such as
@@ -130,9 +120,7 @@ fn pod_uid(segment: &str) -> Option<String> {
 fn valid_uid(uid: &str) -> bool {
     let hex_digits = uid.chars().filter(|c| c.is_ascii_hexdigit()).count();
     let dashes = uid.chars().filter(|&c| c == '-').count();
-    hex_digits + dashes == uid.len()
-        && hex_digits == 32
-        && (dashes == 0 || (dashes == 4 && uuid_dashes_in_place(uid)))
+    hex_digits + dashes == uid.len() && hex_digits == 32 && (dashes == 0 || (dashes == 4 && uuid_dashes_in_place(uid)))
 }
 
 fn uuid_dashes_in_place(uid: &str) -> bool {
@@ -162,12 +150,7 @@ fn container_id(segment: &str) -> Option<Option<ContainerCgroup>> {
         return None;
     }
     let valid = (12..=64).contains(&id.len()) && id.chars().all(|c| c.is_ascii_hexdigit());
-    valid.then(|| {
-        Some(ContainerCgroup {
-            id: id.to_ascii_lowercase(),
-            runtime,
-        })
-    })
+    valid.then(|| Some(ContainerCgroup { id: id.to_ascii_lowercase(), runtime }))
 }
 
 #[cfg(test)]
@@ -182,10 +165,7 @@ mod tests {
         CgroupOwner::Pod(PodCgroup {
             uid: uid.to_string(),
             qos,
-            container: c.map(|(id, runtime)| ContainerCgroup {
-                id: id.to_string(),
-                runtime,
-            }),
+            container: c.map(|(id, runtime)| ContainerCgroup { id: id.to_string(), runtime }),
         })
     }
 
@@ -228,22 +208,10 @@ mod tests {
     fn cgroupfs_driver_all_runtimes_and_qos() {
         use ContainerRuntime::*;
         let cases = [
-            (
-                format!("/kubepods/burstable/pod{UID}/{CID}"),
-                pod(UID, QosClass::Burstable, Some((CID, Unknown))),
-            ),
-            (
-                format!("/kubepods/besteffort/pod{UID}/crio-{CID}"),
-                pod(UID, QosClass::BestEffort, Some((CID, CriO))),
-            ),
-            (
-                format!("/kubepods/pod{UID}/{CID}"),
-                pod(UID, QosClass::Guaranteed, Some((CID, Unknown))),
-            ),
-            (
-                format!("/kubepods/pod{UID}"),
-                pod(UID, QosClass::Guaranteed, None),
-            ),
+            (format!("/kubepods/burstable/pod{UID}/{CID}"), pod(UID, QosClass::Burstable, Some((CID, Unknown)))),
+            (format!("/kubepods/besteffort/pod{UID}/crio-{CID}"), pod(UID, QosClass::BestEffort, Some((CID, CriO)))),
+            (format!("/kubepods/pod{UID}/{CID}"), pod(UID, QosClass::Guaranteed, Some((CID, Unknown)))),
+            (format!("/kubepods/pod{UID}"), pod(UID, QosClass::Guaranteed, None)),
             // docker's short ids and upper case from older tooling
             (
                 format!("/kubepods/burstable/pod{UID}/ABCDEF012345"),
@@ -258,41 +226,23 @@ mod tests {
     #[test]
     fn static_pod_uid_is_a_config_hash() {
         let hash = "8c8c1b9d2d5bb0eae1e2f3a4b5c6d7e8";
-        assert_eq!(
-            parse_cgroup_path(&format!("/kubepods/burstable/pod{hash}")),
-            pod(hash, QosClass::Burstable, None)
-        );
+        assert_eq!(parse_cgroup_path(&format!("/kubepods/burstable/pod{hash}")), pod(hash, QosClass::Burstable, None));
     }
 
     #[test]
     fn host_units_are_kept_not_dropped() {
         for (path, unit) in [
             ("/system.slice/sshd.service", "system.slice/sshd.service"),
-            (
-                "/user.slice/user-1000.slice/session-3.scope",
-                "user.slice/user-1000.slice/session-3.scope",
-            ),
+            ("/user.slice/user-1000.slice/session-3.scope", "user.slice/user-1000.slice/session-3.scope"),
             ("/", ""),
             ("", ""),
             ("/kubepods.slice", "kubepods.slice"),
-            (
-                "/kubepods.slice/kubepods-burstable.slice",
-                "kubepods.slice/kubepods-burstable.slice",
-            ),
+            ("/kubepods.slice/kubepods-burstable.slice", "kubepods.slice/kubepods-burstable.slice"),
             ("/kubepods/besteffort", "kubepods/besteffort"),
             // a pod-like name outside kubepods is just a host cgroup
-            (
-                &format!("/system.slice/pod{UID}"),
-                &format!("system.slice/pod{UID}"),
-            ),
+            (&format!("/system.slice/pod{UID}"), &format!("system.slice/pod{UID}")),
         ] {
-            assert_eq!(
-                parse_cgroup_path(path),
-                CgroupOwner::Host {
-                    unit: unit.to_string()
-                },
-                "{path}"
-            );
+            assert_eq!(parse_cgroup_path(path), CgroupOwner::Host { unit: unit.to_string() }, "{path}");
         }
     }
 
@@ -312,9 +262,7 @@ mod tests {
         ] {
             assert_eq!(
                 parse_cgroup_path(path),
-                CgroupOwner::UnknownLayout {
-                    path: path.trim_matches('/').to_string()
-                },
+                CgroupOwner::UnknownLayout { path: path.trim_matches('/').to_string() },
                 "{path}"
             );
         }
@@ -323,13 +271,6 @@ mod tests {
     #[test]
     fn nested_cgroup_inside_a_container_belongs_to_the_container() {
         let path = format!("/kubepods/burstable/pod{UID}/{CID}/init.scope");
-        assert_eq!(
-            parse_cgroup_path(&path),
-            pod(
-                UID,
-                QosClass::Burstable,
-                Some((CID, ContainerRuntime::Unknown))
-            )
-        );
+        assert_eq!(parse_cgroup_path(&path), pod(UID, QosClass::Burstable, Some((CID, ContainerRuntime::Unknown))));
     }
 }

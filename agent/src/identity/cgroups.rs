@@ -17,10 +17,7 @@ const MAX_CGROUPS: usize = 200_000;
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupScanError {
     #[error("cannot read cgroup2 root {path}: {source}")]
-    Root {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Root { path: PathBuf, source: std::io::Error },
 }
 
 #[derive(Clone, Debug)]
@@ -49,12 +46,7 @@ pub struct ScanStats {
 
 impl CgroupTable {
     pub fn new(root: impl Into<PathBuf>, retention: Duration) -> Self {
-        Self {
-            root: root.into(),
-            entries: HashMap::new(),
-            retention,
-            last_scan: None,
-        }
+        Self { root: root.into(), entries: HashMap::new(), retention, last_scan: None }
     }
 
     pub fn root(&self) -> &Path {
@@ -76,52 +68,30 @@ impl CgroupTable {
 
     /// A cgroup was created (kernel event or scan).
     pub fn insert(&mut self, id: u64, path: &str) {
-        let path = if path.starts_with('/') {
-            path.to_string()
-        } else {
-            format!("/{path}")
-        };
-        self.entries.insert(
-            id,
-            Entry {
-                path,
-                removed_at: None,
-            },
-        );
+        let path = if path.starts_with('/') { path.to_string() } else { format!("/{path}") };
+        self.entries.insert(id, Entry { path, removed_at: None });
     }
 
     /// A cgroup was removed: keep it resolvable for the retention period.
     pub fn remove(&mut self, id: u64, path: &str, now: Instant) {
-        let entry = self.entries.entry(id).or_insert_with(|| Entry {
-            path: path.to_string(),
-            removed_at: None,
-        });
+        let entry = self.entries.entry(id).or_insert_with(|| Entry { path: path.to_string(), removed_at: None });
         entry.removed_at = Some(now);
     }
 
     /// Drops removed cgroups older than the retention period.
     pub fn expire(&mut self, now: Instant) {
         let retention = self.retention;
-        self.entries.retain(|_, e| {
-            e.removed_at
-                .is_none_or(|t| now.duration_since(t) < retention)
-        });
+        self.entries.retain(|_, e| e.removed_at.is_none_or(|t| now.duration_since(t) < retention));
     }
 
     /// Walks the tree and records every cgroup's id. Entries already known are
     /// refreshed; removed ones are kept until they expire.
     pub fn scan(&mut self, now: Instant) -> Result<ScanStats, CgroupScanError> {
         let root_id = std::fs::metadata(&self.root)
-            .map_err(|source| CgroupScanError::Root {
-                path: self.root.clone(),
-                source,
-            })?
+            .map_err(|source| CgroupScanError::Root { path: self.root.clone(), source })?
             .ino();
         self.insert(root_id, "/");
-        let mut stats = ScanStats {
-            cgroups: 1,
-            ..Default::default()
-        };
+        let mut stats = ScanStats { cgroups: 1, ..Default::default() };
         let mut stack = vec![(self.root.clone(), String::new(), 0usize)];
         while let Some((dir, rel, depth)) = stack.pop() {
             let Ok(read) = std::fs::read_dir(&dir) else {
@@ -156,10 +126,7 @@ impl CgroupTable {
         now: Instant,
         min_interval: Duration,
     ) -> Option<Result<ScanStats, CgroupScanError>> {
-        if self
-            .last_scan
-            .is_some_and(|t| now.duration_since(t) < min_interval)
-        {
+        if self.last_scan.is_some_and(|t| now.duration_since(t) < min_interval) {
             return None;
         }
         Some(self.scan(now))
@@ -217,11 +184,7 @@ mod tests {
         let mut t = CgroupTable::new(dir.path(), Duration::from_secs(60));
         let now = Instant::now();
         assert!(t.rescan_if_stale(now, Duration::from_secs(1)).is_some());
-        assert!(t
-            .rescan_if_stale(now + Duration::from_millis(500), Duration::from_secs(1))
-            .is_none());
-        assert!(t
-            .rescan_if_stale(now + Duration::from_secs(2), Duration::from_secs(1))
-            .is_some());
+        assert!(t.rescan_if_stale(now + Duration::from_millis(500), Duration::from_secs(1)).is_none());
+        assert!(t.rescan_if_stale(now + Duration::from_secs(2), Duration::from_secs(1)).is_some());
     }
 }

@@ -13,16 +13,9 @@ use crate::identity::{k8s::pod_meta, pods::PodMeta};
 #[derive(Debug, thiserror::Error)]
 pub enum InventoryError {
     #[error("cannot read pod inventory {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("pod inventory {path}, document {doc}: not YAML/JSON: {message}")]
-    Syntax {
-        path: PathBuf,
-        doc: usize,
-        message: String,
-    },
+    Syntax { path: PathBuf, doc: usize, message: String },
 }
 
 /// A problem with one item; the item is skipped.
@@ -49,15 +42,9 @@ pub struct Inventory {
 }
 
 pub fn load(path: &Path) -> Result<Inventory, InventoryError> {
-    let text = std::fs::read_to_string(path).map_err(|source| InventoryError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    parse(&text).map_err(|(doc, message)| InventoryError::Syntax {
-        path: path.to_path_buf(),
-        doc,
-        message,
-    })
+    let text =
+        std::fs::read_to_string(path).map_err(|source| InventoryError::Read { path: path.to_path_buf(), source })?;
+    parse(&text).map_err(|(doc, message)| InventoryError::Syntax { path: path.to_path_buf(), doc, message })
 }
 
 /// Parses inventory text. `Err((doc, message))` only when a document is not YAML at all.
@@ -71,11 +58,7 @@ pub fn parse(text: &str) -> Result<Inventory, (usize, String)> {
         let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or("");
         match kind {
             "List" | "PodList" => {
-                let items = value
-                    .get("items")
-                    .and_then(|i| i.as_sequence())
-                    .cloned()
-                    .unwrap_or_default();
+                let items = value.get("items").and_then(|i| i.as_sequence()).cloned().unwrap_or_default();
                 for (i, item) in items.into_iter().enumerate() {
                     add_pod(&mut inv, item, doc, Some(i));
                 }
@@ -92,25 +75,13 @@ pub fn parse(text: &str) -> Result<Inventory, (usize, String)> {
 }
 
 fn add_pod(inv: &mut Inventory, value: serde_yaml::Value, doc: usize, item: Option<usize>) {
-    let kind = value
-        .get("kind")
-        .and_then(|k| k.as_str())
-        .unwrap_or("Pod")
-        .to_string();
+    let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or("Pod").to_string();
     if kind != "Pod" {
-        inv.errors.push(ItemError {
-            doc,
-            item,
-            message: format!("kind {kind:?} is not Pod"),
-        });
+        inv.errors.push(ItemError { doc, item, message: format!("kind {kind:?} is not Pod") });
         return;
     }
-    let name = value
-        .get("metadata")
-        .and_then(|m| m.get("name"))
-        .and_then(|n| n.as_str())
-        .unwrap_or("<unnamed>")
-        .to_string();
+    let name =
+        value.get("metadata").and_then(|m| m.get("name")).and_then(|n| n.as_str()).unwrap_or("<unnamed>").to_string();
     let result = serde_yaml::from_value::<Pod>(value)
         .map_err(|e| format!("pod {name}: {e}"))
         .and_then(|pod| pod_meta(&pod).map_err(|e| format!("pod {name}: {e}")));
@@ -178,18 +149,12 @@ items:
         assert!(inv.errors.is_empty(), "{:?}", inv.errors);
         assert_eq!(inv.pods.len(), 2);
         let web = &inv.pods[0];
-        assert_eq!(
-            (web.namespace.as_str(), web.name.as_str()),
-            ("shop", "web-7d4b9c")
-        );
+        assert_eq!((web.namespace.as_str(), web.name.as_str()), ("shop", "web-7d4b9c"));
         assert_eq!(web.uid, "3f1b5d0e-8a2c-4f6e-9b7d-1c2e3f4a5b6c");
         assert_eq!(web.labels.get("app").map(String::as_str), Some("web"));
         assert_eq!(
             web.ips,
-            vec![
-                "10.244.1.7".parse::<std::net::IpAddr>().unwrap(),
-                "fd00:10:244:1::7".parse().unwrap()
-            ]
+            vec!["10.244.1.7".parse::<std::net::IpAddr>().unwrap(), "fd00:10:244:1::7".parse().unwrap()]
         );
         assert_eq!(web.qos, QosClass::Burstable);
         assert_eq!(web.node, "node-1");
@@ -218,28 +183,13 @@ items:
   metadata: {name: wrong-type, uid: u3, labels: [1, 2]}
 "#;
         let inv = parse(text).unwrap();
-        assert_eq!(
-            inv.pods.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
-            ["ok"]
-        );
+        assert_eq!(inv.pods.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["ok"]);
         let msgs: Vec<String> = inv.errors.iter().map(|e| e.to_string()).collect();
         assert_eq!(msgs.len(), 4, "{msgs:?}");
-        assert!(
-            msgs[0].contains("items[0]") && msgs[0].contains("no-uid") && msgs[0].contains("uid"),
-            "{msgs:?}"
-        );
-        assert!(
-            msgs[1].contains("items[1]") && msgs[1].contains("10.0.0.300"),
-            "{msgs:?}"
-        );
-        assert!(
-            msgs[2].contains("items[3]") && msgs[2].contains("Service"),
-            "{msgs:?}"
-        );
-        assert!(
-            msgs[3].contains("items[4]") && msgs[3].contains("wrong-type"),
-            "{msgs:?}"
-        );
+        assert!(msgs[0].contains("items[0]") && msgs[0].contains("no-uid") && msgs[0].contains("uid"), "{msgs:?}");
+        assert!(msgs[1].contains("items[1]") && msgs[1].contains("10.0.0.300"), "{msgs:?}");
+        assert!(msgs[2].contains("items[3]") && msgs[2].contains("Service"), "{msgs:?}");
+        assert!(msgs[3].contains("items[4]") && msgs[3].contains("wrong-type"), "{msgs:?}");
     }
 
     #[test]
@@ -259,9 +209,7 @@ items:
 
     #[test]
     fn unreadable_file_names_the_path() {
-        let err = load(Path::new("/no/such/pods.yaml"))
-            .unwrap_err()
-            .to_string();
+        let err = load(Path::new("/no/such/pods.yaml")).unwrap_err().to_string();
         assert!(err.contains("/no/such/pods.yaml"), "{err}");
     }
 }
@@ -300,9 +248,7 @@ pub fn reload(path: &Path, pods: &crate::identity::SharedPods) -> Result<usize, 
         tracing::warn!(file = %path.display(), error = %e, "skipping pod inventory item");
     }
     let n = inv.pods.len();
-    pods.write()
-        .unwrap_or_else(|e| e.into_inner())
-        .replace_all(inv.pods, std::time::SystemTime::now());
+    pods.write().unwrap_or_else(|e| e.into_inner()).replace_all(inv.pods, std::time::SystemTime::now());
     tracing::info!(file = %path.display(), pods = n, skipped = inv.errors.len(), "pod inventory loaded");
     Ok(n)
 }

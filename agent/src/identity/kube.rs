@@ -50,12 +50,7 @@ fn convert(pod: &Pod) -> Option<PodMeta> {
     }
 }
 
-fn apply(
-    pods: &SharedPods,
-    buffer: &mut Vec<PodMeta>,
-    event: watcher::Event<Pod>,
-    synced: &watch::Sender<bool>,
-) {
+fn apply(pods: &SharedPods, buffer: &mut Vec<PodMeta>, event: watcher::Event<Pod>, synced: &watch::Sender<bool>) {
     let now = SystemTime::now();
     let mut store = pods.write().unwrap_or_else(|e| e.into_inner());
     match event {
@@ -101,20 +96,11 @@ mod tests {
         let pods: SharedPods = Arc::new(RwLock::new(PodStore::new(Duration::from_secs(60))));
         let (synced_tx, mut synced_rx) = watch::channel(false);
         let (_stop_tx, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(run_watch(
-            client,
-            "node-1".into(),
-            pods.clone(),
-            synced_tx,
-            stop_rx,
-        ));
+        let task = tokio::spawn(run_watch(client, "node-1".into(), pods.clone(), synced_tx, stop_rx));
 
         let (req, send) = handle.next_request().await.expect("list request");
         let query = req.uri().query().unwrap_or_default().to_string();
-        assert!(
-            query.contains("fieldSelector=spec.nodeName%3Dnode-1"),
-            "{query}"
-        );
+        assert!(query.contains("fieldSelector=spec.nodeName%3Dnode-1"), "{query}");
         assert_eq!(req.uri().path(), "/api/v1/pods");
         let list = serde_json::json!({
             "apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": "10"},
@@ -124,15 +110,10 @@ mod tests {
                 "status": {"podIP": "10.1.0.5"}
             }]
         });
-        send.send_response(Response::new(Body::from(
-            serde_json::to_vec(&list).unwrap(),
-        )));
+        send.send_response(Response::new(Body::from(serde_json::to_vec(&list).unwrap())));
 
         synced_rx.wait_for(|s| *s).await.unwrap();
-        assert_eq!(
-            pods.read().unwrap().get("u1").map(|p| p.name.clone()),
-            Some("web".into())
-        );
+        assert_eq!(pods.read().unwrap().get("u1").map(|p| p.name.clone()), Some("web".into()));
 
         let (req, send) = handle.next_request().await.expect("watch request");
         assert!(req.uri().query().unwrap_or_default().contains("watch=true"));
@@ -150,10 +131,7 @@ mod tests {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        assert_eq!(
-            pods.read().unwrap().get("u2").map(|p| p.name.clone()),
-            Some("db".into())
-        );
+        assert_eq!(pods.read().unwrap().get("u2").map(|p| p.name.clone()), Some("db".into()));
         task.abort();
     }
 }

@@ -109,11 +109,7 @@ pub struct Resolver {
 
 impl Resolver {
     pub fn new(cgroups: CgroupTable, pods: SharedPods) -> Self {
-        Self {
-            cgroups,
-            pods,
-            stats: IdentityStats::default(),
-        }
+        Self { cgroups, pods, stats: IdentityStats::default() }
     }
 
     pub fn stats(&self) -> IdentityStats {
@@ -127,20 +123,12 @@ impl Resolver {
         self.cgroups.expire(now);
         let missing = ids.into_iter().any(|id| self.cgroups.path(id).is_none());
         if missing {
-            if let Some(Err(e)) = self
-                .cgroups
-                .rescan_if_stale(now, std::time::Duration::from_secs(1))
-            {
+            if let Some(Err(e)) = self.cgroups.rescan_if_stale(now, std::time::Duration::from_secs(1)) {
                 tracing::warn!(error = %e, "cgroup rescan failed");
             }
         }
         let pods = self.pods.read().unwrap_or_else(|e| e.into_inner());
-        WindowResolver {
-            cgroups: &self.cgroups,
-            pods,
-            stats: &mut self.stats,
-            memo: HashMap::new(),
-        }
+        WindowResolver { cgroups: &self.cgroups, pods, stats: &mut self.stats, memo: HashMap::new() }
     }
 }
 
@@ -160,10 +148,7 @@ impl WindowResolver<'_> {
             return w.clone();
         }
         let w = match self.cgroups.path(cgroup_id) {
-            None => pb::Workload {
-                cgroup_id,
-                ..Default::default()
-            },
+            None => pb::Workload { cgroup_id, ..Default::default() },
             Some(path) => workload_for(cgroup_id, path, &self.pods),
         };
         count(self.stats, &w);
@@ -199,16 +184,11 @@ pub fn workload_for(cgroup_id: u64, path: &str, pods: &PodStore) -> pb::Workload
     let cgroup_path = format!("/{}", path.trim_start_matches('/'));
     let (kind, unknown_layout) = match parse_cgroup_path(path) {
         CgroupOwner::Host { unit } => (pb::workload::Kind::Host(pb::HostUnit { unit }), false),
-        CgroupOwner::UnknownLayout { path } => {
-            (pb::workload::Kind::Host(pb::HostUnit { unit: path }), true)
-        }
+        CgroupOwner::UnknownLayout { path } => (pb::workload::Kind::Host(pb::HostUnit { unit: path }), true),
         CgroupOwner::Pod(pc) => {
             let mut r = match pods.get(&pc.uid) {
                 Some(meta) => pod_ref(meta, pc.container.as_ref().map(|c| c.id.as_str())),
-                None => pb::PodRef {
-                    uid: pc.uid.clone(),
-                    ..Default::default()
-                },
+                None => pb::PodRef { uid: pc.uid.clone(), ..Default::default() },
             };
             if r.qos_class == pb::QosClass::Unspecified as i32 {
                 r.qos_class = pc.qos.to_pb() as i32;
@@ -222,12 +202,7 @@ pub fn workload_for(cgroup_id: u64, path: &str, pods: &PodStore) -> pb::Workload
             (pb::workload::Kind::Pod(r), false)
         }
     };
-    pb::Workload {
-        cgroup_id,
-        cgroup_path,
-        kind: Some(kind),
-        unknown_layout,
-    }
+    pb::Workload { cgroup_id, cgroup_path, kind: Some(kind), unknown_layout }
 }
 
 fn pod_ref(meta: &PodMeta, container_id: Option<&str>) -> pb::PodRef {
@@ -239,9 +214,7 @@ fn pod_ref(meta: &PodMeta, container_id: Option<&str>) -> pb::PodRef {
         container_id: container_id.unwrap_or_default().to_string(),
         container_name: container.map(|c| c.name.clone()).unwrap_or_default(),
         qos_class: meta.qos.to_pb() as i32,
-        runtime: container
-            .map(|c| c.runtime.to_pb())
-            .unwrap_or(pb::ContainerRuntime::Unspecified) as i32,
+        runtime: container.map(|c| c.runtime.to_pb()).unwrap_or(pb::ContainerRuntime::Unspecified) as i32,
     }
 }
 
@@ -276,17 +249,8 @@ mod tests {
     fn pod_container_is_enriched_from_metadata() {
         let path = format!("/kubepods/burstable/pod{UID}/{CID}");
         let w = workload_for(9, &path, &store());
-        let Some(pb::workload::Kind::Pod(p)) = w.kind else {
-            panic!("{w:?}")
-        };
-        assert_eq!(
-            (
-                p.namespace.as_str(),
-                p.name.as_str(),
-                p.container_name.as_str()
-            ),
-            ("shop", "web", "nginx")
-        );
+        let Some(pb::workload::Kind::Pod(p)) = w.kind else { panic!("{w:?}") };
+        assert_eq!((p.namespace.as_str(), p.name.as_str(), p.container_name.as_str()), ("shop", "web", "nginx"));
         assert_eq!(p.container_id, CID);
         assert_eq!(
             p.runtime,
@@ -299,11 +263,12 @@ mod tests {
     #[test]
     fn pod_without_metadata_keeps_uid_qos_and_runtime_from_path() {
         let other = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee";
-        let path = format!("/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/crio-{CID}.scope", other.replace('-', "_"));
+        let path = format!(
+            "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/crio-{CID}.scope",
+            other.replace('-', "_")
+        );
         let w = workload_for(1, &path, &store());
-        let Some(pb::workload::Kind::Pod(p)) = w.kind else {
-            panic!("{w:?}")
-        };
+        let Some(pb::workload::Kind::Pod(p)) = w.kind else { panic!("{w:?}") };
         assert_eq!(p.uid, other);
         assert!(p.name.is_empty());
         assert_eq!(p.qos_class, pb::QosClass::BestEffort as i32);
@@ -316,9 +281,7 @@ mod tests {
         assert!(w.unknown_layout);
         assert_eq!(
             w.kind,
-            Some(pb::workload::Kind::Host(pb::HostUnit {
-                unit: "kubepods/burstable/podGARBAGE".into()
-            }))
+            Some(pb::workload::Kind::Host(pb::HostUnit { unit: "kubepods/burstable/podGARBAGE".into() }))
         );
     }
 
@@ -333,24 +296,14 @@ mod tests {
             let mut w = r.window([1, 5, 6, 7]);
             let root = w.workload(1);
             assert_eq!(root.cgroup_path, "/");
-            assert_eq!(
-                root.kind,
-                Some(pb::workload::Kind::Host(pb::HostUnit {
-                    unit: String::new()
-                }))
-            );
+            assert_eq!(root.kind, Some(pb::workload::Kind::Host(pb::HostUnit { unit: String::new() })));
             assert!(w.workload(5).unknown_layout);
             assert_eq!(
                 w.workload(6).kind,
-                Some(pb::workload::Kind::Host(pb::HostUnit {
-                    unit: "system.slice/sshd.service".into()
-                }))
+                Some(pb::workload::Kind::Host(pb::HostUnit { unit: "system.slice/sshd.service".into() }))
             );
             let unresolved = w.workload(7);
-            assert_eq!(
-                (unresolved.cgroup_id, unresolved.cgroup_path.as_str()),
-                (7, "")
-            );
+            assert_eq!((unresolved.cgroup_id, unresolved.cgroup_path.as_str()), (7, ""));
             w.workload(7);
         }
         let s = r.stats();

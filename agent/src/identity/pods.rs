@@ -61,11 +61,7 @@ pub struct PodStore {
 
 impl PodStore {
     pub fn new(retention: Duration) -> Self {
-        Self {
-            pods: HashMap::new(),
-            by_ip: HashMap::new(),
-            retention,
-        }
+        Self { pods: HashMap::new(), by_ip: HashMap::new(), retention }
     }
 
     pub fn len(&self) -> usize {
@@ -107,12 +103,7 @@ impl PodStore {
     /// in `pods` are marked deleted at `now`.
     pub fn replace_all(&mut self, pods: Vec<PodMeta>, now: SystemTime) {
         let present: HashSet<String> = pods.iter().map(|p| p.uid.clone()).collect();
-        let gone: Vec<String> = self
-            .pods
-            .keys()
-            .filter(|uid| !present.contains(*uid))
-            .cloned()
-            .collect();
+        let gone: Vec<String> = self.pods.keys().filter(|uid| !present.contains(*uid)).cloned().collect();
         for uid in gone {
             self.delete(&uid, now);
         }
@@ -124,10 +115,7 @@ impl PodStore {
     /// Forgets pods deleted longer than the retention period ago.
     pub fn expire(&mut self, now: SystemTime) {
         let retention = self.retention;
-        self.pods.retain(|_, p| {
-            p.deleted
-                .is_none_or(|d| now.duration_since(d).unwrap_or_default() < retention)
-        });
+        self.pods.retain(|_, p| p.deleted.is_none_or(|d| now.duration_since(d).unwrap_or_default() < retention));
         let pods = &self.pods;
         self.by_ip.retain(|_, uids| {
             uids.retain(|u| pods.contains_key(u));
@@ -174,11 +162,7 @@ mod tests {
         s.upsert(pod("new", "10.0.0.5", 101));
         let ip = "10.0.0.5".parse().unwrap();
         assert_eq!(s.pod_by_ip(ip, t(50)).unwrap().uid, "old");
-        assert_eq!(
-            s.pod_by_ip(ip, t(100)),
-            None,
-            "between deletion and creation nobody owns it"
-        );
+        assert_eq!(s.pod_by_ip(ip, t(100)), None, "between deletion and creation nobody owns it");
         assert_eq!(s.pod_by_ip(ip, t(150)).unwrap().uid, "new");
     }
 
@@ -198,9 +182,7 @@ mod tests {
         let mut p = pod("hn", "192.168.1.10", 0);
         p.host_network = true;
         s.upsert(p);
-        assert!(s
-            .pod_by_ip("192.168.1.10".parse().unwrap(), t(10))
-            .is_none());
+        assert!(s.pod_by_ip("192.168.1.10".parse().unwrap(), t(10)).is_none());
         assert!(s.get("hn").is_some());
     }
 
@@ -233,11 +215,6 @@ mod tests {
             s.upsert(pod(&format!("p{i}"), "10.0.0.9", i));
         }
         assert_eq!(s.by_ip[&"10.0.0.9".parse().unwrap()].len(), MAX_PODS_PER_IP);
-        assert_eq!(
-            s.pod_by_ip("10.0.0.9".parse().unwrap(), t(100))
-                .unwrap()
-                .uid,
-            "p19"
-        );
+        assert_eq!(s.pod_by_ip("10.0.0.9".parse().unwrap(), t(100)).unwrap().uid, "p19");
     }
 }

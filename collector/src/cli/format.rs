@@ -30,12 +30,7 @@ pub fn tcp_flags(bits: u32) -> String {
         (0x40, "ECE"),
         (0x80, "CWR"),
     ];
-    NAMES
-        .iter()
-        .filter(|(b, _)| bits & b != 0)
-        .map(|(_, n)| *n)
-        .collect::<Vec<_>>()
-        .join("|")
+    NAMES.iter().filter(|(b, _)| bits & b != 0).map(|(_, n)| *n).collect::<Vec<_>>().join("|")
 }
 
 fn qos(q: i32) -> &'static str {
@@ -150,14 +145,7 @@ fn clip(s: &str, width: usize) -> String {
     if s.chars().count() <= width {
         format!("{s:width$}")
     } else {
-        let tail: String = s
-            .chars()
-            .rev()
-            .take(width - 1)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect();
+        let tail: String = s.chars().rev().take(width - 1).collect::<Vec<_>>().into_iter().rev().collect();
         format!("…{tail}")
     }
 }
@@ -172,10 +160,8 @@ pub fn record_line(r: &pb::Record) -> Option<String> {
             if let Some(p) = &remote.pod {
                 peer.push_str(&format!(" ({}/{})", p.namespace, p.name));
             }
-            let flags = tcp_flags(
-                f.egress.as_ref().map_or(0, |c| c.tcp_flags)
-                    | f.ingress.as_ref().map_or(0, |c| c.tcp_flags),
-            );
+            let flags =
+                tcp_flags(f.egress.as_ref().map_or(0, |c| c.tcp_flags) | f.ingress.as_ref().map_or(0, |c| c.tcp_flags));
             Some(format!(
                 "{} {} {:7} {} {} {:18} {:18} {}",
                 clip(&r.node, 12),
@@ -226,19 +212,9 @@ mod tests {
                 }),
                 local_ip: "10.0.0.1".into(),
                 local_port: 43210,
-                remote: Some(pb::Peer {
-                    ip: "fd00::2".into(),
-                    port: 80,
-                    ..Default::default()
-                }),
+                remote: Some(pb::Peer { ip: "fd00::2".into(), port: 80, ..Default::default() }),
                 protocol: 6,
-                egress: Some(pb::FlowCounts {
-                    bytes: 100,
-                    packets: 2,
-                    syn: 1,
-                    tcp_flags: 0x12,
-                    ..Default::default()
-                }),
+                egress: Some(pb::FlowCounts { bytes: 100, packets: 2, syn: 1, tcp_flags: 0x12, ..Default::default() }),
                 ingress: None,
                 first_seen_unix_nano: 5,
                 last_seen_unix_nano: 6,
@@ -269,26 +245,15 @@ mod tests {
     #[test]
     fn table_line_shows_pod_addresses_and_counts() {
         let line = record_line(&sample()).unwrap();
-        for part in [
-            "shop/web",
-            "TCP",
-            "10.0.0.1:43210",
-            "[fd00::2]:80",
-            "100/2",
-            "0/0",
-            "SYN|ACK",
-        ] {
+        for part in ["shop/web", "TCP", "10.0.0.1:43210", "[fd00::2]:80", "100/2", "0/0", "SYN|ACK"] {
             assert!(line.contains(part), "{part} in {line}");
         }
     }
 
     #[test]
     fn loss_lines_only_when_something_was_lost() {
-        let mut r = pb::Record {
-            node: "n".into(),
-            kind: Some(Kind::Loss(pb::LossReport::default())),
-            ..Default::default()
-        };
+        let mut r =
+            pb::Record { node: "n".into(), kind: Some(Kind::Loss(pb::LossReport::default())), ..Default::default() };
         assert_eq!(record_line(&r), None);
         r.kind = Some(Kind::Loss(pb::LossReport {
             counters: vec![pb::LossCounter {

@@ -54,30 +54,21 @@ pub struct ObserveArgs {
 }
 
 pub async fn run(args: ObserveArgs) -> Result<()> {
-    let mut client = ObserveClient::connect(args.server.clone())
-        .await
-        .with_context(|| format!("connecting to {}", args.server))?;
+    let mut client =
+        ObserveClient::connect(args.server.clone()).await.with_context(|| format!("connecting to {}", args.server))?;
     let request = pb::ObserveRequest {
         nodes: args.nodes.clone(),
         namespaces: args.namespaces.clone(),
         pods: args.pods.clone(),
         kinds: args.kinds.iter().map(|k| k.to_pb() as i32).collect(),
     };
-    let mut stream = client
-        .observe(request)
-        .await
-        .context("starting Observe")?
-        .into_inner();
+    let mut stream = client.observe(request).await.context("starting Observe")?.into_inner();
     let stdout = std::io::stdout();
     if args.output == Output::Table {
         writeln!(stdout.lock(), "{}", format::TABLE_HEADER)?;
     }
     let mut seen = 0u64;
-    while let Some(msg) = stream
-        .message()
-        .await
-        .context("reading the Observe stream")?
-    {
+    while let Some(msg) = stream.message().await.context("reading the Observe stream")? {
         let Some(record) = msg.record else { continue };
         let line = match args.output {
             Output::Json => Some(format::record_json(&record).to_string()),

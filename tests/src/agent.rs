@@ -1,0 +1,164 @@
+//! The real agent binary, started in standalone mode, and an Observe client
+//! that collects its records in the background.
+
+use std::{
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use podlens_proto::v1::{self as pb, observe_client::ObserveClient};
+
+/// Where the agent binary is: PODLENS_AGENT_BIN, else target/<profile>/podlens-agent.
+pub fn agent_path() -> PathBuf {
+    if let Some(p) = std::env::var_os("PODLENS_AGENT_BIN") {
+        return PathBuf::from(p);
+    }
+    let podrun = crate::cluster::podrun_path();
+    let dir = podrun.parent().expect("target/<profile>");
+    let candidate = dir.join("podlens-agent");
+    assert!(
+        candidate.exists(),
+        "agent binary not found at {}: run `cargo xtask e2e` (it builds the agent) or set PODLENS_AGENT_BIN",
+        candidate.display()
+    );
+    candidate
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+/// A running agent; killed (SIGTERM, then SIGKILL) on drop.
+pub struct Agent {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    log: PathBuf,
+}
+
+impl Agent {
+    /// Starts `podlens-agent --standalone` with `extra` flags and waits until it serves.
+    pub fn start(node: &str, interval: &str, extra: &[&str], log_dir: &Path) -> Self {
+        crate::privileged::require_root();
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let log = log_dir.join(format!("agent-{}.log", addr.port()));
+        let log_file = std::fs::File::create(&log).expect("agent log");
+        let child = Command::new(agent_path())
+            .args(["--standalone", "--listen", &addr.to_string(), "--interval", interval, "--node-name", node])
+            .args(extra)
+            .env("PODLENS_LOG", "info,podlens_agent=debug")
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("spawn podlens-agent");
+        let mut agent = Self { child: Some(child), addr, log };
+        agent.wait_ready(Duration::from_secs(30));
+        agent
+    }
+
+    /// Programs are attached before the Observe listener opens.
+    fn wait_ready(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while TcpStream::connect(self.addr).is_err() {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("agent exited with {status} before serving:\n{}", self.log_text());
+            }
+            assert!(Instant::now() < deadline, "agent not serving after {timeout:?}:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        // SAFETY: kill on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(s) = child.try_wait().expect("wait") {
+                return s;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("agent ignored SIGTERM for 20s:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Records received from an Observe stream, collected by a background thread.
+pub struct Observer {
+    records: Arc<Mutex<Vec<pb::Record>>>,
+    error: Arc<Mutex<Option<String>>>,
+    _thread: std::thread::JoinHandle<()>,
+}
+
+impl Observer {
+    pub fn connect(addr: SocketAddr, request: pb::ObserveRequest) -> Self {
+        let records = Arc::new(Mutex::new(Vec::new()));
+        let error = Arc::new(Mutex::new(None));
+        let (r, e) = (records.clone(), error.clone());
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            rt.block_on(async move {
+                let result = async {
+                    let mut client = ObserveClient::connect(format!("http://{addr}")).await?;
+                    let mut stream = client.observe(request).await?.into_inner();
+                    let _ = ready_tx.send(());
+                    while let Some(msg) = stream.message().await? {
+                        if let Some(rec) = msg.record {
+                            r.lock().expect("lock").push(rec);
+                        }
+                    }
+                    Ok::<(), Box<dyn std::error::Error>>(())
+                }
+                .await;
+                if let Err(err) = result {
+                    *e.lock().expect("lock") = Some(err.to_string());
+                    let _ = ready_tx.send(());
+                }
+            });
+        });
+        ready_rx.recv_timeout(Duration::from_secs(10)).expect("observe stream started");
+        if let Some(err) = error.lock().expect("lock").clone() {
+            panic!("observe failed: {err}");
+        }
+        Self { records, error, _thread: thread }
+    }
+
+    pub fn records(&self) -> Vec<pb::Record> {
+        self.records.lock().expect("lock").clone()
+    }
+
+    /// Polls until `done(records)` holds or `timeout` passes; returns the records either way.
+    pub fn wait_until(&self, timeout: Duration, done: impl Fn(&[pb::Record]) -> bool) -> Vec<pb::Record> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let recs = self.records();
+            if done(&recs) || Instant::now() > deadline {
+                if let Some(err) = self.error.lock().expect("lock").clone() {
+                    panic!("observe stream failed: {err}");
+                }
+                return recs;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
