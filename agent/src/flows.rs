@@ -110,7 +110,7 @@ impl FlowWindow {
         ids: &mut WindowResolver<'_>,
     ) -> Vec<pb::Record> {
         let mut flows: Vec<_> = self.flows.into_iter().collect();
-        flows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        flows.sort_unstable_by_key(|f| f.0);
         flows
             .into_iter()
             .map(|(key, agg)| pb::Record {

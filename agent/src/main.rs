@@ -93,6 +93,11 @@ async fn main() -> Result<()> {
     let cgroup_root = preflight::run(args.cgroup_root.as_deref())?;
     let node = node_identity(&args);
 
+    // Inputs first: a bad file fails before anything is loaded into the kernel.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let pods: SharedPods = Arc::new(RwLock::new(PodStore::new(RETENTION)));
+    start_pod_source(&args, &node.name, &pods, &stop_rx).await?;
+
     let opts = LoadOptions { flow_map_entries: args.flow_map_entries, events_ring_bytes: args.events_ring_bytes };
     let mut kernel = Kernel::load(&opts)?;
     let mut cgroups = CgroupTable::new(&cgroup_root, RETENTION);
@@ -105,10 +110,6 @@ async fn main() -> Result<()> {
         flow_map_entries = args.flow_map_entries, interval = ?args.interval, node = %node.name,
         "flow programs attached"
     );
-
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let pods: SharedPods = Arc::new(RwLock::new(PodStore::new(RETENTION)));
-    start_pod_source(&args, &node.name, &pods, &stop_rx).await?;
 
     let hub = Arc::new(Hub::new(podlens_collector::hub::DEFAULT_CONSUMER_BUFFER));
     let listener = Listener::bind(args.listen).await?;

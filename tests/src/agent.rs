@@ -41,11 +41,25 @@ pub struct Agent {
 impl Agent {
     /// Starts `podlens-agent --standalone` with `extra` flags and waits until it serves.
     pub fn start(node: &str, interval: &str, extra: &[&str], log_dir: &Path) -> Self {
+        Self::start_wrapped(&[], node, interval, extra, log_dir)
+    }
+
+    /// Like [`Agent::start`], run through `wrapper` (e.g. setpriv with reduced capabilities).
+    pub fn start_wrapped(wrapper: &[&str], node: &str, interval: &str, extra: &[&str], log_dir: &Path) -> Self {
         crate::privileged::require_root();
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let log = log_dir.join(format!("agent-{}.log", addr.port()));
         let log_file = std::fs::File::create(&log).expect("agent log");
-        let child = Command::new(agent_path())
+        let agent = agent_path();
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(&agent);
+                c
+            }
+            None => Command::new(&agent),
+        };
+        let child = cmd
             .args(["--standalone", "--listen", &addr.to_string(), "--interval", interval, "--node-name", node])
             .args(extra)
             .env("PODLENS_LOG", "info,podlens_agent=debug")
@@ -68,6 +82,10 @@ impl Agent {
             assert!(Instant::now() < deadline, "agent not serving after {timeout:?}:\n{}", self.log_text());
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).expect("running")
     }
 
     pub fn log_text(&self) -> String {
@@ -161,4 +179,21 @@ impl Observer {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+}
+
+/// Runs the agent to completion with `args` (expected to fail fast); returns
+/// (exit code, stderr).
+pub fn run_agent_expecting_exit(wrapper: &[&str], args: &[&str]) -> (Option<i32>, String) {
+    crate::privileged::require_root();
+    let agent = agent_path();
+    let mut cmd = match wrapper.split_first() {
+        Some((program, rest)) => {
+            let mut c = Command::new(program);
+            c.args(rest).arg(&agent);
+            c
+        }
+        None => Command::new(&agent),
+    };
+    let out = cmd.args(args).env("RUST_BACKTRACE", "0").output().expect("run podlens-agent");
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
 }

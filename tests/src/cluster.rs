@@ -361,11 +361,13 @@ pub fn podrun_path() -> PathBuf {
     if let Some(p) = std::env::var_os("PODLENS_PODRUN_BIN") {
         return PathBuf::from(p);
     }
+    // Test binaries live in target/<profile>/deps, other binaries in target/<profile>.
     let exe = std::env::current_exe().expect("current exe");
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
-    let p = profile_dir.join("podrun");
-    assert!(p.exists(), "podrun not found at {}: run the tests through cargo (it builds podrun)", p.display());
-    p
+    let dirs = exe.ancestors().skip(1).take(2);
+    let candidates: Vec<PathBuf> = dirs.map(|d| d.join("podrun")).collect();
+    candidates.iter().find(|p| p.exists()).cloned().unwrap_or_else(|| {
+        panic!("podrun not found at {candidates:?}: build it with `cargo build -p podlens-e2e --bins`")
+    })
 }
 
 /// A child process killed on drop.

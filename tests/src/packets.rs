@@ -25,7 +25,7 @@ pub fn eth(ethertype: u16, l3: &[u8]) -> Vec<u8> {
 /// A TCP header (20 bytes + `options`, padded to 4) followed by `payload`.
 pub fn tcp(sport: u16, dport: u16, flags: u8, options: &[u8], payload: &[u8]) -> Vec<u8> {
     let mut opts = options.to_vec();
-    while opts.len() % 4 != 0 {
+    while !opts.len().is_multiple_of(4) {
         opts.push(1); // NOP
     }
     let doff = ((20 + opts.len()) / 4) as u8;
@@ -72,7 +72,7 @@ pub fn icmp(kind: u8, code: u8, id: u16, payload: &[u8]) -> Vec<u8> {
 /// IPv4 header (20 bytes + options) followed by `l4`. `frag` is the raw
 /// flags/fragment-offset field.
 pub fn ipv4_full(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, frag: u16, options: &[u8], l4: &[u8]) -> Vec<u8> {
-    assert!(options.len() % 4 == 0 && options.len() <= 40);
+    assert!(options.len().is_multiple_of(4) && options.len() <= 40);
     let ihl = ((20 + options.len()) / 4) as u8;
     let total = (20 + options.len() + l4.len()) as u16;
     let mut h = vec![0x40 | ihl, 0];

@@ -60,8 +60,8 @@ pub fn totals(records: &[pb::Record], select: impl Fn(&pb::FlowRecord) -> bool) 
     let mut out: BTreeMap<Tuple, Totals> = BTreeMap::new();
     for f in flows(records).filter(|f| select(f)) {
         let t = out.entry(tuple(f)).or_default();
-        let e = f.egress.clone().unwrap_or_default();
-        let i = f.ingress.clone().unwrap_or_default();
+        let e = f.egress.unwrap_or_default();
+        let i = f.ingress.unwrap_or_default();
         t.egress_bytes += e.bytes;
         t.egress_packets += e.packets;
         t.ingress_bytes += i.bytes;

@@ -351,7 +351,7 @@ fn pod_recreated_with_the_same_ip_is_not_confused_with_the_old_one() {
     let (old_local, new_local) = (sock(&c_old, "local"), sock(&c_new, "local"));
     let records = observer.wait_until(WAIT, |r| {
         let srv = pod_totals(r, &server.uid);
-        srv.get(&tuple(sock(&c_old, "peer"), old_local, 6)).is_some()
+        srv.contains_key(&tuple(sock(&c_old, "peer"), old_local, 6))
             && srv
                 .get(&tuple(sock(&c_new, "peer"), new_local, 6))
                 .is_some_and(|t| t.ingress_packets >= info(&c_new, "segs_out"))

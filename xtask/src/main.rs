@@ -27,13 +27,134 @@ enum Task {
     },
     /// Regenerate proto/src/gen from proto/podlens/v1/*.proto.
     Proto,
+    /// Install the Debian/Ubuntu packages needed to build and test (uses sudo when not root).
+    Deps,
+    /// Build, then run the agent with its embedded collector next to emulated pods, showing live flows.
+    Demo {
+        /// How long the demo runs (Ctrl-C stops it earlier).
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// `table` or `json`.
+        #[arg(short = 'o', long, default_value = "table")]
+        output: String,
+    },
+    /// Build and run the privileged tests (kernel test-runs and end-to-end) as root.
+    E2e {
+        /// Only tests whose name contains this.
+        filter: Option<String>,
+    },
+    /// Every test: unit tests, then the privileged ones (`e2e`).
+    Test,
 }
 
 fn main() -> Result<()> {
     match Cli::parse().task {
         Task::Vmlinux { btf } => vmlinux(&btf),
         Task::Proto => proto(),
+        Task::Deps => deps(),
+        Task::Demo { seconds, output } => demo(seconds, &output),
+        Task::E2e { filter } => e2e(filter.as_deref()),
+        Task::Test => {
+            cargo(&["test", "--workspace", "--exclude", "podlens-e2e"], &[])?;
+            e2e(None)
+        }
     }
+}
+
+fn is_root() -> bool {
+    std::process::Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.trim_ascii() == b"0")
+}
+
+/// Runs cargo in the workspace root with extra environment.
+fn cargo(args: &[&str], env: &[(&str, String)]) -> Result<()> {
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .current_dir(root())
+        .status()
+        .context("running cargo")?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+/// Runs a program as root: directly when we are root, else through `sudo`.
+fn as_root(program: &Path, args: &[String]) -> Result<()> {
+    let mut cmd = if is_root() {
+        Command::new(program)
+    } else {
+        let mut c = Command::new("sudo");
+        c.arg("--preserve-env=CI,RUST_LOG,RUST_BACKTRACE").arg(program);
+        c
+    };
+    let status = cmd.args(args).status().with_context(|| format!("running {}", program.display()))?;
+    if !status.success() {
+        bail!("{} failed ({status})", program.display());
+    }
+    Ok(())
+}
+
+/// The packages the README lists. clang-16 is preferred (clang 14 leaves some
+/// builtins as calls the loader cannot resolve); `clang` is the fallback.
+fn deps() -> Result<()> {
+    let clang = if Command::new("apt-cache").args(["show", "clang-16"]).output().is_ok_and(|o| o.status.success()) {
+        ["clang-16", "llvm-16"]
+    } else {
+        ["clang", "llvm"]
+    };
+    let mut args: Vec<String> = vec!["install".into(), "-y".into(), "--no-install-recommends".into()];
+    args.extend(clang.iter().map(|s| s.to_string()));
+    args.extend(
+        ["libbpf-dev", "iproute2", "util-linux", "iperf3", "dnsmasq-base", "ca-certificates"].map(String::from),
+    );
+    let apt = Path::new("/usr/bin/apt-get");
+    if !apt.exists() {
+        bail!("apt-get not found: install by hand clang (16 preferred), libbpf-dev, iproute2, util-linux, iperf3");
+    }
+    as_root(apt, &["update".into(), "-qq".into()])?;
+    as_root(apt, &args)?;
+    println!("prerequisites installed");
+    Ok(())
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target")).join("debug")
+}
+
+fn demo(seconds: u64, output: &str) -> Result<()> {
+    cargo(&["build", "-p", "podlens-agent", "-p", "podlens-collector", "-p", "podlens-e2e", "--bins"], &[])?;
+    let bin = target_dir();
+    let args = vec![
+        "--seconds".to_string(),
+        seconds.to_string(),
+        "--cli".into(),
+        bin.join("podlens").display().to_string(),
+        "--output".into(),
+        output.to_string(),
+    ];
+    // the demo finds the agent and podrun next to itself
+    as_root(&bin.join("podlens-demo"), &args)
+}
+
+fn e2e(filter: Option<&str>) -> Result<()> {
+    cargo(&["build", "-p", "podlens-agent", "-p", "podlens-collector", "--bins"], &[])?;
+    let agent = target_dir().join("podlens-agent").display().to_string();
+    let mut env = vec![("PODLENS_AGENT_BIN", agent)];
+    if !is_root() {
+        // cargo runs each test binary through sudo, so only the tests run as root
+        env.push((
+            "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER",
+            "sudo --preserve-env=CI,PODLENS_AGENT_BIN,RUST_BACKTRACE".into(),
+        ));
+    }
+    let mut args = vec!["test", "-p", "podlens-e2e", "--no-fail-fast", "--"];
+    if let Some(f) = filter {
+        args.push(f);
+    }
+    // One at a time: each test runs its own agent, and 2 cores are not many.
+    args.push("--test-threads=1");
+    cargo(&args, &env)
 }
 
 fn root() -> PathBuf {

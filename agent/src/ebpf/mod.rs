@@ -39,7 +39,7 @@ const PERMISSION_HINT: &str =
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error("loading the eBPF object: {source}; {hint}")]
-    Object { source: aya::EbpfError, hint: &'static str },
+    Object { source: Box<aya::EbpfError>, hint: &'static str },
     #[error("program {name} missing from the eBPF object")]
     MissingProgram { name: &'static str },
     #[error("map {name} missing from the eBPF object")]
@@ -47,7 +47,7 @@ pub enum LoadError {
     #[error("map {name}: {source}")]
     Map { name: &'static str, source: aya::maps::MapError },
     #[error("loading program {name}: {source}; {hint}")]
-    Program { name: &'static str, source: ProgramError, hint: &'static str },
+    Program { name: &'static str, source: Box<ProgramError>, hint: &'static str },
     #[error("reading kernel BTF from /sys/kernel/btf/vmlinux: {0}")]
     Btf(aya::BtfError),
     #[error(transparent)]
@@ -55,7 +55,7 @@ pub enum LoadError {
     #[error("opening cgroup2 root {path}: {source}")]
     CgroupRoot { path: PathBuf, source: std::io::Error },
     #[error("attaching {name} to {path}: {source}; {hint}")]
-    Attach { name: &'static str, path: PathBuf, source: ProgramError, hint: &'static str },
+    Attach { name: &'static str, path: PathBuf, source: Box<ProgramError>, hint: &'static str },
 }
 
 fn hint_for(e: &dyn std::error::Error) -> &'static str {
@@ -92,7 +92,7 @@ impl Kernel {
             .load(podlens_agent_ebpf::podlens_object())
             .map_err(|source| {
                 let hint = hint_for(&source);
-                LoadError::Object { source, hint }
+                LoadError::Object { source: Box::new(source), hint }
             })?;
 
         for name in [programs::FLOW_EGRESS, programs::FLOW_INGRESS] {
@@ -128,7 +128,7 @@ impl Kernel {
             // only means "no flags" here. Others' programs keep running.
             prog.attach(&dir, kind, CgroupAttachMode::Single).map_err(|source| {
                 let hint = hint_for(&source);
-                LoadError::Attach { name, path: cgroup_root.to_path_buf(), source, hint }
+                LoadError::Attach { name, path: cgroup_root.to_path_buf(), source: Box::new(source), hint }
             })?;
         }
         let mut features = Features { flows: true, cgroup_events: true };
@@ -160,7 +160,7 @@ impl Kernel {
 
 fn program_error(name: &'static str, source: ProgramError) -> LoadError {
     let hint = hint_for(&source);
-    LoadError::Program { name, source, hint }
+    LoadError::Program { name, source: Box::new(source), hint }
 }
 
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, LoadError>
@@ -168,7 +168,11 @@ where
     &'a mut T: TryFrom<&'a mut Program, Error = ProgramError>,
 {
     let prog = ebpf.program_mut(name).ok_or(LoadError::MissingProgram { name })?;
-    prog.try_into().map_err(|source| LoadError::Program { name, source, hint: "object and agent out of sync" })
+    prog.try_into().map_err(|source| LoadError::Program {
+        name,
+        source: Box::new(source),
+        hint: "object and agent out of sync",
+    })
 }
 
 fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, LoadError>

@@ -91,6 +91,51 @@ fn add_pod(inv: &mut Inventory, value: serde_yaml::Value, doc: usize, item: Opti
     }
 }
 
+/// Loads the inventory into `pods` now, then again whenever the file changes
+/// (checked every `every`), until `shutdown` flips. A reload that fails keeps
+/// the previous pods and logs the error.
+pub async fn watch(
+    path: PathBuf,
+    pods: crate::identity::SharedPods,
+    every: std::time::Duration,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut last = stamp(&path);
+    let mut ticker = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = ticker.tick() => {}
+        }
+        let now = stamp(&path);
+        if now == last {
+            continue;
+        }
+        last = now;
+        if let Err(e) = reload(&path, &pods) {
+            tracing::warn!(error = %e, "pod inventory reload failed; keeping the previous pods");
+        }
+    }
+}
+
+/// Loads the file into the store, replacing what was there.
+pub fn reload(path: &Path, pods: &crate::identity::SharedPods) -> Result<usize, InventoryError> {
+    let inv = load(path)?;
+    for e in &inv.errors {
+        tracing::warn!(file = %path.display(), error = %e, "skipping pod inventory item");
+    }
+    let n = inv.pods.len();
+    pods.write().unwrap_or_else(|e| e.into_inner()).replace_all(inv.pods, std::time::SystemTime::now());
+    tracing::info!(file = %path.display(), pods = n, skipped = inv.errors.len(), "pod inventory loaded");
+    Ok(n)
+}
+
+fn stamp(path: &Path) -> Option<(std::time::SystemTime, u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len(), m.ino()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,49 +257,4 @@ items:
         let err = load(Path::new("/no/such/pods.yaml")).unwrap_err().to_string();
         assert!(err.contains("/no/such/pods.yaml"), "{err}");
     }
-}
-
-/// Loads the inventory into `pods` now, then again whenever the file changes
-/// (checked every `every`), until `shutdown` flips. A reload that fails keeps
-/// the previous pods and logs the error.
-pub async fn watch(
-    path: PathBuf,
-    pods: crate::identity::SharedPods,
-    every: std::time::Duration,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
-) {
-    let mut last = stamp(&path);
-    let mut ticker = tokio::time::interval(every);
-    loop {
-        tokio::select! {
-            _ = shutdown.changed() => return,
-            _ = ticker.tick() => {}
-        }
-        let now = stamp(&path);
-        if now == last {
-            continue;
-        }
-        last = now;
-        if let Err(e) = reload(&path, &pods) {
-            tracing::warn!(error = %e, "pod inventory reload failed; keeping the previous pods");
-        }
-    }
-}
-
-/// Loads the file into the store, replacing what was there.
-pub fn reload(path: &Path, pods: &crate::identity::SharedPods) -> Result<usize, InventoryError> {
-    let inv = load(path)?;
-    for e in &inv.errors {
-        tracing::warn!(file = %path.display(), error = %e, "skipping pod inventory item");
-    }
-    let n = inv.pods.len();
-    pods.write().unwrap_or_else(|e| e.into_inner()).replace_all(inv.pods, std::time::SystemTime::now());
-    tracing::info!(file = %path.display(), pods = n, skipped = inv.errors.len(), "pod inventory loaded");
-    Ok(n)
-}
-
-fn stamp(path: &Path) -> Option<(std::time::SystemTime, u64, u64)> {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(path).ok()?;
-    Some((m.modified().ok()?, m.len(), m.ino()))
 }

@@ -1,0 +1,112 @@
+//! The agent as an operator runs it: least privilege, and clear errors for bad
+//! input (never a panic, never a hang).
+
+use std::{net::SocketAddr, time::Duration};
+
+use podlens_e2e::{
+    agent::{run_agent_expecting_exit, Agent, Observer},
+    cluster::{write_inventory, Driver, Node, Qos},
+    privileged::unique,
+    records::pod_totals,
+};
+use podlens_proto::v1 as pb;
+
+const CAPS: &str = "-all,+bpf,+perfmon,+net_admin";
+
+/// setpriv: uid/gid nobody, no groups, and exactly CAP_BPF, CAP_PERFMON and
+/// CAP_NET_ADMIN in every set (bounding, inheritable, ambient -> effective).
+fn least_privilege(caps: &str) -> Vec<String> {
+    [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        &format!("--inh-caps={caps}"),
+        &format!("--ambient-caps={caps}"),
+        &format!("--bounding-set={caps}"),
+        "--",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn tmpdir(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(unique(tag));
+    std::fs::create_dir_all(&d).expect("tmpdir");
+    d
+}
+
+#[test]
+fn agent_works_as_nobody_with_only_bpf_perfmon_and_net_admin() {
+    let dir = tmpdir("caps");
+    let mut node = Node::new(Driver::Systemd);
+    let a = node.pod("caps", "a", Qos::Burstable);
+    let b = node.pod("caps", "b", Qos::Burstable);
+    let inventory = dir.join("pods.yaml");
+    write_inventory(&inventory, "n1", &[&a, &b]);
+    let wrapper = least_privilege(CAPS);
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    let agent = Agent::start_wrapped(&wrapper, "n1", "1s", &["--pods-file", inventory.to_str().unwrap()], &dir);
+
+    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid())).expect("agent status");
+    let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name)).map(str::trim).unwrap_or("").to_string();
+    // bits 12 (NET_ADMIN), 38 (PERFMON), 39 (BPF)
+    assert_eq!(field("CapEff:"), "000000c000001000", "effective capabilities are exactly the three");
+    assert_eq!(field("Uid:").split_whitespace().next(), Some("65534"));
+
+    let observer = Observer::connect(agent.addr, pb::ObserveRequest::default());
+    let listen = SocketAddr::new(b.ip(false), 8443);
+    let mut srv = b.spawn(&["tcp-server", "--listen", &listen.to_string()]);
+    srv.first_line();
+    let out = a.run(&["tcp-client", "--connect", &listen.to_string(), "--send", "5000"]);
+    srv.wait_json(Duration::from_secs(30));
+    let segs = out[0]["tcp_info"]["segs_out"].as_u64().unwrap();
+    let records = observer.wait_until(Duration::from_secs(15), |r| {
+        pod_totals(r, &a.uid).values().any(|t| t.egress_packets == segs && t.remote_pods == vec!["caps/b".to_string()])
+    });
+    assert!(
+        pod_totals(&records, &a.uid).values().any(|t| t.egress_packets == segs),
+        "flows recorded with least privilege:\n{}",
+        agent.log_text()
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn missing_capabilities_are_named_and_exit_non_zero() {
+    for (caps, missing) in [("-all,+perfmon,+net_admin", "CAP_BPF"), ("-all,+bpf,+perfmon", "CAP_NET_ADMIN")] {
+        let wrapper = least_privilege(caps);
+        let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+        let (code, err) = run_agent_expecting_exit(&wrapper, &["--standalone", "--listen", "127.0.0.1:0"]);
+        assert_eq!(code, Some(1), "{err}");
+        assert!(err.contains("missing capabilities") && err.contains(missing), "{caps}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
+
+#[test]
+fn bad_inputs_get_clear_errors_naming_the_input() {
+    let dir = tmpdir("badin");
+    let garbage = dir.join("garbage.yaml");
+    std::fs::write(&garbage, "kind: [unclosed\n").unwrap();
+    let not_cgroup = dir.to_str().unwrap().to_string();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (vec!["--standalone".into(), "--pods-file".into(), "/nonexistent/pods.yaml".into()], "/nonexistent/pods.yaml"),
+        (vec!["--standalone".into(), "--pods-file".into(), garbage.to_str().unwrap().into()], "garbage.yaml"),
+        (vec!["--standalone".into(), "--cgroup-root".into(), not_cgroup.clone()], "is not a cgroup2 mount"),
+        (vec!["--standalone".into(), "--interval".into(), "fast".into()], "--interval"),
+        (vec!["--standalone".into(), "--flow-map-entries".into(), "12".into()], "--flow-map-entries"),
+        (vec!["--standalone".into(), "--listen".into(), "localhost".into()], "--listen"),
+        (vec!["--standalone".into(), "--log".into(), "podlens=[".into()], "--log"),
+        (vec![], "--standalone"),
+    ];
+    for (args, needle) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, err) = run_agent_expecting_exit(&[], &args);
+        assert!(code.is_some_and(|c| c != 0), "{args:?} should fail: {err}");
+        assert!(err.contains(needle), "{args:?}: error should name {needle:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
