@@ -23,6 +23,14 @@ pub fn podlens_object() -> &'static [u8] {
     &PODLENS_OBJ.0
 }
 
+static BASELINE_OBJ: &Aligned<[u8]> = &Aligned(*include_bytes!(concat!(env!("OUT_DIR"), "/baseline.bpf.o")));
+
+/// cgroup_skb programs that only return "allow" (`baseline_egress`,
+/// `baseline_ingress`): the baseline the benchmarks subtract.
+pub fn baseline_object() -> &'static [u8] {
+    &BASELINE_OBJ.0
+}
+
 /// Program names in the object, as aya finds them.
 pub mod programs {
     /// cgroup_skb/egress flow accounting.

@@ -385,32 +385,45 @@ impl Proc {
     }
 
     /// Waits for exit (bounded), asserts success, parses stdout as JSON lines.
-    pub fn wait_json(mut self, timeout: Duration) -> Vec<serde_json::Value> {
+    pub fn wait_json(self, timeout: Duration) -> Vec<serde_json::Value> {
+        let what = self.what.clone();
+        self.wait_stdout(timeout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{what}: bad output line {l:?}: {e}")))
+            .collect()
+    }
+
+    /// Waits for exit (bounded), asserts success, returns stdout.
+    pub fn wait_stdout(mut self, timeout: Duration) -> String {
+        use std::io::Read;
         let mut child = self.child.take().expect("running");
+        // Drain the pipes while waiting, so a chatty child never blocks on a full pipe.
+        let reader = |r: Option<Box<dyn Read + Send>>| {
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                if let Some(mut r) = r {
+                    let _ = r.read_to_end(&mut buf);
+                }
+                String::from_utf8_lossy(&buf).into_owned()
+            })
+        };
+        let out = reader(child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>));
+        let err = reader(child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>));
         let deadline = Instant::now() + timeout;
-        loop {
-            if child.try_wait().expect("wait").is_some() {
-                break;
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                break status;
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                let out = child.wait_with_output().expect("output");
-                panic!("{} timed out after {timeout:?}: {}", self.what, String::from_utf8_lossy(&out.stderr));
+                let _ = child.wait();
+                panic!("{} timed out after {timeout:?}: {}", self.what, err.join().unwrap_or_default());
             }
             std::thread::sleep(Duration::from_millis(10));
-        }
-        let out = child.wait_with_output().expect("output");
-        assert!(
-            out.status.success(),
-            "{} failed: {}{}",
-            self.what,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{}: bad output line {l:?}: {e}", self.what)))
-            .collect()
+        };
+        let (out, err) = (out.join().unwrap_or_default(), err.join().unwrap_or_default());
+        assert!(status.success(), "{} failed ({status}): {out}{err}", self.what);
+        out
     }
 
     /// Reads the first stdout line (e.g. a server's "listening").

@@ -45,6 +45,14 @@ enum Task {
     },
     /// Every test: unit tests, then the privileged ones (`e2e`).
     Test,
+    /// Benchmarks (release build, root): ratios against a baseline measured in the same run.
+    Bench {
+        /// Which benchmark: `flows`.
+        which: String,
+        /// Interleaved repetitions.
+        #[arg(long, default_value_t = 7)]
+        reps: usize,
+    },
 }
 
 fn main() -> Result<()> {
@@ -54,6 +62,7 @@ fn main() -> Result<()> {
         Task::Deps => deps(),
         Task::Demo { seconds, output } => demo(seconds, &output),
         Task::E2e { filter } => e2e(filter.as_deref()),
+        Task::Bench { which, reps } => bench(&which, reps),
         Task::Test => {
             cargo(&["test", "--workspace", "--exclude", "podlens-e2e"], &[])?;
             e2e(None)
@@ -135,6 +144,18 @@ fn demo(seconds: u64, output: &str) -> Result<()> {
     ];
     // the demo finds the agent and podrun next to itself
     as_root(&bin.join("podlens-demo"), &args)
+}
+
+fn bench(which: &str, reps: usize) -> Result<()> {
+    if which != "flows" {
+        bail!("unknown benchmark {which:?}: available: flows");
+    }
+    cargo(&["build", "--release", "-p", "podlens-agent", "-p", "podlens-e2e", "--bins"], &[])?;
+    let bin = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"))
+        .join("release");
+    as_root(&bin.join("podlens-bench"), &[which.to_string(), "--reps".into(), reps.to_string()])
 }
 
 fn e2e(filter: Option<&str>) -> Result<()> {

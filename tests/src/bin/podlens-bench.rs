@@ -1,0 +1,162 @@
+//! `podlens-bench` (run by `cargo xtask bench`): measured costs, always as a
+//! ratio or difference against a baseline measured in the same run. Prints a
+//! Markdown report for BENCHMARKS.md.
+
+use std::{net::SocketAddr, time::Duration};
+
+use anyhow::{bail, Context, Result};
+use aya::{
+    programs::{CgroupSkb, TestRun, TestRunOptions},
+    Ebpf,
+};
+use clap::{Parser, Subcommand};
+use podlens_e2e::{
+    agent::Agent,
+    cluster::{Driver, Node, Pod, Qos},
+    kernel::{Dir, FlowProgs},
+    packets::*,
+    privileged::{require_root, unique},
+};
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    bench: Bench,
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Flow program cost per packet, and TCP throughput with and without the agent.
+    Flows {
+        /// Interleaved repetitions of every measurement (the median is reported).
+        #[arg(long, default_value_t = 7)]
+        reps: usize,
+        /// Program runs per BPF_PROG_TEST_RUN measurement.
+        #[arg(long, default_value_t = 2_000_000)]
+        runs: u32,
+        /// Seconds per iperf3 run.
+        #[arg(long, default_value_t = 5)]
+        iperf_seconds: u64,
+    },
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn ns_per_run(prog: &CgroupSkb, frame: &[u8], runs: u32) -> Result<f64> {
+    let r = prog.test_run(TestRunOptions { data_in: Some(frame), repeat: runs, ..Default::default() })?;
+    if r.return_value != 1 {
+        bail!("program returned {} instead of 1", r.return_value);
+    }
+    // The kernel reports the mean duration per run.
+    Ok(r.duration.as_nanos() as f64)
+}
+
+/// A packet of flow number `n` (distinct source address and port per n).
+fn frame(n: u32) -> Vec<u8> {
+    let src = std::net::Ipv4Addr::from(0x0a00_0000 | (n & 0x00ff_ffff));
+    let dst = std::net::Ipv4Addr::new(192, 0, 2, 1);
+    eth(ETH_P_IP, &ipv4(src, dst, 6, &tcp(1024 + (n % 60000) as u16, 443, ACK | PSH, &[], &[0x42; 100])))
+}
+
+fn program_costs(reps: usize, runs: u32) -> Result<()> {
+    let stats = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap_or_default();
+    if stats.trim() != "0" {
+        bail!("kernel.bpf_stats_enabled is {:?}: turn it off, it adds to every program run", stats.trim());
+    }
+    let mut baseline = Ebpf::load(podlens_agent_ebpf::baseline_object()).context("baseline object")?;
+    let base: &mut CgroupSkb = baseline.program_mut("baseline_egress").context("baseline program")?.try_into()?;
+    base.load()?;
+    let capacity: u32 = podlens_agent_ebpf::FLOW_MAP_ENTRIES;
+    let mut flows = FlowProgs::load(capacity, 1 << 20);
+    let known = frame(0);
+    let new_flow = frame(capacity + 1);
+
+    println!("### Flow program cost per packet (BPF_PROG_TEST_RUN)\n");
+    println!("Packet: IPv4 TCP, 140 bytes of L3 (100 payload). {runs} runs per measurement, {reps} interleaved");
+    println!("repetitions, median. Flow map capacity {capacity}. `kernel.bpf_stats_enabled` = 0.\n");
+    println!("| scenario | baseline ns/pkt | flow program ns/pkt | above baseline |");
+    println!("|---|---|---|---|");
+    for (label, fill) in [
+        ("known flow, map empty", 1u32),
+        ("known flow, map half full", capacity / 2),
+        ("known flow, map full", capacity),
+    ] {
+        flows.drain();
+        for n in 0..fill {
+            flows.run(Dir::Egress, &frame(n));
+        }
+        let (b, f) = measure(reps, runs, base, &mut flows, &known)?;
+        println!("| {label} | {b:.1} | {f:.1} | **{:.1}** |", f - b);
+    }
+    // The map is full now: a new flow takes the overflow path (ring buffer event).
+    let (b, f) = measure(reps, runs.min(50_000), base, &mut flows, &new_flow)?;
+    println!("| new flow, map full (overflow path) | {b:.1} | {f:.1} | {:.1} |", f - b);
+    let entries = flows.drain().len();
+    println!("\n(entries in the map at the end: {entries}; target: <= 60 ns above baseline for a known flow)\n");
+    Ok(())
+}
+
+fn measure(reps: usize, runs: u32, base: &CgroupSkb, flows: &mut FlowProgs, frame: &[u8]) -> Result<(f64, f64)> {
+    let prog: &mut CgroupSkb =
+        flows.kernel.program_mut(podlens_agent_ebpf::programs::FLOW_EGRESS).context("flow program")?.try_into()?;
+    let (mut b, mut f) = (Vec::new(), Vec::new());
+    for _ in 0..reps {
+        b.push(ns_per_run(base, frame, runs)?);
+        f.push(ns_per_run(prog, frame, runs)?);
+    }
+    Ok((median(b), median(f)))
+}
+
+fn iperf(client: &Pod, server: &Pod, seconds: u64) -> Result<f64> {
+    let addr = SocketAddr::new(server.ip(false), 5201);
+    let mut srv = server.spawn(&["exec", "--", "iperf3", "-s", "-1", "-B", &addr.ip().to_string()]);
+    std::thread::sleep(Duration::from_millis(300));
+    let out = client
+        .spawn(&["exec", "--", "iperf3", "-c", &addr.ip().to_string(), "-t", &seconds.to_string(), "-J"])
+        .wait_stdout(Duration::from_secs(seconds + 30));
+    let out: serde_json::Value = serde_json::from_str(&out).context("iperf3 -J output")?;
+    srv.kill();
+    out["end"]["sum_received"]["bits_per_second"].as_f64().context("iperf3 JSON: end.sum_received.bits_per_second")
+}
+
+fn throughput(reps: usize, seconds: u64) -> Result<()> {
+    let dir = std::env::temp_dir().join(unique("bench"));
+    std::fs::create_dir_all(&dir)?;
+    let mut node = Node::new(Driver::Systemd);
+    let a = node.pod("bench", "client", Qos::Burstable);
+    let b = node.pod("bench", "server", Qos::Burstable);
+    let (mut without, mut with, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..reps {
+        let off = iperf(&a, &b, seconds)?;
+        let mut agent = Agent::start("bench", "5s", &[], &dir);
+        let on = iperf(&a, &b, seconds)?;
+        agent.stop();
+        without.push(off);
+        with.push(on);
+        ratios.push(on / off);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    println!("### TCP throughput between two emulated pods (iperf3 over veth and a bridge)\n");
+    println!("{reps} interleaved pairs of {seconds} s runs: without the agent, then with it (started fresh,");
+    println!("`--standalone --interval 5s`). Median of the per-pair ratios.\n");
+    println!("| | Gbit/s (median) |");
+    println!("|---|---|");
+    println!("| without agent | {:.2} |", median(without) / 1e9);
+    println!("| with agent | {:.2} |", median(with) / 1e9);
+    let r: Vec<String> = ratios.iter().map(|r| format!("{r:.3}")).collect();
+    println!("\nratio with/without: **{:.3}** (pairs: {}; target >= 0.97)\n", median(ratios), r.join(", "));
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    require_root();
+    match Cli::parse().bench {
+        Bench::Flows { reps, runs, iperf_seconds } => {
+            program_costs(reps, runs)?;
+            throughput(reps, iperf_seconds)
+        }
+    }
+}
