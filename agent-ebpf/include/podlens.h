@@ -26,24 +26,25 @@
 /*
  * Per-CPU counter slots. Every place a program can lose or reject data has a
  * slot; the agent exports them all and carries them in-band in the stream.
+ * There is deliberately no per-packet counter: it would cost an atomic add on
+ * every packet, and the flow records already count what was recorded.
  * Append only: the numbers are part of the agent<->kernel contract.
  */
 enum pl_counter {
-	PL_CTR_PACKETS = 0,          /* packets seen by the flow programs */
-	PL_CTR_NON_IP = 1,           /* skb->protocol neither IPv4 nor IPv6 */
-	PL_CTR_TRUNCATED = 2,        /* a header could not be read: not attributed */
-	PL_CTR_MALFORMED = 3,        /* bad version / header length: not attributed */
-	PL_CTR_IPV6_EXT_LIMIT = 4,   /* more extension headers than we skip */
-	PL_CTR_FRAGMENTS = 5,        /* non-first fragments (recorded with ports 0) */
-	PL_CTR_NO_FLOW_MAP = 6,      /* no active flow map installed: not recorded */
-	PL_CTR_FLOW_MAP_FULL = 7,    /* new flow did not fit: sent as overflow event */
-	PL_CTR_FLOW_UPDATE_ERR = 8,  /* other insert error: sent as overflow event */
-	PL_CTR_OVERFLOW_LOST_PKTS = 9,  /* overflow event lost (ring full): packets */
-	PL_CTR_OVERFLOW_LOST_BYTES = 10, /* ... and their bytes */
-	PL_CTR_CGROUP_EVENTS = 11,   /* cgroup mkdir/rmdir events sent */
-	PL_CTR_CGROUP_EVENTS_LOST = 12, /* cgroup events lost (ring full) */
-	PL_CTR_MALFORMED_BYTES = 13, /* bytes of truncated/malformed/ext-limit packets */
-	PL_CTR_NON_IP_BYTES = 14,
+	PL_CTR_NON_IP = 0,           /* skb->protocol neither IPv4 nor IPv6 */
+	PL_CTR_TRUNCATED = 1,        /* a header could not be read: not attributed */
+	PL_CTR_MALFORMED = 2,        /* bad version / header length: not attributed */
+	PL_CTR_IPV6_EXT_LIMIT = 3,   /* more extension headers than we skip */
+	PL_CTR_FRAGMENTS = 4,        /* non-first fragments (recorded with ports 0) */
+	PL_CTR_NO_FLOW_MAP = 5,      /* no active flow map installed: not recorded */
+	PL_CTR_FLOW_MAP_FULL = 6,    /* new flow did not fit: sent as overflow event */
+	PL_CTR_FLOW_UPDATE_ERR = 7,  /* other insert error: sent as overflow event */
+	PL_CTR_OVERFLOW_LOST_PACKETS = 8,  /* overflow event lost (ring full): packets */
+	PL_CTR_OVERFLOW_LOST_BYTES = 9, /* ... and their bytes */
+	PL_CTR_CGROUP_EVENTS = 10,   /* cgroup mkdir/rmdir events sent */
+	PL_CTR_CGROUP_EVENTS_LOST = 11, /* cgroup events lost (ring full) */
+	PL_CTR_MALFORMED_BYTES = 12, /* bytes of truncated/malformed/ext-limit packets */
+	PL_CTR_NON_IP_BYTES = 13,
 	PL_CTR_SLOTS = 32,
 };
 

@@ -38,9 +38,11 @@ impl StructLayout {
 
 pub struct BtfLayout {
     structs: Vec<(String, StructLayout)>,
+    enums: Vec<(String, Vec<(String, i64)>)>,
 }
 
 const KIND_STRUCT: u32 = 4;
+const KIND_ENUM: u32 = 6;
 
 fn u32_at(b: &[u8], off: usize) -> Result<u32, BtfError> {
     b.get(off..off + 4)
@@ -77,6 +79,7 @@ impl BtfLayout {
         };
 
         let mut structs = Vec::new();
+        let mut enums = Vec::new();
         let mut pos = 0;
         while pos < types.len() {
             let name_off = u32_at(types, pos)?;
@@ -104,9 +107,26 @@ impl BtfLayout {
                 }
                 structs.push((name(name_off), StructLayout { size, members }));
             }
+            if kind == KIND_ENUM {
+                let mut values = Vec::with_capacity(vlen);
+                for i in 0..vlen {
+                    let m = pos + 8 * i;
+                    values.push((name(u32_at(types, m)?), i64::from(u32_at(types, m + 4)? as i32)));
+                }
+                enums.push((name(name_off), values));
+            }
             pos += extra;
         }
-        Ok(Self { structs })
+        Ok(Self { structs, enums })
+    }
+
+    /// Enumerators of `enum name`, as (name, value).
+    pub fn enum_values(&self, name: &str) -> Result<Vec<(String, i64)>, BtfError> {
+        self.enums
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+            .ok_or_else(|| BtfError::NoSuchStruct(name.to_string()))
     }
 
     pub fn struct_layout(&self, name: &str) -> Result<StructLayout, BtfError> {

@@ -72,42 +72,39 @@ pub const DIR_INGRESS: usize = 1;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u32)]
 pub enum Counter {
-    /// Packets seen by the flow programs.
-    Packets = 0,
     /// skb->protocol neither IPv4 nor IPv6.
-    NonIp = 1,
+    NonIp = 0,
     /// A header could not be read completely; the packet is not attributed.
-    Truncated = 2,
+    Truncated = 1,
     /// Bad IP version or header length; the packet is not attributed.
-    Malformed = 3,
+    Malformed = 2,
     /// More IPv6 extension headers than the program skips; not attributed.
-    Ipv6ExtLimit = 4,
+    Ipv6ExtLimit = 3,
     /// Non-first fragments (recorded with ports 0).
-    Fragments = 5,
+    Fragments = 4,
     /// No active flow map was installed; the packet was not recorded.
-    NoFlowMap = 6,
+    NoFlowMap = 5,
     /// A new flow did not fit in the flow map and went out as an overflow event.
-    FlowMapFull = 7,
+    FlowMapFull = 6,
     /// Another insert error; the packet went out as an overflow event.
-    FlowUpdateErr = 8,
+    FlowUpdateErr = 7,
     /// Overflow events lost because the ring buffer was full: packets.
-    OverflowLostPackets = 9,
+    OverflowLostPackets = 8,
     /// Overflow events lost because the ring buffer was full: bytes.
-    OverflowLostBytes = 10,
+    OverflowLostBytes = 9,
     /// Cgroup lifecycle events sent.
-    CgroupEvents = 11,
+    CgroupEvents = 10,
     /// Cgroup lifecycle events lost because the ring buffer was full.
-    CgroupEventsLost = 12,
+    CgroupEventsLost = 11,
     /// Bytes of truncated, malformed or extension-limited packets.
-    MalformedBytes = 13,
+    MalformedBytes = 12,
     /// Bytes of non-IP packets.
-    NonIpBytes = 14,
+    NonIpBytes = 13,
 }
 
 impl Counter {
     /// Every counter, in slot order.
-    pub const ALL: [Counter; 15] = [
-        Counter::Packets,
+    pub const ALL: [Counter; 14] = [
         Counter::NonIp,
         Counter::Truncated,
         Counter::Malformed,
@@ -127,13 +124,12 @@ impl Counter {
     /// Whether the counter records data that did not reach a flow record (or
     /// identity events that were lost), as opposed to activity.
     pub fn is_loss(self) -> bool {
-        !matches!(self, Counter::Packets | Counter::Fragments | Counter::CgroupEvents | Counter::FlowMapFull)
+        !matches!(self, Counter::Fragments | Counter::CgroupEvents | Counter::FlowMapFull)
     }
 
     /// Stable snake_case name, used in metrics and in the stream.
     pub fn name(self) -> &'static str {
         match self {
-            Counter::Packets => "packets",
             Counter::NonIp => "non_ip",
             Counter::Truncated => "truncated",
             Counter::Malformed => "malformed",
@@ -358,6 +354,36 @@ mod layout_tests {
     #[test]
     fn cgroup_event_matches_c() {
         assert_layout!("cgroup_event", CgroupEvent, [hdr, cgroup_id, path_len, _pad, path]);
+    }
+
+    #[test]
+    fn counter_numbers_match_c() {
+        let btf = BtfLayout::from_elf(&LAYOUT_OBJ.0).unwrap();
+        let c: Vec<(String, i64)> = btf
+            .enum_values("pl_counter")
+            .unwrap()
+            .into_iter()
+            .filter(|(n, _)| n != "PL_CTR_SLOTS")
+            .map(|(n, v)| (n.trim_start_matches("PL_CTR_").to_ascii_lowercase(), v))
+            .collect();
+        let rust: Vec<(String, i64)> = Counter::ALL.iter().map(|c| (c.name().to_string(), *c as i64)).collect();
+        assert_eq!(rust, c, "Counter mirrors enum pl_counter (names and numbers)");
+        let slots = btf.enum_values("pl_counter").unwrap().into_iter().find(|(n, _)| n == "PL_CTR_SLOTS");
+        assert_eq!(slots.map(|(_, v)| v), Some(i64::from(COUNTER_SLOTS)));
+    }
+
+    #[test]
+    fn event_kinds_match_c() {
+        let btf = BtfLayout::from_elf(&LAYOUT_OBJ.0).unwrap();
+        for (name, value) in btf.enum_values("pl_event_kind").unwrap() {
+            let kind = EventKind::from_raw(value as u32).unwrap_or_else(|| panic!("{name} = {value} unknown to Rust"));
+            let want = match kind {
+                EventKind::FlowOverflow => "PL_EVENT_FLOW_OVERFLOW",
+                EventKind::CgroupMkdir => "PL_EVENT_CGROUP_MKDIR",
+                EventKind::CgroupRmdir => "PL_EVENT_CGROUP_RMDIR",
+            };
+            assert_eq!(name, want);
+        }
     }
 
     #[test]

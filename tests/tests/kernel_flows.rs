@@ -308,7 +308,6 @@ fn malformed_and_truncated_packets_pass_and_are_never_attributed() {
     assert_eq!(p.counter(Counter::Ipv6ExtLimit), 1);
     assert_flows(&mut p, &[]);
     assert!(p.counter(Counter::MalformedBytes) > 0);
-    assert_eq!(p.counter(Counter::Packets), cases.len() as u64 + 1);
 }
 
 #[test]

@@ -13,3 +13,5 @@ struct flow_value pl_layout_flow_value;
 struct pl_event_header pl_layout_event_header;
 struct flow_overflow_event pl_layout_flow_overflow_event;
 struct cgroup_event pl_layout_cgroup_event;
+enum pl_counter pl_layout_counter;
+enum pl_event_kind pl_layout_event_kind;

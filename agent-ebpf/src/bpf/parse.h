@@ -1,9 +1,14 @@
 /* SPDX-License-Identifier: GPL-2.0-only OR MIT */
 /*
  * Packet parsing for cgroup_skb programs, where skb data starts at the network
- * header. Everything is read with bpf_skb_load_bytes, so a short or non-linear
- * skb is handled the same way as a linear one: a header that is not fully
- * present makes the packet "truncated", never a record with guessed fields.
+ * header. Headers are read in place from the linear part of the skb when it
+ * holds them (the common case, and far cheaper than a helper call), else copied
+ * with bpf_skb_load_bytes, so a non-linear skb parses the same. A header that
+ * is not fully present makes the packet "truncated", never a record with
+ * guessed fields.
+ *
+ * The parser writes the flow key directly, oriented by direction: the local
+ * end is the source of egress packets and the destination of ingress ones.
  */
 #ifndef PODLENS_PARSE_H
 #define PODLENS_PARSE_H
@@ -28,6 +33,9 @@
 #define PL_TCP_SYN 0x02
 #define PL_TCP_RST 0x04
 
+/* Headers deeper than this are always copied (keeps the verifier's ranges small). */
+#define PL_DIRECT_MAX_OFF 512
+
 enum parse_result {
 	PARSE_OK = 0,
 	PARSE_NON_IP,
@@ -36,71 +44,108 @@ enum parse_result {
 	PARSE_EXT_LIMIT,
 };
 
-/* What one packet contributes, in wire orientation (src -> dst). */
-struct pkt {
-	__u8 src[16];
-	__u8 dst[16];
-	__u16 sport;
-	__u16 dport;
-	__u8 protocol;
-	__u8 family;
+/* What a packet adds besides its key. */
+struct pkt_info {
+	__u32 hdr_len; /* network + transport header bytes, repeated per GSO segment */
 	__u8 tcp_flags;
 	__u8 fragment; /* non-first fragment: no transport header */
-	__u32 l4_off;   /* offset of the transport header */
-	__u32 hdr_len;  /* network + transport header bytes, repeated per GSO segment */
 };
 
-static __always_inline int parse_l4(struct __sk_buff *skb, struct pkt *p)
-{
-	__u32 off = p->l4_off;
-	__u8 h[14];
+/* Scratch space for headers that must be copied out of a non-linear skb. */
+union hdr_buf {
+	struct iphdr ip;
+	struct ipv6hdr ip6;
+	struct tcphdr tcp;
+	struct udphdr udp;
+	__u8 bytes[40];
+};
 
-	if (p->fragment)
+/*
+ * A pointer to `len` header bytes at `off`: into the packet when the linear
+ * part holds them, else into `buf` after copying; NULL if the packet is shorter.
+ */
+static __always_inline const void *pl_header(struct __sk_buff *skb, __u32 off, union hdr_buf *buf,
+					     const __u32 len)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+
+	if (off <= PL_DIRECT_MAX_OFF && data + off + len <= end)
+		return data + off;
+	if (bpf_skb_load_bytes(skb, off, buf, len))
+		return NULL;
+	return buf;
+}
+
+static __always_inline void set_ports(struct flow_key *k, int dir, __u16 sport, __u16 dport)
+{
+	k->local_port = dir == PL_DIR_EGRESS ? sport : dport;
+	k->remote_port = dir == PL_DIR_EGRESS ? dport : sport;
+}
+
+static __always_inline int parse_l4(struct __sk_buff *skb, struct flow_key *k, struct pkt_info *pi,
+				    __u32 off, int dir)
+{
+	union hdr_buf buf;
+
+	if (pi->fragment)
 		return PARSE_OK;
 
-	switch (p->protocol) {
+	switch (k->protocol) {
 	case PL_IPPROTO_TCP: {
+		const struct tcphdr *th = pl_header(skb, off, &buf, sizeof(struct tcphdr));
+		const __u8 *raw;
 		__u32 doff;
 
-		if (bpf_skb_load_bytes(skb, off, h, 14))
+		if (!th)
 			return PARSE_TRUNCATED;
-		doff = (h[12] >> 4) * 4;
-		if (doff < 20)
+		doff = th->doff * 4;
+		if (doff < sizeof(struct tcphdr))
 			return PARSE_MALFORMED;
 		if (off + doff > skb->len)
 			return PARSE_TRUNCATED;
-		p->sport = (__u16)h[0] << 8 | h[1];
-		p->dport = (__u16)h[2] << 8 | h[3];
-		p->tcp_flags = h[13];
-		p->hdr_len += doff;
+		raw = (const __u8 *)th;
+		pi->tcp_flags = raw[13];
+		pi->hdr_len += doff;
+		set_ports(k, dir, bpf_ntohs(th->source), bpf_ntohs(th->dest));
 		return PARSE_OK;
 	}
-	case PL_IPPROTO_UDP:
-		if (bpf_skb_load_bytes(skb, off, h, 8))
+	case PL_IPPROTO_UDP: {
+		const struct udphdr *uh = pl_header(skb, off, &buf, sizeof(struct udphdr));
+
+		if (!uh)
 			return PARSE_TRUNCATED;
-		p->sport = (__u16)h[0] << 8 | h[1];
-		p->dport = (__u16)h[2] << 8 | h[3];
-		p->hdr_len += 8;
+		pi->hdr_len += sizeof(struct udphdr);
+		set_ports(k, dir, bpf_ntohs(uh->source), bpf_ntohs(uh->dest));
 		return PARSE_OK;
+	}
 	case PL_IPPROTO_ICMP:
 	case PL_IPPROTO_ICMPV6: {
-		__u8 type;
+		/* type, code, checksum, then the echo identifier */
+		const __u8 *ih = pl_header(skb, off, &buf, 8);
+		__u16 port;
 		int echo;
 
-		if (bpf_skb_load_bytes(skb, off, h, 8))
+		if (!ih)
 			return PARSE_TRUNCATED;
-		type = h[0];
-		if (p->protocol == PL_IPPROTO_ICMP)
-			echo = type == 8 || type == 0;
+		if (k->protocol == PL_IPPROTO_ICMP)
+			echo = ih[0] == 8 || ih[0] == 0;
 		else
-			echo = type == 128 || type == 129;
-		/* both "ports" equal, so either orientation gives one record */
-		if (echo)
-			p->sport = (__u16)h[4] << 8 | h[5];
-		else
-			p->sport = (__u16)type << 8 | h[1];
-		p->dport = p->sport;
-		p->hdr_len += 8;
+			echo = ih[0] == 128 || ih[0] == 129;
+		/*
+		 * Both "ports" equal, so either orientation gives one record. Both
+		 * candidates are computed first: a conditional index into the header
+		 * lets clang build the address with OR, which the verifier rejects.
+		 */
+		{
+			__u16 id = (__u16)ih[4] << 8 | ih[5];
+			__u16 type_code = (__u16)ih[0] << 8 | ih[1];
+
+			port = echo ? id : type_code;
+		}
+		k->local_port = port;
+		k->remote_port = port;
+		pi->hdr_len += 8;
 		return PARSE_OK;
 	}
 	default:
@@ -108,99 +153,112 @@ static __always_inline int parse_l4(struct __sk_buff *skb, struct pkt *p)
 	}
 }
 
-static __always_inline int parse_ipv4(struct __sk_buff *skb, struct pkt *p)
+static __always_inline int parse_ipv4(struct __sk_buff *skb, struct flow_key *k, struct pkt_info *pi, int dir)
 {
-	__u8 h[20];
+	union hdr_buf buf;
+	const struct iphdr *ip = pl_header(skb, 0, &buf, sizeof(struct iphdr));
 	__u32 ihl;
 
-	if (bpf_skb_load_bytes(skb, 0, h, 20))
+	if (!ip)
 		return PARSE_TRUNCATED;
-	if (h[0] >> 4 != 4)
+	if (ip->version != 4)
 		return PARSE_MALFORMED;
-	ihl = (h[0] & 0x0f) * 4;
-	if (ihl < 20)
+	ihl = ip->ihl * 4;
+	if (ihl < sizeof(struct iphdr))
 		return PARSE_MALFORMED;
 	if (ihl > skb->len)
 		return PARSE_TRUNCATED;
-	p->family = PL_FAMILY_IPV4;
-	p->protocol = h[9];
-	p->fragment = (((__u16)h[6] << 8 | h[7]) & 0x1fff) != 0;
+	k->family = PL_FAMILY_IPV4;
+	k->protocol = ip->protocol;
+	pi->fragment = (bpf_ntohs(ip->frag_off) & 0x1fff) != 0;
 	/* ::ffff:a.b.c.d */
-	p->src[10] = 0xff;
-	p->src[11] = 0xff;
-	p->dst[10] = 0xff;
-	p->dst[11] = 0xff;
-	__builtin_memcpy(&p->src[12], &h[12], 4);
-	__builtin_memcpy(&p->dst[12], &h[16], 4);
-	p->l4_off = ihl;
-	p->hdr_len = ihl;
-	return parse_l4(skb, p);
+	k->local_addr[10] = 0xff;
+	k->local_addr[11] = 0xff;
+	k->remote_addr[10] = 0xff;
+	k->remote_addr[11] = 0xff;
+	if (dir == PL_DIR_EGRESS) {
+		__builtin_memcpy(&k->local_addr[12], &ip->saddr, 4);
+		__builtin_memcpy(&k->remote_addr[12], &ip->daddr, 4);
+	} else {
+		__builtin_memcpy(&k->local_addr[12], &ip->daddr, 4);
+		__builtin_memcpy(&k->remote_addr[12], &ip->saddr, 4);
+	}
+	pi->hdr_len = ihl;
+	return parse_l4(skb, k, pi, ihl, dir);
 }
 
-static __always_inline int parse_ipv6(struct __sk_buff *skb, struct pkt *p)
+static __always_inline int parse_ipv6(struct __sk_buff *skb, struct flow_key *k, struct pkt_info *pi, int dir)
 {
-	__u8 h[40];
+	union hdr_buf buf;
+	const struct ipv6hdr *ip6 = pl_header(skb, 0, &buf, sizeof(struct ipv6hdr));
+	__u32 off = sizeof(struct ipv6hdr);
 	__u8 nh;
-	__u32 off = 40;
 	int i;
 
-	if (bpf_skb_load_bytes(skb, 0, h, 40))
+	if (!ip6)
 		return PARSE_TRUNCATED;
-	if (h[0] >> 4 != 6)
+	if (ip6->version != 6)
 		return PARSE_MALFORMED;
-	p->family = PL_FAMILY_IPV6;
-	__builtin_memcpy(p->src, &h[8], 16);
-	__builtin_memcpy(p->dst, &h[24], 16);
-	nh = h[6];
+	k->family = PL_FAMILY_IPV6;
+	if (dir == PL_DIR_EGRESS) {
+		__builtin_memcpy(k->local_addr, &ip6->saddr, 16);
+		__builtin_memcpy(k->remote_addr, &ip6->daddr, 16);
+	} else {
+		__builtin_memcpy(k->local_addr, &ip6->daddr, 16);
+		__builtin_memcpy(k->remote_addr, &ip6->saddr, 16);
+	}
+	nh = ip6->nexthdr;
 
 	for (i = 0; i < PL_IPV6_MAX_EXT_HDRS; i++) {
-		__u8 e[4];
+		/* next header, length, and (fragment header) the offset field */
+		const __u8 *e;
 
 		switch (nh) {
 		case PL_IPPROTO_HOPOPTS:
 		case PL_IPPROTO_ROUTING:
 		case PL_IPPROTO_DSTOPTS:
-			if (bpf_skb_load_bytes(skb, off, e, 2))
+			e = pl_header(skb, off, &buf, 2);
+			if (!e)
 				return PARSE_TRUNCATED;
 			nh = e[0];
 			off += ((__u32)e[1] + 1) * 8;
 			continue;
 		case PL_IPPROTO_AH:
-			if (bpf_skb_load_bytes(skb, off, e, 2))
+			e = pl_header(skb, off, &buf, 2);
+			if (!e)
 				return PARSE_TRUNCATED;
 			nh = e[0];
 			off += ((__u32)e[1] + 2) * 4;
 			continue;
 		case PL_IPPROTO_FRAGMENT:
-			if (bpf_skb_load_bytes(skb, off, e, 4))
+			e = pl_header(skb, off, &buf, 4);
+			if (!e)
 				return PARSE_TRUNCATED;
 			nh = e[0];
 			off += 8;
 			if ((((__u16)e[2] << 8 | e[3]) & 0xfff8) != 0) {
 				/* the rest is payload, not headers */
-				p->fragment = 1;
-				p->protocol = nh;
-				p->l4_off = off;
-				p->hdr_len = off;
+				pi->fragment = 1;
+				k->protocol = nh;
+				pi->hdr_len = off;
 				return PARSE_OK;
 			}
 			continue;
 		default:
-			p->protocol = nh;
-			p->l4_off = off;
-			p->hdr_len = off;
-			return parse_l4(skb, p);
+			k->protocol = nh;
+			pi->hdr_len = off;
+			return parse_l4(skb, k, pi, off, dir);
 		}
 	}
 	return PARSE_EXT_LIMIT;
 }
 
-static __always_inline int parse_packet(struct __sk_buff *skb, struct pkt *p)
+static __always_inline int parse_packet(struct __sk_buff *skb, struct flow_key *k, struct pkt_info *pi, int dir)
 {
 	if (skb->protocol == bpf_htons(PL_ETH_P_IP))
-		return parse_ipv4(skb, p);
+		return parse_ipv4(skb, k, pi, dir);
 	if (skb->protocol == bpf_htons(PL_ETH_P_IPV6))
-		return parse_ipv6(skb, p);
+		return parse_ipv6(skb, k, pi, dir);
 	return PARSE_NON_IP;
 }
 

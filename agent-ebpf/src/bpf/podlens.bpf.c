@@ -67,7 +67,7 @@ static __always_inline void send_overflow(const struct flow_key *key, int dir, _
 
 	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
-		ctr_add(PL_CTR_OVERFLOW_LOST_PKTS, packets);
+		ctr_add(PL_CTR_OVERFLOW_LOST_PACKETS, packets);
 		ctr_add(PL_CTR_OVERFLOW_LOST_BYTES, bytes);
 		return;
 	}
@@ -82,11 +82,23 @@ static __always_inline void send_overflow(const struct flow_key *key, int dir, _
 	bpf_ringbuf_submit(e, ringbuf_wakeup_flags(&events));
 }
 
+/*
+ * First/last seen need jiffy resolution, not nanoseconds: the coarse clock
+ * (5.11+) costs a fraction of bpf_ktime_get_ns() per packet. Both read
+ * CLOCK_MONOTONIC; the check is resolved at load time against the kernel's BTF.
+ */
+static __always_inline __u64 flow_clock(void)
+{
+	if (bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_ktime_get_coarse_ns))
+		return bpf_ktime_get_coarse_ns();
+	return bpf_ktime_get_ns();
+}
+
 static __always_inline void account(void *flows, const struct flow_key *key, int dir,
 				    __u64 bytes, __u64 packets, __u8 flags)
 {
 	struct flow_value *v;
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now = flow_clock();
 	long err;
 
 	v = bpf_map_lookup_elem(flows, key);
@@ -119,15 +131,14 @@ static __always_inline void account(void *flows, const struct flow_key *key, int
 
 static __always_inline int handle_skb(struct __sk_buff *skb, int dir)
 {
-	struct pkt p = {};
 	struct flow_key key = {};
+	struct pkt_info pi = {};
 	__u32 zero = 0;
 	__u64 segs, bytes;
 	void *flows;
 	int res;
 
-	ctr_add(PL_CTR_PACKETS, 1);
-	res = parse_packet(skb, &p);
+	res = parse_packet(skb, &key, &pi, dir);
 	switch (res) {
 	case PARSE_OK:
 		break;
@@ -143,7 +154,7 @@ static __always_inline int handle_skb(struct __sk_buff *skb, int dir)
 		ctr_add(PL_CTR_MALFORMED_BYTES, skb->len);
 		return 1;
 	}
-	if (p.fragment)
+	if (pi.fragment)
 		ctr_add(PL_CTR_FRAGMENTS, 1);
 
 	flows = bpf_map_lookup_elem(&flow_maps, &zero);
@@ -151,27 +162,13 @@ static __always_inline int handle_skb(struct __sk_buff *skb, int dir)
 		ctr_add(PL_CTR_NO_FLOW_MAP, 1);
 		return 1;
 	}
-
 	key.cgroup_id = bpf_skb_cgroup_id(skb);
-	key.protocol = p.protocol;
-	key.family = p.family;
-	if (dir == PL_DIR_EGRESS) {
-		__builtin_memcpy(key.local_addr, p.src, 16);
-		__builtin_memcpy(key.remote_addr, p.dst, 16);
-		key.local_port = p.sport;
-		key.remote_port = p.dport;
-	} else {
-		__builtin_memcpy(key.local_addr, p.dst, 16);
-		__builtin_memcpy(key.remote_addr, p.src, 16);
-		key.local_port = p.dport;
-		key.remote_port = p.sport;
-	}
 
 	segs = skb->gso_segs;
 	if (segs == 0)
 		segs = 1;
-	bytes = skb->len + (segs - 1) * p.hdr_len;
-	account(flows, &key, dir, bytes, segs, p.tcp_flags);
+	bytes = skb->len + (segs - 1) * pi.hdr_len;
+	account(flows, &key, dir, bytes, segs, pi.tcp_flags);
 	return 1;
 }
 

@@ -37,6 +37,9 @@ enum Bench {
         /// Seconds per iperf3 run.
         #[arg(long, default_value_t = 5)]
         iperf_seconds: u64,
+        /// Only the program costs (skip the iperf3 runs).
+        #[arg(long)]
+        programs_only: bool,
     },
 }
 
@@ -154,8 +157,11 @@ fn throughput(reps: usize, seconds: u64) -> Result<()> {
 fn main() -> Result<()> {
     require_root();
     match Cli::parse().bench {
-        Bench::Flows { reps, runs, iperf_seconds } => {
+        Bench::Flows { reps, runs, iperf_seconds, programs_only } => {
             program_costs(reps, runs)?;
+            if programs_only {
+                return Ok(());
+            }
             throughput(reps, iperf_seconds)
         }
     }
