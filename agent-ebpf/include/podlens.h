@@ -36,7 +36,7 @@ enum pl_counter {
 	PL_CTR_MALFORMED = 2,        /* bad version / header length: not attributed */
 	PL_CTR_IPV6_EXT_LIMIT = 3,   /* more extension headers than we skip */
 	PL_CTR_FRAGMENTS = 4,        /* non-first fragments (recorded with ports 0) */
-	PL_CTR_NO_FLOW_MAP = 5,      /* no active flow map installed: not recorded */
+	PL_CTR_NO_FLOW_MAP = 5,      /* flow_active unreadable: not recorded */
 	PL_CTR_FLOW_MAP_FULL = 6,    /* new flow did not fit: sent as overflow event */
 	PL_CTR_FLOW_UPDATE_ERR = 7,  /* other insert error: sent as overflow event */
 	PL_CTR_OVERFLOW_LOST_PACKETS = 8,  /* overflow event lost (ring full): packets */
@@ -89,10 +89,21 @@ struct flow_counts {
 	__u8 _pad[3];
 };
 
+/*
+ * First/last seen are in jiffies (bpf_jiffies64): reading the tick counter
+ * costs a fraction of a clock read, and tick resolution (1-10 ms) is plenty
+ * for flow records. The agent converts with a clock_sample.
+ */
 struct flow_value {
 	struct flow_counts dir[2]; /* indexed by PL_DIR_* */
-	__u64 first_seen_ns;       /* bpf_ktime_get_ns() */
-	__u64 last_seen_ns;
+	__u64 first_seen_jiffies;
+	__u64 last_seen_jiffies;
+};
+
+/* jiffies and CLOCK_MONOTONIC ns read together, for converting jiffies. */
+struct clock_sample {
+	__u64 jiffies;
+	__u64 mono_ns;
 };
 
 struct pl_event_header {

@@ -41,12 +41,20 @@ pub mod programs {
     pub const CGROUP_MKDIR: &str = "podlens_cgroup_mkdir";
     /// tp_btf/cgroup_rmdir.
     pub const CGROUP_RMDIR: &str = "podlens_cgroup_rmdir";
+    /// Never attached: test-run to sample jiffies and the monotonic clock.
+    pub const CLOCK_SAMPLE: &str = "podlens_clock_sample";
 }
 
 /// Map names in the object.
 pub mod maps {
-    /// ARRAY_OF_MAPS with one slot: the active flow map.
-    pub const FLOW_MAPS: &str = "flow_maps";
+    /// The two flow maps (HASH of [`crate::FlowKey`] -> [`crate::FlowValue`]).
+    pub const FLOWS: [&str; 2] = ["flows_0", "flows_1"];
+    /// ARRAY with one u32: which flow map the programs write.
+    pub const FLOW_ACTIVE: &str = "flow_active";
+    /// ARRAY_OF_MAPS no program reads; updating it waits for an RCU grace period.
+    pub const DRAIN_BARRIER: &str = "drain_barrier";
+    /// ARRAY of one [`crate::ClockSample`].
+    pub const CLOCK_SAMPLES: &str = "clock_samples";
     /// PERCPU_ARRAY of u64 loss/error counters, indexed by [`crate::Counter`].
     pub const COUNTERS: &str = "counters";
     /// Ring buffer of rare events ([`crate::EventKind`]).
@@ -82,7 +90,7 @@ pub enum Counter {
     Ipv6ExtLimit = 3,
     /// Non-first fragments (recorded with ports 0).
     Fragments = 4,
-    /// No active flow map was installed; the packet was not recorded.
+    /// The active-map index was unreadable; the packet was not recorded.
     NoFlowMap = 5,
     /// A new flow did not fit in the flow map and went out as an overflow event.
     FlowMapFull = 6,
@@ -220,10 +228,20 @@ pub struct FlowCounts {
 pub struct FlowValue {
     /// Indexed by [`DIR_EGRESS`] / [`DIR_INGRESS`].
     pub dir: [FlowCounts; 2],
-    /// `bpf_ktime_get_ns()` of the first packet.
-    pub first_seen_ns: u64,
-    /// `bpf_ktime_get_ns()` of the last packet.
-    pub last_seen_ns: u64,
+    /// `bpf_jiffies64()` at the first packet.
+    pub first_seen_jiffies: u64,
+    /// `bpf_jiffies64()` at the last packet.
+    pub last_seen_jiffies: u64,
+}
+
+/// `struct clock_sample`: jiffies and CLOCK_MONOTONIC ns read together.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClockSample {
+    /// `bpf_jiffies64()`.
+    pub jiffies: u64,
+    /// `bpf_ktime_get_ns()`.
+    pub mono_ns: u64,
 }
 
 /// `struct pl_event_header`.
@@ -279,6 +297,7 @@ pub struct CgroupEvent {
 unsafe impl aya::Pod for FlowKey {}
 unsafe impl aya::Pod for FlowCounts {}
 unsafe impl aya::Pod for FlowValue {}
+unsafe impl aya::Pod for ClockSample {}
 
 #[cfg(test)]
 mod layout_tests {
@@ -334,7 +353,12 @@ mod layout_tests {
 
     #[test]
     fn flow_value_matches_c() {
-        assert_layout!("flow_value", FlowValue, [dir, first_seen_ns, last_seen_ns]);
+        assert_layout!("flow_value", FlowValue, [dir, first_seen_jiffies, last_seen_jiffies]);
+    }
+
+    #[test]
+    fn clock_sample_matches_c() {
+        assert_layout!("clock_sample", ClockSample, [jiffies, mono_ns]);
     }
 
     #[test]

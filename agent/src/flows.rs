@@ -10,7 +10,7 @@ use std::{
 use podlens_agent_ebpf::{FlowCounts, FlowKey, FlowOverflowEvent, FlowValue, DIR_INGRESS, FAMILY_IPV4};
 use podlens_proto::v1 as pb;
 
-use crate::identity::WindowResolver;
+use crate::{ebpf::clock::TickClock, identity::WindowResolver};
 
 const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
@@ -20,7 +20,7 @@ const TCP_RST: u8 = 0x04;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowAgg {
     pub dir: [FlowCounts; 2],
-    /// Kernel monotonic ns; 0 = none yet.
+    /// Monotonic ns (bpf_ktime_get_ns clock); 0 = none yet.
     pub first_seen_ns: u64,
     pub last_seen_ns: u64,
     /// Some counts came from overflow events.
@@ -44,10 +44,10 @@ impl FlowAgg {
         self.last_seen_ns = self.last_seen_ns.max(last);
     }
 
-    pub fn add_value(&mut self, v: &FlowValue) {
+    pub fn add_value(&mut self, v: &FlowValue, ticks: &TickClock) {
         add(&mut self.dir[0], &v.dir[0]);
         add(&mut self.dir[1], &v.dir[1]);
-        self.seen(v.first_seen_ns, v.last_seen_ns);
+        self.seen(ticks.mono_ns(v.first_seen_jiffies), ticks.mono_ns(v.last_seen_jiffies));
     }
 
     pub fn add_overflow(&mut self, e: &FlowOverflowEvent) {
@@ -83,9 +83,9 @@ impl FlowWindow {
         self.flows.is_empty()
     }
 
-    pub fn add_kernel(&mut self, entries: impl IntoIterator<Item = (FlowKey, FlowValue)>) {
+    pub fn add_kernel(&mut self, entries: impl IntoIterator<Item = (FlowKey, FlowValue)>, ticks: &TickClock) {
         for (key, value) in entries {
-            self.flows.entry(key).or_default().add_value(&value);
+            self.flows.entry(key).or_default().add_value(&value, ticks);
         }
     }
 
@@ -202,7 +202,7 @@ pub fn monotonic_ns() -> u64 {
 mod tests {
     use std::sync::{Arc, RwLock};
 
-    use podlens_agent_ebpf::{EventHeader, FAMILY_IPV6};
+    use podlens_agent_ebpf::{ClockSample, EventHeader, FAMILY_IPV6};
 
     use super::*;
     use crate::identity::{cgroups::CgroupTable, pods::PodStore, Resolver};
@@ -229,13 +229,24 @@ mod tests {
             tcp_flags: flags,
             ..Default::default()
         };
-        FlowValue { dir: [c(out), c(inn)], first_seen_ns: first, last_seen_ns: last }
+        FlowValue { dir: [c(out), c(inn)], first_seen_jiffies: first, last_seen_jiffies: last }
+    }
+
+    /// 1 jiffy = 1 ns from jiffies 0, so jiffies read as nanoseconds in these tests.
+    fn ticks() -> TickClock {
+        TickClock::calibrate(
+            ClockSample { jiffies: 1, mono_ns: 1 },
+            ClockSample { jiffies: 1_000_001, mono_ns: 1_000_001 },
+        )
     }
 
     #[test]
     fn kernel_values_of_one_key_are_summed() {
         let mut w = FlowWindow::default();
-        w.add_kernel([(key(1), value((100, 2), (50, 1), 10, 20, 0x02)), (key(1), value((1, 1), (2, 2), 5, 30, 0x10))]);
+        w.add_kernel(
+            [(key(1), value((100, 2), (50, 1), 10, 20, 0x02)), (key(1), value((1, 1), (2, 2), 5, 30, 0x10))],
+            &ticks(),
+        );
         let agg = w.flows[&key(1)];
         assert_eq!((agg.dir[0].bytes, agg.dir[0].packets, agg.dir[1].bytes, agg.dir[1].packets), (101, 3, 52, 3));
         assert_eq!(agg.dir[0].syn, 2);
@@ -247,7 +258,7 @@ mod tests {
     #[test]
     fn overflow_events_merge_into_the_same_flow() {
         let mut w = FlowWindow::default();
-        w.add_kernel([(key(1), value((100, 2), (0, 0), 10, 20, 0x10))]);
+        w.add_kernel([(key(1), value((100, 2), (0, 0), 10, 20, 0x10))], &ticks());
         let e = FlowOverflowEvent {
             hdr: EventHeader { kind: 1, _pad: 0, ts_ns: 40 },
             key: key(1),
@@ -274,8 +285,8 @@ mod tests {
     #[test]
     fn first_seen_ignores_empty_values() {
         let mut a = FlowAgg::default();
-        a.add_value(&value((0, 0), (0, 0), 0, 0, 0));
-        a.add_value(&value((1, 1), (0, 0), 7, 9, 0));
+        a.add_value(&value((0, 0), (0, 0), 0, 0, 0), &ticks());
+        a.add_value(&value((1, 1), (0, 0), 7, 9, 0), &ticks());
         assert_eq!((a.first_seen_ns, a.last_seen_ns), (7, 9));
     }
 
@@ -293,7 +304,7 @@ mod tests {
         table.insert(5, "/system.slice/sshd.service");
         let mut resolver = Resolver::new(table, Arc::new(RwLock::new(PodStore::new(Duration::from_secs(60)))));
         let mut w = FlowWindow::default();
-        w.add_kernel([(key(4242), value((100, 2), (50, 1), 1_000, 2_000, 0x12))]);
+        w.add_kernel([(key(4242), value((100, 2), (50, 1), 1_000, 2_000, 0x12))], &ticks());
         let clock = Clock::with_offset(1_700_000_000_000_000_000);
         let mut ids = resolver.window([5]);
         let recs = w.into_records("n1", (1, 2), &clock, &mut ids);

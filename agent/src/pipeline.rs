@@ -13,7 +13,7 @@ use podlens_proto::v1 as pb;
 use tokio::{io::unix::AsyncFd, sync::watch};
 
 use crate::{
-    ebpf::{events, flow_maps::FlowMapError, Kernel},
+    ebpf::{clock::TickClock, events, flow_maps::FlowMapError, Kernel},
     flows::{unix_nanos, Clock, FlowWindow},
     identity::Resolver,
     losses::LossTracker,
@@ -49,6 +49,8 @@ pub struct Pipeline {
     losses: LossTracker,
     user: UserCounters,
     overflow_pending: bool,
+    /// The first jiffies/monotonic sample: the far end for measuring the tick.
+    first_clock: podlens_agent_ebpf::ClockSample,
     sink: Arc<dyn Sink>,
 }
 
@@ -60,6 +62,7 @@ impl Pipeline {
         sink: Arc<dyn Sink>,
     ) -> std::io::Result<Self> {
         let ring = kernel.take_events().ok_or_else(|| std::io::Error::other("events ring buffer already taken"))?;
+        let first_clock = kernel.clock_sample().map_err(std::io::Error::other)?;
         // SAFETY: the ring buffer owns its map fd, which stays open and the
         // same for as long as the AsyncFd owns the ring buffer.
         let events = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
@@ -76,6 +79,7 @@ impl Pipeline {
             losses: LossTracker::default(),
             user: UserCounters::default(),
             overflow_pending: false,
+            first_clock,
             sink,
         })
     }
@@ -123,7 +127,16 @@ impl Pipeline {
         };
         // Overflow events submitted before the swap are already in the ring.
         self.poll_events();
-        self.window.add_kernel(entries);
+        let ticks = match self.kernel.clock_sample() {
+            Ok(now) => TickClock::calibrate(self.first_clock, now),
+            Err(e) => {
+                // Counts are unaffected; only first/last seen lose their anchor.
+                self.user.drain_errors += 1;
+                tracing::warn!(error = %e, "sampling the kernel clocks failed");
+                TickClock::calibrate(self.first_clock, self.first_clock)
+            }
+        };
+        self.window.add_kernel(entries, &ticks);
         self.last_drain = Instant::now();
         self.overflow_pending = false;
 

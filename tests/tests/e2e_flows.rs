@@ -186,10 +186,12 @@ fn three_pods_tcp_and_udp_over_v4_and_v6_are_counted_exactly() {
     write_inventory(&s.inventory, &s.node_name, &[&web, &db, &client]);
     let (mut agent, observer) = start_agent(&s);
 
+    let traffic_start = SystemTime::now();
     let (c1, s1) = tcp_transfer(&client, &web, false, 8080, 100_000, 50_000);
     let (c2, s2) = tcp_transfer(&web, &db, true, 5432, 30_000, 70_000);
     let u1 = udp_transfer(&client, &db, false, 5353, 20, 200);
     let u2 = udp_transfer(&db, &client, true, 6000, 15, 1000);
+    let traffic_end = SystemTime::now();
     let udp1_dst = SocketAddr::new(db.ip(false), 5353);
     let udp2_dst = SocketAddr::new(client.ip(true), 6000);
 
@@ -239,6 +241,27 @@ fn three_pods_tcp_and_udp_over_v4_and_v6_are_counted_exactly() {
     assert!(wt.remote_pods.iter().all(|p| p == "shop/db") && !wt.remote_pods.is_empty());
     let dt = pod_totals(&records, &db.uid).remove(&tuple(udp1_dst, u1, 17)).unwrap();
     assert_pod_identity(dt.workload.as_ref().unwrap(), &db, pb::QosClass::Guaranteed);
+
+    // First/last seen (kernel jiffies converted by the agent) fall within the
+    // traffic, give or take a tick and the clock sampling (20 ms).
+    let ns = |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    let (lo, hi) = (ns(traffic_start) - 20_000_000, ns(traffic_end) + 20_000_000);
+    let ours = [&client.uid, &web.uid, &db.uid];
+    let mut checked = 0;
+    for f in podlens_e2e::records::flows(&records) {
+        if podlens_e2e::records::local_uid(f).is_some_and(|u| ours.iter().any(|o| *o == u)) {
+            assert!(
+                lo <= f.first_seen_unix_nano
+                    && f.first_seen_unix_nano <= f.last_seen_unix_nano
+                    && f.last_seen_unix_nano <= hi,
+                "first/last seen {}..{} outside the traffic {lo}..{hi}",
+                f.first_seen_unix_nano,
+                f.last_seen_unix_nano
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 8, "{checked} records checked");
 
     // Nothing of these pods' traffic is attributed elsewhere.
     let ours = [sock(&c1, "local"), sock(&c2, "local"), u1, u2];

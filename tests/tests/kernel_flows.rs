@@ -67,7 +67,10 @@ fn assert_flows(p: &mut FlowProgs, want: &[(FlowKey, [FlowCounts; 2])]) {
     for (key, dirs) in want {
         let v: &FlowValue = got.get(key).unwrap_or_else(|| panic!("missing {key:?}; have {got_keys:#?}"));
         assert_eq!(&v.dir, dirs, "counts of {key:?}");
-        assert!(v.first_seen_ns > 0 && v.first_seen_ns <= v.last_seen_ns, "timestamps of {key:?}: {v:?}");
+        assert!(
+            v.first_seen_jiffies > 0 && v.first_seen_jiffies <= v.last_seen_jiffies,
+            "timestamps of {key:?}: {v:?}"
+        );
     }
 }
 

@@ -13,5 +13,6 @@ struct flow_value pl_layout_flow_value;
 struct pl_event_header pl_layout_event_header;
 struct flow_overflow_event pl_layout_flow_overflow_event;
 struct cgroup_event pl_layout_cgroup_event;
+struct clock_sample pl_layout_clock_sample;
 enum pl_counter pl_layout_counter;
 enum pl_event_kind pl_layout_event_kind;

@@ -3,15 +3,16 @@
  * Per-cgroup flow accounting (cgroup_skb ingress/egress on the cgroup2 root)
  * and cgroup lifecycle events (tp_btf cgroup_mkdir/rmdir) for identity.
  *
- * Lossless drain. Flows are aggregated in one of two hash maps. The programs
- * find the active one through the single slot of the flow_maps array-of-maps.
- * To drain, the agent installs the other (empty) map in the slot. An update of
- * an array-of-maps returns to userspace only after synchronize_rcu(), and every
- * program invocation runs inside an RCU read-side section, so once the update
- * returns no invocation can still hold a pointer into the old map or its
- * values. The agent then reads and empties the old map at leisure: no
- * increment can land between its read and its delete. No per-packet atomics on
- * a shared index, no lookup-then-delete race.
+ * Lossless drain. Flows are aggregated in one of two hash maps, flows_0 and
+ * flows_1; flow_active says which. To drain, the agent points flow_active at
+ * the other (empty) map, then updates drain_barrier, an array-of-maps no
+ * program uses: the kernel returns from an array-of-maps update only after
+ * synchronize_rcu(), and every program invocation runs inside an RCU read-side
+ * section, so once that update returns no invocation that read the old index
+ * is still running. The agent then reads and empties the old map at leisure:
+ * no increment can land between its read and its delete. Both maps are named
+ * in the programs, so the verifier inlines their lookups (a map reached
+ * through a map-in-map would cost a helper and an indirect call per packet).
  *
  * Observe only: every path of the skb programs returns 1 (allow).
  */
@@ -22,24 +23,46 @@
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";
 
-/*
- * Sizes rather than __type(): clang emits only a forward declaration for types
- * reached through an inner map definition, which would leave the loader
- * without a key size. The agent creates the two inner maps itself.
- */
 struct flow_map {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, PL_FLOW_MAP_ENTRIES);
-	__uint(key_size, sizeof(struct flow_key));
-	__uint(value_size, sizeof(struct flow_value));
+	__type(key, struct flow_key);
+	__type(value, struct flow_value);
 };
 
+struct flow_map flows_0 SEC(".maps");
+struct flow_map flows_1 SEC(".maps");
+
+/* Slot 0: which of flows_0 / flows_1 the programs write (0 or 1). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} flow_active SEC(".maps");
+
+struct barrier_inner {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+};
+
+/* Written only by podlens_clock_sample, which the agent test-runs. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct clock_sample);
+} clock_samples SEC(".maps");
+
+/* Never read by programs: updating it is the agent's RCU barrier. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__array(values, struct flow_map);
-} flow_maps SEC(".maps");
+	__array(values, struct barrier_inner);
+} drain_barrier SEC(".maps");
 
 static __always_inline void add_counts(struct flow_counts *c, __u64 bytes, __u64 packets,
 				       __u8 flags)
@@ -61,7 +84,7 @@ static __always_inline void add_counts(struct flow_counts *c, __u64 bytes, __u64
 }
 
 static __always_inline void send_overflow(const struct flow_key *key, int dir, __u64 bytes,
-					  __u64 packets, __u8 flags, __u64 now)
+					  __u64 packets, __u8 flags)
 {
 	struct flow_overflow_event *e;
 
@@ -73,7 +96,7 @@ static __always_inline void send_overflow(const struct flow_key *key, int dir, _
 	}
 	__builtin_memset(e, 0, sizeof(*e));
 	e->hdr.kind = PL_EVENT_FLOW_OVERFLOW;
-	e->hdr.ts_ns = now;
+	e->hdr.ts_ns = bpf_ktime_get_ns();
 	__builtin_memcpy(&e->key, key, sizeof(*key));
 	e->bytes = bytes;
 	e->packets = packets;
@@ -82,31 +105,19 @@ static __always_inline void send_overflow(const struct flow_key *key, int dir, _
 	bpf_ringbuf_submit(e, ringbuf_wakeup_flags(&events));
 }
 
-/*
- * First/last seen need jiffy resolution, not nanoseconds: the coarse clock
- * (5.11+) costs a fraction of bpf_ktime_get_ns() per packet. Both read
- * CLOCK_MONOTONIC; the check is resolved at load time against the kernel's BTF.
- */
-static __always_inline __u64 flow_clock(void)
-{
-	if (bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_ktime_get_coarse_ns))
-		return bpf_ktime_get_coarse_ns();
-	return bpf_ktime_get_ns();
-}
-
 static __always_inline void account(void *flows, const struct flow_key *key, int dir,
 				    __u64 bytes, __u64 packets, __u8 flags)
 {
 	struct flow_value *v;
-	__u64 now = flow_clock();
+	__u64 now = bpf_jiffies64();
 	long err;
 
 	v = bpf_map_lookup_elem(flows, key);
 	if (!v) {
 		struct flow_value nv = {};
 
-		nv.first_seen_ns = now;
-		nv.last_seen_ns = now;
+		nv.first_seen_jiffies = now;
+		nv.last_seen_jiffies = now;
 		nv.dir[dir].bytes = bytes;
 		nv.dir[dir].packets = packets;
 		nv.dir[dir].syn = !!(flags & PL_TCP_SYN);
@@ -121,12 +132,12 @@ static __always_inline void account(void *flows, const struct flow_key *key, int
 			v = bpf_map_lookup_elem(flows, key);
 		if (!v) {
 			ctr_add(err == -E2BIG ? PL_CTR_FLOW_MAP_FULL : PL_CTR_FLOW_UPDATE_ERR, 1);
-			send_overflow(key, dir, bytes, packets, flags, now);
+			send_overflow(key, dir, bytes, packets, flags);
 			return;
 		}
 	}
 	add_counts(&v->dir[dir], bytes, packets, flags);
-	v->last_seen_ns = now;
+	v->last_seen_jiffies = now;
 }
 
 static __always_inline int handle_skb(struct __sk_buff *skb, int dir)
@@ -135,7 +146,7 @@ static __always_inline int handle_skb(struct __sk_buff *skb, int dir)
 	struct pkt_info pi = {};
 	__u32 zero = 0;
 	__u64 segs, bytes;
-	void *flows;
+	__u32 *active;
 	int res;
 
 	res = parse_packet(skb, &key, &pi, dir);
@@ -157,8 +168,8 @@ static __always_inline int handle_skb(struct __sk_buff *skb, int dir)
 	if (pi.fragment)
 		ctr_add(PL_CTR_FRAGMENTS, 1);
 
-	flows = bpf_map_lookup_elem(&flow_maps, &zero);
-	if (!flows) {
+	active = bpf_map_lookup_elem(&flow_active, &zero);
+	if (!active) {
 		ctr_add(PL_CTR_NO_FLOW_MAP, 1);
 		return 1;
 	}
@@ -168,7 +179,10 @@ static __always_inline int handle_skb(struct __sk_buff *skb, int dir)
 	if (segs == 0)
 		segs = 1;
 	bytes = skb->len + (segs - 1) * pi.hdr_len;
-	account(flows, &key, dir, bytes, segs, pi.tcp_flags);
+	if (*active)
+		account(&flows_1, &key, dir, bytes, segs, pi.tcp_flags);
+	else
+		account(&flows_0, &key, dir, bytes, segs, pi.tcp_flags);
 	return 1;
 }
 
@@ -182,6 +196,23 @@ SEC("cgroup_skb/ingress")
 int podlens_flow_ingress(struct __sk_buff *skb)
 {
 	return handle_skb(skb, PL_DIR_INGRESS);
+}
+
+/*
+ * Never attached: the agent runs it with BPF_PROG_TEST_RUN to read jiffies and
+ * the monotonic clock together, which converts flow timestamps.
+ */
+SEC("cgroup_skb/egress")
+int podlens_clock_sample(struct __sk_buff *skb)
+{
+	__u32 zero = 0;
+	struct clock_sample *s = bpf_map_lookup_elem(&clock_samples, &zero);
+
+	if (s) {
+		s->mono_ns = bpf_ktime_get_ns();
+		s->jiffies = bpf_jiffies64();
+	}
+	return 1;
 }
 
 /* Cgroup lifecycle, so that a cgroup that lives shorter than a drain interval

@@ -1,67 +1,69 @@
 //! The double-buffered flow maps and their lossless drain.
 //!
-//! Two hash maps take turns in the single slot of the `flow_maps`
-//! array-of-maps. [`FlowMaps::drain`] installs the idle map and only then reads
-//! and empties the one it replaced. The kernel returns from an array-of-maps
-//! update only after synchronize_rcu(), and BPF programs run under RCU, so no
-//! program can still be writing into the replaced map when we read it: no
-//! increment can fall between our read and our delete.
+//! The programs write into `flows_0` or `flows_1` as `flow_active` says.
+//! [`FlowMaps::drain`] points `flow_active` at the idle map, then updates
+//! `drain_barrier`, an array-of-maps no program reads: the kernel returns from
+//! that update only after synchronize_rcu(), and BPF programs run under RCU, so
+//! no program that read the old index can still be writing into the old map
+//! when we read it. No increment can fall between our read and our delete.
 
 use std::{
     io,
     os::fd::{AsFd, AsRawFd},
 };
 
-use aya::maps::{ArrayOfMaps, HashMap, IterableMap, MapData, MapError};
+use aya::maps::{Array, ArrayOfMaps, HashMap, IterableMap, MapData, MapError};
 use podlens_agent_ebpf::{FlowKey, FlowValue};
 
 use crate::ebpf::batch;
 
-type FlowMap = HashMap<MapData, FlowKey, FlowValue>;
+pub type FlowMap = HashMap<MapData, FlowKey, FlowValue>;
+type Barrier = ArrayOfMaps<MapData, Array<MapData, u32>>;
 
 /// Entries fetched per batch syscall.
 const BATCH: usize = 4096;
 
 pub struct FlowMaps {
-    outer: ArrayOfMaps<MapData, FlowMap>,
     maps: [FlowMap; 2],
-    active: usize,
-    capacity: u32,
+    active_index: Array<MapData, u32>,
+    barrier: Barrier,
+    barrier_inner: Array<MapData, u32>,
+    active: u32,
     batch_supported: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum FlowMapError {
-    #[error("creating a flow map of {entries} entries: {source}")]
-    Create { entries: u32, source: MapError },
-    #[error("installing the flow map in flow_maps: {0}")]
-    Swap(MapError),
+    #[error("switching the active flow map: {0}")]
+    Switch(MapError),
+    #[error("waiting for in-flight programs (drain barrier): {0}")]
+    Barrier(MapError),
+    #[error("creating the drain barrier's inner map: {0}")]
+    Create(MapError),
     #[error("reading the flow map: {0}")]
     Read(String),
 }
 
 impl FlowMaps {
-    /// Creates both maps with `capacity` entries each and installs the first.
-    pub fn new(mut outer: ArrayOfMaps<MapData, FlowMap>, capacity: u32) -> Result<Self, FlowMapError> {
-        let create =
-            || FlowMap::create(capacity, 0).map_err(|source| FlowMapError::Create { entries: capacity, source });
-        let maps = [create()?, create()?];
-        outer.set(0, &maps[0], 0).map_err(FlowMapError::Swap)?;
-        Ok(Self { outer, maps, active: 0, capacity, batch_supported: true })
+    pub fn new(
+        maps: [FlowMap; 2],
+        mut active_index: Array<MapData, u32>,
+        barrier: Barrier,
+    ) -> Result<Self, FlowMapError> {
+        active_index.set(0, 0, 0).map_err(FlowMapError::Switch)?;
+        let barrier_inner = Array::create(1, 0).map_err(FlowMapError::Create)?;
+        Ok(Self { maps, active_index, barrier, barrier_inner, active: 0, batch_supported: true })
     }
 
-    pub fn capacity(&self) -> u32 {
-        self.capacity
-    }
-
-    /// Swaps maps and returns every flow the replaced one held; it is empty
-    /// afterwards and becomes the idle map.
+    /// Switches maps and returns every flow the replaced one held; it is
+    /// empty afterwards and becomes the idle map.
     pub fn drain(&mut self) -> Result<Vec<(FlowKey, FlowValue)>, FlowMapError> {
+        let old = self.active as usize;
         let idle = 1 - self.active;
-        // Returns after synchronize_rcu(): see the module comment.
-        self.outer.set(0, &self.maps[idle], 0).map_err(FlowMapError::Swap)?;
-        let old = self.active;
+        self.active_index.set(0, idle, 0).map_err(FlowMapError::Switch)?;
         self.active = idle;
+        // Returns after synchronize_rcu(): see the module comment.
+        self.barrier.set(0, &self.barrier_inner, 0).map_err(FlowMapError::Barrier)?;
         let mut out = Vec::new();
         if self.batch_supported {
             let fd = IterableMap::map(&self.maps[old]).fd().as_fd().as_raw_fd();

@@ -1,6 +1,7 @@
 //! Loading and attaching the kernel programs (aya), and access to their maps.
 
 pub mod batch;
+pub mod clock;
 pub mod events;
 pub mod flow_maps;
 
@@ -10,11 +11,13 @@ use std::{
 };
 
 use aya::{
-    maps::{MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, Program, ProgramError},
+    maps::{Array, MapData, PerCpuArray, RingBuf},
+    programs::{
+        BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, Program, ProgramError, TestRun, TestRunOptions,
+    },
     Btf, Ebpf, EbpfLoader,
 };
-use podlens_agent_ebpf::{maps, programs, Counter};
+use podlens_agent_ebpf::{maps, programs, ClockSample, Counter};
 
 use self::flow_maps::{FlowMapError, FlowMaps};
 
@@ -73,6 +76,7 @@ pub struct Kernel {
     pub flow_maps: FlowMaps,
     events: Option<RingBuf<MapData>>,
     counters: PerCpuArray<MapData, u64>,
+    clock_samples: Array<MapData, ClockSample>,
 }
 
 /// Which optional parts came up, for logs and the status API.
@@ -89,13 +93,15 @@ impl Kernel {
     pub fn load(opts: &LoadOptions) -> Result<Self, LoadError> {
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(maps::EVENTS, opts.events_ring_bytes)
+            .map_max_entries(maps::FLOWS[0], opts.flow_map_entries)
+            .map_max_entries(maps::FLOWS[1], opts.flow_map_entries)
             .load(podlens_agent_ebpf::podlens_object())
             .map_err(|source| {
                 let hint = hint_for(&source);
                 LoadError::Object { source: Box::new(source), hint }
             })?;
 
-        for name in [programs::FLOW_EGRESS, programs::FLOW_INGRESS] {
+        for name in [programs::FLOW_EGRESS, programs::FLOW_INGRESS, programs::CLOCK_SAMPLE] {
             let prog: &mut CgroupSkb = program(&mut ebpf, name)?;
             prog.load().map_err(|source| program_error(name, source))?;
         }
@@ -105,11 +111,14 @@ impl Kernel {
             prog.load(tp, &btf).map_err(|source| program_error(name, source))?;
         }
 
-        let outer = take_map(&mut ebpf, maps::FLOW_MAPS)?;
-        let flow_maps = FlowMaps::new(outer, opts.flow_map_entries)?;
+        let flows = [take_map(&mut ebpf, maps::FLOWS[0])?, take_map(&mut ebpf, maps::FLOWS[1])?];
+        let active = take_map(&mut ebpf, maps::FLOW_ACTIVE)?;
+        let barrier = take_map(&mut ebpf, maps::DRAIN_BARRIER)?;
+        let flow_maps = FlowMaps::new(flows, active, barrier)?;
         let events = take_map(&mut ebpf, maps::EVENTS)?;
         let counters = take_map(&mut ebpf, maps::COUNTERS)?;
-        Ok(Self { ebpf, flow_maps, events: Some(events), counters })
+        let clock_samples = take_map(&mut ebpf, maps::CLOCK_SAMPLES)?;
+        Ok(Self { ebpf, flow_maps, events: Some(events), counters, clock_samples })
     }
 
     /// Attaches the flow programs to the cgroup2 root in multi mode (other
@@ -140,6 +149,17 @@ impl Kernel {
             }
         }
         Ok(features)
+    }
+
+    /// Jiffies and the monotonic clock, read together by the kernel.
+    pub fn clock_sample(&mut self) -> Result<ClockSample, LoadError> {
+        let name = programs::CLOCK_SAMPLE;
+        let prog: &mut CgroupSkb = program(&mut self.ebpf, name)?;
+        // Any frame will do: the program only reads the clocks.
+        let frame = [0u8; 64];
+        prog.test_run(TestRunOptions { data_in: Some(&frame), ..Default::default() })
+            .map_err(|source| program_error(name, source))?;
+        self.clock_samples.get(&0, 0).map_err(|source| LoadError::Map { name: maps::CLOCK_SAMPLES, source })
     }
 
     /// The events ring buffer, for the one reader.

@@ -35,7 +35,7 @@ enum Bench {
         #[arg(long, default_value_t = 2_000_000)]
         runs: u32,
         /// Seconds per iperf3 run.
-        #[arg(long, default_value_t = 5)]
+        #[arg(long, default_value_t = 10)]
         iperf_seconds: u64,
         /// Only the program costs (skip the iperf3 runs).
         #[arg(long)]
@@ -78,8 +78,10 @@ fn program_costs(reps: usize, runs: u32) -> Result<()> {
     let new_flow = frame(capacity + 1);
 
     println!("### Flow program cost per packet (BPF_PROG_TEST_RUN)\n");
-    println!("Packet: IPv4 TCP, 140 bytes of L3 (100 payload). {runs} runs per measurement, {reps} interleaved");
-    println!("repetitions, median. Flow map capacity {capacity}. `kernel.bpf_stats_enabled` = 0.\n");
+    let reps = reps * 3;
+    println!("Packet: IPv4 TCP, 140 bytes of L3 (100 payload). {runs} runs per measurement, {reps} repetitions");
+    println!("alternating baseline and flow program; medians, and the median of the paired differences.");
+    println!("Flow map capacity {capacity}. `kernel.bpf_stats_enabled` = 0.\n");
     println!("| scenario | baseline ns/pkt | flow program ns/pkt | above baseline |");
     println!("|---|---|---|---|");
     for (label, fill) in [
@@ -91,34 +93,40 @@ fn program_costs(reps: usize, runs: u32) -> Result<()> {
         for n in 0..fill {
             flows.run(Dir::Egress, &frame(n));
         }
-        let (b, f) = measure(reps, runs, base, &mut flows, &known)?;
-        println!("| {label} | {b:.1} | {f:.1} | **{:.1}** |", f - b);
+        let (b, f, d) = measure(reps, runs, base, &mut flows, &known)?;
+        println!("| {label} | {b:.1} | {f:.1} | **{d:.1}** |");
     }
     // The map is full now: a new flow takes the overflow path (ring buffer event).
-    let (b, f) = measure(reps, runs.min(50_000), base, &mut flows, &new_flow)?;
-    println!("| new flow, map full (overflow path) | {b:.1} | {f:.1} | {:.1} |", f - b);
+    let (b, f, d) = measure(reps, runs.min(50_000), base, &mut flows, &new_flow)?;
+    println!("| new flow, map full (overflow path) | {b:.1} | {f:.1} | {d:.1} |");
     let entries = flows.drain().len();
     println!("\n(entries in the map at the end: {entries}; target: <= 60 ns above baseline for a known flow)\n");
     Ok(())
 }
 
-fn measure(reps: usize, runs: u32, base: &CgroupSkb, flows: &mut FlowProgs, frame: &[u8]) -> Result<(f64, f64)> {
+/// Medians of the baseline, of the flow program, and of their per-repetition
+/// differences (pairs cancel slow drifts of the machine).
+fn measure(reps: usize, runs: u32, base: &CgroupSkb, flows: &mut FlowProgs, frame: &[u8]) -> Result<(f64, f64, f64)> {
     let prog: &mut CgroupSkb =
         flows.kernel.program_mut(podlens_agent_ebpf::programs::FLOW_EGRESS).context("flow program")?.try_into()?;
-    let (mut b, mut f) = (Vec::new(), Vec::new());
+    let (mut b, mut f, mut d) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..reps {
-        b.push(ns_per_run(base, frame, runs)?);
-        f.push(ns_per_run(prog, frame, runs)?);
+        let base_ns = ns_per_run(base, frame, runs)?;
+        let flow_ns = ns_per_run(prog, frame, runs)?;
+        b.push(base_ns);
+        f.push(flow_ns);
+        d.push(flow_ns - base_ns);
     }
-    Ok((median(b), median(f)))
+    Ok((median(b), median(f), median(d)))
 }
 
 fn iperf(client: &Pod, server: &Pod, seconds: u64) -> Result<f64> {
     let addr = SocketAddr::new(server.ip(false), 5201);
-    let mut srv = server.spawn(&["exec", "--", "iperf3", "-s", "-1", "-B", &addr.ip().to_string()]);
+    // Client and server pinned to different CPUs (-A) for repeatable runs.
+    let mut srv = server.spawn(&["exec", "--", "iperf3", "-s", "-1", "-A", "1", "-B", &addr.ip().to_string()]);
     std::thread::sleep(Duration::from_millis(300));
     let out = client
-        .spawn(&["exec", "--", "iperf3", "-c", &addr.ip().to_string(), "-t", &seconds.to_string(), "-J"])
+        .spawn(&["exec", "--", "iperf3", "-c", &addr.ip().to_string(), "-A", "0", "-t", &seconds.to_string(), "-J"])
         .wait_stdout(Duration::from_secs(seconds + 30));
     let out: serde_json::Value = serde_json::from_str(&out).context("iperf3 -J output")?;
     srv.kill();
@@ -132,19 +140,34 @@ fn throughput(reps: usize, seconds: u64) -> Result<()> {
     let a = node.pod("bench", "client", Qos::Burstable);
     let b = node.pod("bench", "server", Qos::Burstable);
     let (mut without, mut with, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..reps {
-        let off = iperf(&a, &b, seconds)?;
+    let with_agent = |on: bool| -> Result<f64> {
+        if !on {
+            return iperf(&a, &b, seconds);
+        }
         let mut agent = Agent::start("bench", "5s", &[], &dir);
-        let on = iperf(&a, &b, seconds)?;
+        let r = iperf(&a, &b, seconds);
         agent.stop();
+        r
+    };
+    iperf(&a, &b, 2)?; // warm-up, not counted
+    for i in 0..reps {
+        // ABBA order, so a drift over the run does not favour one side
+        let (off, on) = if i % 2 == 0 {
+            let off = with_agent(false)?;
+            (off, with_agent(true)?)
+        } else {
+            let on = with_agent(true)?;
+            (with_agent(false)?, on)
+        };
         without.push(off);
         with.push(on);
         ratios.push(on / off);
     }
     let _ = std::fs::remove_dir_all(&dir);
     println!("### TCP throughput between two emulated pods (iperf3 over veth and a bridge)\n");
-    println!("{reps} interleaved pairs of {seconds} s runs: without the agent, then with it (started fresh,");
-    println!("`--standalone --interval 5s`). Median of the per-pair ratios.\n");
+    println!("{reps} pairs of {seconds} s runs in ABBA order, without and with the agent (started fresh,");
+    println!("`--standalone --interval 5s`); iperf3 client and server pinned to CPUs 0 and 1. Median of the");
+    println!("per-pair ratios.\n");
     println!("| | Gbit/s (median) |");
     println!("|---|---|");
     println!("| without agent | {:.2} |", median(without) / 1e9);
