@@ -11,24 +11,16 @@
 #[cfg(test)]
 mod btf;
 
-/// An 8-byte aligned wrapper so the embedded ELF can be parsed in place.
-#[repr(C, align(8))]
-struct Aligned<B: ?Sized>(B);
-
-static PODLENS_OBJ: &Aligned<[u8]> = &Aligned(*include_bytes!(concat!(env!("OUT_DIR"), "/podlens.bpf.o")));
-
 /// The compiled `podlens.bpf.c` object: flow accounting (cgroup_skb) and cgroup
 /// lifecycle tracking (tp_btf).
 pub fn podlens_object() -> &'static [u8] {
-    &PODLENS_OBJ.0
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/podlens.bpf.o"))
 }
-
-static BASELINE_OBJ: &Aligned<[u8]> = &Aligned(*include_bytes!(concat!(env!("OUT_DIR"), "/baseline.bpf.o")));
 
 /// cgroup_skb programs that only return "allow" (`baseline_egress`,
 /// `baseline_ingress`): the baseline the benchmarks subtract.
 pub fn baseline_object() -> &'static [u8] {
-    &BASELINE_OBJ.0
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/baseline.bpf.o"))
 }
 
 /// Program names in the object, as aya finds them.
@@ -308,10 +300,12 @@ mod layout_tests {
 
     /// `layout.bpf.c` defines one global of each shared struct, so its BTF has
     /// them all, laid out by the same clang invocation as the real programs.
-    static LAYOUT_OBJ: &Aligned<[u8]> = &Aligned(*include_bytes!(concat!(env!("OUT_DIR"), "/layout.bpf.o")));
+    fn layout_obj() -> &'static [u8] {
+        aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/layout.bpf.o"))
+    }
 
     fn layout(name: &str) -> StructLayout {
-        BtfLayout::from_elf(&LAYOUT_OBJ.0)
+        BtfLayout::from_elf(layout_obj())
             .expect("the compiled object carries BTF")
             .struct_layout(name)
             .unwrap_or_else(|e| panic!("struct {name} in BTF: {e}"))
@@ -382,7 +376,7 @@ mod layout_tests {
 
     #[test]
     fn counter_numbers_match_c() {
-        let btf = BtfLayout::from_elf(&LAYOUT_OBJ.0).unwrap();
+        let btf = BtfLayout::from_elf(layout_obj()).unwrap();
         let c: Vec<(String, i64)> = btf
             .enum_values("pl_counter")
             .unwrap()
@@ -398,7 +392,7 @@ mod layout_tests {
 
     #[test]
     fn event_kinds_match_c() {
-        let btf = BtfLayout::from_elf(&LAYOUT_OBJ.0).unwrap();
+        let btf = BtfLayout::from_elf(layout_obj()).unwrap();
         for (name, value) in btf.enum_values("pl_event_kind").unwrap() {
             let kind = EventKind::from_raw(value as u32).unwrap_or_else(|| panic!("{name} = {value} unknown to Rust"));
             let want = match kind {

@@ -21,6 +21,8 @@ pub enum PreflightError {
     KernelUnparsable(String),
     #[error("kernel BTF not found at {BTF_PATH}: podlens needs a kernel built with CONFIG_DEBUG_INFO_BTF=y (standard in Debian, Ubuntu, RHEL/Fedora and most cloud kernels since 5.8)")]
     NoBtf,
+    #[error("{BTF_PATH} is not BTF ({0}): podlens needs the kernel's own BTF (CONFIG_DEBUG_INFO_BTF=y); check what is mounted there")]
+    InvalidBtf(String),
     #[error("no cgroup2 filesystem in /proc/self/mountinfo: mount it (mount -t cgroup2 none /sys/fs/cgroup) or point --cgroup-root at a cgroup2 mount")]
     NoCgroup2,
     #[error("--cgroup-root {0} is not a cgroup2 mount")]
@@ -65,6 +67,23 @@ pub fn missing_caps(eff: u64) -> Vec<&'static str> {
         .filter(|(bit, _)| !has(*bit))
         .map(|(_, name)| name)
         .collect()
+}
+
+/// Checks the BTF magic (0xeb9f, little- or big-endian) at the start of `head`.
+pub fn check_btf_header(head: &[u8]) -> Result<(), PreflightError> {
+    match head.get(..2) {
+        Some([0x9f, 0xeb]) | Some([0xeb, 0x9f]) => Ok(()),
+        Some(_) => Err(PreflightError::InvalidBtf("bad magic".into())),
+        None => Err(PreflightError::InvalidBtf(format!("{} bytes", head.len()))),
+    }
+}
+
+fn check_btf() -> Result<(), PreflightError> {
+    use std::io::Read;
+    let mut head = [0u8; 2];
+    let mut f = std::fs::File::open(BTF_PATH).map_err(|_| PreflightError::NoBtf)?;
+    let n = f.read(&mut head).map_err(|e| PreflightError::InvalidBtf(e.to_string()))?;
+    check_btf_header(&head[..n])
 }
 
 /// Unescapes the octal escapes mountinfo uses for spaces and the like.
@@ -115,9 +134,7 @@ fn is_cgroup2(path: &Path) -> bool {
 pub fn run(cgroup_root: Option<&Path>) -> Result<PathBuf, PreflightError> {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     check_kernel(&release)?;
-    if !Path::new(BTF_PATH).exists() {
-        return Err(PreflightError::NoBtf);
-    }
+    check_btf()?;
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let missing = missing_caps(effective_caps(&status).unwrap_or(0));
     if !missing.is_empty() {
@@ -176,6 +193,13 @@ mod tests {
         let err = check_kernel("5.4.0-150-generic").unwrap_err();
         assert!(err.to_string().contains("5.4.0-150-generic") && err.to_string().contains(">= 5.8"), "{err}");
         assert!(matches!(check_kernel("banana"), Err(PreflightError::KernelUnparsable(_))));
+    }
+
+    #[test]
+    fn btf_header() {
+        assert!(check_btf_header(&[0x9f, 0xeb, 1, 0]).is_ok());
+        assert!(matches!(check_btf_header(b"\x7fELF"), Err(PreflightError::InvalidBtf(_))));
+        assert!(matches!(check_btf_header(&[]), Err(PreflightError::InvalidBtf(m)) if m == "0 bytes"));
     }
 
     #[test]

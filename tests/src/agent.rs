@@ -88,6 +88,13 @@ impl Agent {
         self.child.as_ref().map(Child::id).expect("running")
     }
 
+    /// Freezes (SIGSTOP) or resumes (SIGCONT) the agent process.
+    pub fn pause(&self, paused: bool) {
+        let sig = if paused { libc::SIGSTOP } else { libc::SIGCONT };
+        // SAFETY: kill on our own child's pid.
+        unsafe { libc::kill(self.pid() as i32, sig) };
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

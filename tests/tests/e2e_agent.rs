@@ -110,3 +110,30 @@ fn bad_inputs_get_clear_errors_naming_the_input() {
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Runs the agent in a private mount namespace after `setup` (a shell snippet).
+fn in_private_mounts(setup: &str) -> (Option<i32>, String) {
+    let script = format!("{setup} && exec \"$0\" \"$@\"");
+    run_agent_expecting_exit(
+        &["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", &script],
+        &["--standalone", "--listen", "127.0.0.1:0"],
+    )
+}
+
+#[test]
+fn kernel_without_btf_is_a_clear_error() {
+    let (code, err) = in_private_mounts("mount --bind /dev/null /sys/kernel/btf/vmlinux");
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("/sys/kernel/btf/vmlinux") && err.contains("CONFIG_DEBUG_INFO_BTF"), "{err}");
+    let (code, err) = in_private_mounts("mount -t tmpfs none /sys/kernel/btf");
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("kernel BTF not found"), "{err}");
+}
+
+#[test]
+fn missing_cgroup2_is_a_clear_error() {
+    let root = podlens_e2e::cluster::cgroup2_root();
+    let (code, err) = in_private_mounts(&format!("umount -l {}", root.display()));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("no cgroup2 filesystem") && err.contains("--cgroup-root"), "{err}");
+}

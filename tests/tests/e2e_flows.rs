@@ -336,6 +336,28 @@ fn cgroupfs_layout_and_host_traffic_are_attributed_to_their_owner() {
     let at = api_flows.get(&tuple(listen, host_local, 6)).expect("api side");
     assert_pod_identity(at.workload.as_ref().unwrap(), &api, pb::QosClass::Burstable);
     assert!(at.remote_pods.is_empty(), "the node address is not a pod: {:?}", at.remote_pods);
+    // A kubepods path in a layout podlens does not know is kept, attributed to
+    // the raw path, and counted.
+    let odd = node.host_unit("kubepods/burstable/podnot-a-uid/ctr");
+    let listen = SocketAddr::new(api.ip(false), 9001);
+    let mut srv = api.spawn(&["tcp-server", "--listen", &listen.to_string()]);
+    srv.first_line();
+    let out = node
+        .spawn_in(&odd, &node.netns.clone(), &["tcp-client", "--connect", &listen.to_string(), "--send", "100"])
+        .wait_json(Duration::from_secs(30));
+    srv.wait_json(Duration::from_secs(30));
+    let odd_local = sock(&out[0], "local");
+    let odd_path = format!("/{}", odd.strip_prefix(podlens_e2e::cluster::cgroup2_root()).unwrap().display());
+    let records = observer.wait_until(WAIT, |r| {
+        totals(r, |f| f.local.as_ref().is_some_and(|w| w.cgroup_path == odd_path))
+            .contains_key(&tuple(odd_local, listen, 6))
+    });
+    let odd_flows = totals(&records, |f| f.local.as_ref().is_some_and(|w| w.cgroup_path == odd_path));
+    let w = odd_flows[&tuple(odd_local, listen, 6)].workload.clone().unwrap();
+    assert!(w.unknown_layout, "{w:?}");
+    assert_eq!(w.kind, Some(workload::Kind::Host(pb::HostUnit { unit: odd_path.trim_start_matches('/').to_string() })));
+    assert!(podlens_e2e::records::loss_total(&records, "identity", "unknown_layout").unwrap_or(0) >= 1);
+
     // And no pod record carries the host's side of the connection.
     let misattributed = totals(&records, |f| podlens_e2e::records::local_uid(f).is_some())
         .into_keys()
@@ -452,4 +474,108 @@ fn ten_thousand_short_connections_are_all_counted_across_drains() {
         "server: connections, packets out, packets in"
     );
     assert_eq!(podlens_e2e::records::loss_total(&records, "kernel", "overflow_lost_packets"), Some(0));
+}
+
+/// Runs `n` short connections from `client` to `server` (with the agent
+/// frozen meanwhile when `frozen` is given) and returns the expected packets
+/// (client out, client in, server out, server in).
+fn churn(client: &Pod, server: &Pod, port: u16, n: u64, frozen: Option<&Agent>) -> (u64, u64, u64, u64) {
+    let listen = SocketAddr::new(server.ip(false), port);
+    let mut srv = server.spawn(&["tcp-server", "--listen", &listen.to_string(), "--conns", &n.to_string()]);
+    srv.first_line();
+    if let Some(a) = frozen {
+        a.pause(true);
+    }
+    let c = client.run(&["tcp-churn", "--connect", &listen.to_string(), "--count", &n.to_string(), "--send", "10"]);
+    if let Some(a) = frozen {
+        a.pause(false);
+    }
+    let sv = srv.wait_json(Duration::from_secs(300));
+    let sv = sv.last().expect("summary");
+    let field = |v: &Value, f: &str| v[f].as_u64().unwrap_or_else(|| panic!("{f} in {v}"));
+    assert_eq!(field(&c[0], "total_retrans"), 0);
+    // + one SYN-ACK per connection on the server side (see the module comment)
+    (field(&c[0], "segs_out"), field(&c[0], "segs_in"), field(sv, "segs_out") + n, field(sv, "segs_in"))
+}
+
+/// Recorded packets of the churn: (client out, client in, server out, server in, records with overflow).
+fn churn_recorded(records: &[pb::Record], client: &Pod, server: &Pod, port: u32) -> (u64, u64, u64, u64, usize) {
+    let c = totals(records, |f| {
+        podlens_e2e::records::local_uid(f) == Some(client.uid.as_str())
+            && f.remote.as_ref().is_some_and(|r| r.port == port)
+    });
+    let s =
+        totals(records, |f| podlens_e2e::records::local_uid(f) == Some(server.uid.as_str()) && f.local_port == port);
+    let overflowed = podlens_e2e::records::flows(records).filter(|f| f.overflow).count();
+    let sum = |t: &std::collections::BTreeMap<Tuple, Totals>| {
+        t.values().fold((0, 0), |a, t| (a.0 + t.egress_packets, a.1 + t.ingress_packets))
+    };
+    let ((co, ci), (so, si)) = (sum(&c), sum(&s));
+    (co, ci, so, si, overflowed)
+}
+
+/// More distinct flows in one window than the flow map holds: the rest go
+/// through the overflow ring buffer and still add up exactly.
+#[test]
+fn flows_beyond_the_map_capacity_arrive_through_the_overflow_path() {
+    let s = setup("ovf");
+    let mut node = Node::new(Driver::Systemd);
+    let server = node.pod("load", "sink", Qos::Burstable);
+    let client = node.pod("load", "gen", Qos::BestEffort);
+    write_inventory(&s.inventory, &s.node_name, &[&server, &client]);
+    let inv = s.inventory.to_string_lossy().into_owned();
+    let agent = Agent::start(
+        &s.node_name,
+        "5s",
+        &["--pods-file", &inv, "--flow-map-entries", "1024", "--events-ring-bytes", "4194304"],
+        &s._dir.0,
+    );
+    let observer = Observer::connect(agent.addr, pb::ObserveRequest::default());
+
+    let want = churn(&client, &server, 7200, 1500, None);
+    let records = observer.wait_until(Duration::from_secs(30), |r| {
+        let (a, b, c, d, _) = churn_recorded(r, &client, &server, 7200);
+        (a, b, c, d) == want
+    });
+    let (a, b, c, d, overflowed) = churn_recorded(&records, &client, &server, 7200);
+    assert_eq!((a, b, c, d), want, "client out/in, server out/in");
+    assert!(overflowed > 0, "3000 flows in one window cannot all fit 1024 entries");
+    assert_eq!(podlens_e2e::records::loss_total(&records, "kernel", "overflow_lost_packets"), Some(0));
+}
+
+/// The overflow ring is too small as well: what does not arrive is counted, so
+/// recorded + counted lost covers everything sent.
+#[test]
+fn overflow_beyond_the_ring_is_counted_as_lost() {
+    let s = setup("lost");
+    let mut node = Node::new(Driver::Systemd);
+    let server = node.pod("load", "sink", Qos::Burstable);
+    let client = node.pod("load", "gen", Qos::BestEffort);
+    write_inventory(&s.inventory, &s.node_name, &[&server, &client]);
+    let inv = s.inventory.to_string_lossy().into_owned();
+    let agent = Agent::start(
+        &s.node_name,
+        "5s",
+        &["--pods-file", &inv, "--flow-map-entries", "1024", "--events-ring-bytes", "4096"],
+        &s._dir.0,
+    );
+    let observer = Observer::connect(agent.addr, pb::ObserveRequest::default());
+
+    // The agent is frozen during the burst, as a stalled reader would be: the
+    // 1024-entry map fills and the ring (about 40 events) overflows.
+    let want = churn(&client, &server, 7300, 1500, Some(&agent));
+    let expected = want.0 + want.1 + want.2 + want.3;
+    let lost = |r: &[pb::Record]| podlens_e2e::records::loss_total(r, "kernel", "overflow_lost_packets").unwrap_or(0);
+    let records = observer.wait_until(Duration::from_secs(30), |r| {
+        let (a, b, c, d, _) = churn_recorded(r, &client, &server, 7300);
+        a + b + c + d + lost(r) >= expected
+    });
+    let (a, b, c, d, _) = churn_recorded(&records, &client, &server, 7300);
+    let recorded = a + b + c + d;
+    let lost = lost(&records);
+    assert!(lost > 0, "a 4 KiB ring cannot carry thousands of overflow events");
+    assert!(recorded < expected, "some packets were lost: recorded {recorded} of {expected}");
+    // Lost packets of other traffic on the node may be in the same counter, so
+    // it can only be larger than what this test lost.
+    assert!(recorded + lost >= expected, "recorded {recorded} + counted lost {lost} < sent {expected}");
 }
