@@ -27,6 +27,18 @@ pub fn agent_path() -> PathBuf {
     candidate
 }
 
+/// The agent binary, run through `wrapper` (a command and its arguments) if any.
+fn agent_command(wrapper: &[&str]) -> Command {
+    match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args).arg(agent_path());
+            c
+        }
+        None => Command::new(agent_path()),
+    }
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }
@@ -50,16 +62,7 @@ impl Agent {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let log = log_dir.join(format!("agent-{}.log", addr.port()));
         let log_file = std::fs::File::create(&log).expect("agent log");
-        let agent = agent_path();
-        let mut cmd = match wrapper.split_first() {
-            Some((program, args)) => {
-                let mut c = Command::new(program);
-                c.args(args).arg(&agent);
-                c
-            }
-            None => Command::new(&agent),
-        };
-        let child = cmd
+        let child = agent_command(wrapper)
             .args(["--standalone", "--listen", &addr.to_string(), "--interval", interval, "--node-name", node])
             .args(extra)
             .env("PODLENS_LOG", "info,podlens_agent=debug")
@@ -192,15 +195,6 @@ impl Observer {
 /// (exit code, stderr).
 pub fn run_agent_expecting_exit(wrapper: &[&str], args: &[&str]) -> (Option<i32>, String) {
     crate::privileged::require_root();
-    let agent = agent_path();
-    let mut cmd = match wrapper.split_first() {
-        Some((program, rest)) => {
-            let mut c = Command::new(program);
-            c.args(rest).arg(&agent);
-            c
-        }
-        None => Command::new(&agent),
-    };
-    let out = cmd.args(args).env("RUST_BACKTRACE", "0").output().expect("run podlens-agent");
+    let out = agent_command(wrapper).args(args).env("RUST_BACKTRACE", "0").output().expect("run podlens-agent");
     (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
 }

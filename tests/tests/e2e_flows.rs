@@ -514,24 +514,25 @@ fn churn_recorded(records: &[pb::Record], client: &Pod, server: &Pod, port: u32)
     (co, ci, so, si, overflowed)
 }
 
-/// More distinct flows in one window than the flow map holds: the rest go
-/// through the overflow ring buffer and still add up exactly.
-#[test]
-fn flows_beyond_the_map_capacity_arrive_through_the_overflow_path() {
-    let s = setup("ovf");
+/// Two pods and an agent with a 1024-entry flow map and `ring_bytes` of overflow ring.
+fn small_map_setup(tag: &str, ring_bytes: &str) -> (Setup, Node, Pod, Pod, Agent, Observer) {
+    let s = setup(tag);
     let mut node = Node::new(Driver::Systemd);
     let server = node.pod("load", "sink", Qos::Burstable);
     let client = node.pod("load", "gen", Qos::BestEffort);
     write_inventory(&s.inventory, &s.node_name, &[&server, &client]);
     let inv = s.inventory.to_string_lossy().into_owned();
-    let agent = Agent::start(
-        &s.node_name,
-        "5s",
-        &["--pods-file", &inv, "--flow-map-entries", "1024", "--events-ring-bytes", "4194304"],
-        &s._dir.0,
-    );
+    let flags = ["--pods-file", &inv, "--flow-map-entries", "1024", "--events-ring-bytes", ring_bytes];
+    let agent = Agent::start(&s.node_name, "5s", &flags, &s._dir.0);
     let observer = Observer::connect(agent.addr, pb::ObserveRequest::default());
+    (s, node, server, client, agent, observer)
+}
 
+/// More distinct flows in one window than the flow map holds: the rest go
+/// through the overflow ring buffer and still add up exactly.
+#[test]
+fn flows_beyond_the_map_capacity_arrive_through_the_overflow_path() {
+    let (_s, _node, server, client, _agent, observer) = small_map_setup("ovf", "4194304");
     let want = churn(&client, &server, 7200, 1500, None);
     let records = observer.wait_until(Duration::from_secs(30), |r| {
         let (a, b, c, d, _) = churn_recorded(r, &client, &server, 7200);
@@ -547,20 +548,7 @@ fn flows_beyond_the_map_capacity_arrive_through_the_overflow_path() {
 /// recorded + counted lost covers everything sent.
 #[test]
 fn overflow_beyond_the_ring_is_counted_as_lost() {
-    let s = setup("lost");
-    let mut node = Node::new(Driver::Systemd);
-    let server = node.pod("load", "sink", Qos::Burstable);
-    let client = node.pod("load", "gen", Qos::BestEffort);
-    write_inventory(&s.inventory, &s.node_name, &[&server, &client]);
-    let inv = s.inventory.to_string_lossy().into_owned();
-    let agent = Agent::start(
-        &s.node_name,
-        "5s",
-        &["--pods-file", &inv, "--flow-map-entries", "1024", "--events-ring-bytes", "4096"],
-        &s._dir.0,
-    );
-    let observer = Observer::connect(agent.addr, pb::ObserveRequest::default());
-
+    let (_s, _node, server, client, agent, observer) = small_map_setup("lost", "4096");
     // The agent is frozen during the burst, as a stalled reader would be: the
     // 1024-entry map fills and the ring (about 40 events) overflows.
     let want = churn(&client, &server, 7300, 1500, Some(&agent));
