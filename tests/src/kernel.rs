@@ -98,3 +98,41 @@ pub fn own_cgroup_id() -> u64 {
     let path = own.lines().find_map(|l| l.strip_prefix("0::")).expect("cgroup2 entry");
     std::fs::metadata(root.join(path.trim_start_matches('/'))).expect("own cgroup dir").ino()
 }
+
+/// Ids of the programs attached to a cgroup for inet egress (or ingress),
+/// by BPF_PROG_QUERY.
+pub fn attached_programs(cgroup: &std::path::Path, egress: bool) -> Vec<u32> {
+    use std::os::fd::AsRawFd;
+
+    #[repr(C)]
+    #[derive(Default)]
+    struct Query {
+        target_fd: u32,
+        attach_type: u32,
+        query_flags: u32,
+        attach_flags: u32,
+        prog_ids: u64,
+        prog_cnt: u32,
+        _pad: u32,
+        prog_attach_flags: u64,
+        link_ids: u64,
+        link_attach_flags: u64,
+        revision: u64,
+    }
+    const BPF_PROG_QUERY: libc::c_long = 16;
+    let dir = std::fs::File::open(cgroup).expect("open cgroup");
+    let mut ids = [0u32; 256];
+    let mut q = Query {
+        target_fd: dir.as_raw_fd() as u32,
+        attach_type: if egress { 1 } else { 0 },
+        prog_ids: ids.as_mut_ptr() as u64,
+        prog_cnt: ids.len() as u32,
+        ..Default::default()
+    };
+    // SAFETY: q points at a buffer of `prog_cnt` ids that outlives the call.
+    let rc = unsafe {
+        libc::syscall(libc::SYS_bpf, BPF_PROG_QUERY, &mut q as *mut Query, std::mem::size_of::<Query>() as u32)
+    };
+    assert_eq!(rc, 0, "BPF_PROG_QUERY: {}", std::io::Error::last_os_error());
+    ids[..q.prog_cnt as usize].to_vec()
+}

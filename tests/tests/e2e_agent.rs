@@ -137,3 +137,59 @@ fn missing_cgroup2_is_a_clear_error() {
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("no cgroup2 filesystem") && err.contains("--cgroup-root"), "{err}");
 }
+
+/// Another set of cgroup_skb programs on the same cgroup (a CNI's, a policy
+/// engine's) keeps running while the agent is attached, sees the same packets,
+/// and stays attached when the agent stops; the agent detaches only its own.
+#[test]
+fn agent_coexists_with_other_programs_and_detaches_only_its_own() {
+    use podlens_agent_ebpf::DIR_EGRESS;
+    use podlens_e2e::kernel::{attached_programs, FlowProgs};
+
+    let root = podlens_e2e::cluster::cgroup2_root();
+    let before = attached_programs(&root, true);
+    let mut other = FlowProgs::load(4096, 4096);
+    other.kernel.attach(&root).expect("attach the other programs");
+    let with_other = attached_programs(&root, true);
+    assert_eq!(with_other.len(), before.len() + 1);
+
+    let dir = tmpdir("coexist");
+    let mut node = Node::new(Driver::Systemd);
+    let a = node.pod("co", "a", Qos::Burstable);
+    let b = node.pod("co", "b", Qos::Burstable);
+    let inventory = dir.join("pods.yaml");
+    write_inventory(&inventory, "n1", &[&a, &b]);
+    let mut agent = Agent::start("n1", "1s", &["--pods-file", inventory.to_str().unwrap()], &dir);
+    assert_eq!(attached_programs(&root, true).len(), before.len() + 2, "both attached");
+    let observer = Observer::connect(agent.addr, pb::ObserveRequest::default());
+
+    let transfer = |port: u16| {
+        let listen = SocketAddr::new(b.ip(false), port);
+        let mut srv = b.spawn(&["tcp-server", "--listen", &listen.to_string()]);
+        srv.first_line();
+        let out = a.run(&["tcp-client", "--connect", &listen.to_string(), "--send", "20000"]);
+        srv.wait_json(Duration::from_secs(30));
+        let local: SocketAddr = out[0]["local"].as_str().unwrap().parse().unwrap();
+        (local.port(), out[0]["tcp_info"]["segs_out"].as_u64().unwrap())
+    };
+    let other_packets = |other: &mut FlowProgs, port: u16| -> u64 {
+        other.drain().iter().filter(|(k, _)| k.local_port == port).map(|(_, v)| v.dir[DIR_EGRESS].packets).sum()
+    };
+
+    let (port, segs) = transfer(8001);
+    let records = observer.wait_until(Duration::from_secs(15), |r| {
+        pod_totals(r, &a.uid).iter().any(|(t, v)| t.local_port == u32::from(port) && v.egress_packets == segs)
+    });
+    assert!(pod_totals(&records, &a.uid)
+        .iter()
+        .any(|(t, v)| t.local_port == u32::from(port) && v.egress_packets == segs));
+    assert_eq!(other_packets(&mut other, port), segs, "the other programs saw every packet too");
+
+    assert_eq!(agent.stop().code(), Some(0));
+    assert_eq!(attached_programs(&root, true), with_other, "only the agent's programs were detached");
+    let (port, segs) = transfer(8002);
+    assert_eq!(other_packets(&mut other, port), segs, "the other programs keep counting after the agent left");
+    drop(other);
+    assert_eq!(attached_programs(&root, true), before);
+    let _ = std::fs::remove_dir_all(dir);
+}
