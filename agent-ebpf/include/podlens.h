@@ -25,7 +25,8 @@
 
 /*
  * Per-CPU counter slots. Every place a program can lose or reject data has a
- * slot; the agent exports them all and carries them in-band in the stream.
+ * slot; the agent carries them all in-band in the stream (losses under source
+ * "kernel", activity such as a full flow map under "kernel_activity").
  * There is deliberately no per-packet counter: it would cost an atomic add on
  * every packet, and the flow records already count what was recorded.
  * Append only: the numbers are part of the agent<->kernel contract.

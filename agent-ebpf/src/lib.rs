@@ -122,9 +122,21 @@ impl Counter {
     ];
 
     /// Whether the counter records data that did not reach a flow record (or
-    /// identity events that were lost), as opposed to activity.
+    /// identity events that were lost), as opposed to activity: a full flow
+    /// map or an insert error still delivers the packet through the overflow
+    /// ring, and fragments and cgroup events are recorded.
     pub fn is_loss(self) -> bool {
-        !matches!(self, Counter::Fragments | Counter::CgroupEvents | Counter::FlowMapFull)
+        !matches!(self, Counter::Fragments | Counter::CgroupEvents | Counter::FlowMapFull | Counter::FlowUpdateErr)
+    }
+
+    /// The loss report's source for this counter: "kernel" for losses,
+    /// "kernel_activity" for the rest.
+    pub fn source(self) -> &'static str {
+        if self.is_loss() {
+            "kernel"
+        } else {
+            "kernel_activity"
+        }
     }
 
     /// Stable snake_case name, used in metrics and in the stream.

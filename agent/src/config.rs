@@ -27,9 +27,48 @@ pub struct AgentArgs {
     #[arg(long, env = "PODLENS_STANDALONE")]
     pub standalone: bool,
 
-    /// Address of the Observe API in standalone mode. Flows are sensitive: keep it on loopback.
+    /// Address of the Observe/Query API in standalone mode. Flows are sensitive: on
+    /// loopback it needs no authentication; elsewhere it needs --consumer-token-file.
     #[arg(long, env = "PODLENS_LISTEN", default_value = "127.0.0.1:7700")]
     pub listen: SocketAddr,
+
+    /// Bearer tokens (one per line) consumers of the standalone API must present.
+    #[arg(long, env = "PODLENS_CONSUMER_TOKEN_FILE")]
+    pub consumer_token_file: Option<PathBuf>,
+
+    /// Collector to stream to, e.g. https://podlens-collector:7701 (http:// needs --insecure-plaintext).
+    #[arg(long, env = "PODLENS_COLLECTOR")]
+    pub collector: Option<String>,
+
+    /// CA bundle that signs the collector's certificate.
+    #[arg(long, env = "PODLENS_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+
+    /// This agent's client certificate (PEM) for mTLS; reloaded when it changes.
+    #[arg(long, env = "PODLENS_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// This agent's private key (PEM).
+    #[arg(long, env = "PODLENS_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Name the collector's certificate must carry (default: the host of --collector).
+    #[arg(long, env = "PODLENS_TLS_SERVER_NAME")]
+    pub tls_server_name: Option<String>,
+
+    /// Allow an http:// collector (unencrypted, unauthenticated). Logged as a warning.
+    #[arg(long, env = "PODLENS_INSECURE_PLAINTEXT")]
+    pub insecure_plaintext: bool,
+
+    /// Bound of the buffer of batches not yet acknowledged by the collector; beyond it
+    /// the oldest are dropped and counted.
+    #[arg(long, env = "PODLENS_EXPORT_BUFFER_BYTES", default_value_t = 16 << 20,
+          value_parser = clap::value_parser!(u64).range(4096..=(8u64 << 30)))]
+    pub export_buffer_bytes: u64,
+
+    /// At shutdown, how long to keep trying to deliver what is buffered.
+    #[arg(long, env = "PODLENS_SHUTDOWN_GRACE", default_value = "5s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
 
     /// How often the kernel flow maps are drained into records (100ms..1h).
     #[arg(long, env = "PODLENS_INTERVAL", default_value = "5s", value_parser = parse_interval)]
@@ -76,11 +115,12 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let (num, unit) = s.split_at(split);
     let n: u64 =
         num.parse().map_err(|_| format!("{s:?} is not a duration: expected a number followed by ms, s, m or h"))?;
+    let too_big = || format!("{s:?} is too large");
     match unit {
         "ms" => Ok(Duration::from_millis(n)),
         "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        "h" => Ok(Duration::from_secs(n * 3600)),
+        "m" => n.checked_mul(60).map(Duration::from_secs).ok_or_else(too_big),
+        "h" => n.checked_mul(3600).map(Duration::from_secs).ok_or_else(too_big),
         _ => Err(format!("{s:?} has unit {unit:?}: expected ms, s, m or h")),
     }
 }
@@ -113,6 +153,7 @@ mod tests {
         assert!(parse_duration("5").unwrap_err().contains("unit"));
         assert!(parse_duration("fast").unwrap_err().contains("not a duration"));
         assert!(parse_interval("10ms").unwrap_err().contains("between 100ms and 1h"));
+        assert!(parse_duration("99999999999999999h").unwrap_err().contains("too large"));
     }
 
     #[test]

@@ -133,14 +133,15 @@ pub fn key_addr(family: u8, raw: &[u8; 16]) -> IpAddr {
 }
 
 fn counts(c: &FlowCounts) -> pb::FlowCounts {
-    pb::FlowCounts {
-        bytes: c.bytes,
-        packets: c.packets,
-        syn: c.syn,
-        fin: c.fin,
-        rst: c.rst,
-        tcp_flags: c.tcp_flags.into(),
+    // The kernel ORs flags without an atomic, so two CPUs can lose a bit;
+    // the SYN/FIN/RST counters are atomic and put theirs back.
+    let mut flags = c.tcp_flags;
+    for (n, bit) in [(c.syn, TCP_SYN), (c.fin, TCP_FIN), (c.rst, TCP_RST)] {
+        if n > 0 {
+            flags |= bit;
+        }
     }
+    pb::FlowCounts { bytes: c.bytes, packets: c.packets, syn: c.syn, fin: c.fin, rst: c.rst, tcp_flags: flags.into() }
 }
 
 fn flow_record(key: &FlowKey, agg: &FlowAgg, clock: &Clock, ids: &mut WindowResolver<'_>) -> pb::FlowRecord {
@@ -280,6 +281,12 @@ mod tests {
         assert_eq!(agg.last_seen_ns, 40);
         assert!(agg.overflow);
         assert_eq!(w.bad_overflow_events, 1);
+    }
+
+    #[test]
+    fn counted_flags_are_always_in_the_flag_summary() {
+        let c = FlowCounts { fin: 1, rst: 2, tcp_flags: 0x10, ..Default::default() };
+        assert_eq!(counts(&c).tcp_flags, 0x10 | 0x01 | 0x04);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod ebpf;
+pub mod export;
 pub mod flows;
 pub mod identity;
 pub mod losses;

@@ -10,31 +10,28 @@ use clap::Parser;
 use podlens_agent::{
     config::{AgentArgs, KubeMode, LogFormat},
     ebpf::{Kernel, LoadOptions},
+    export::{
+        stream::{self, StreamConfig},
+        Exporter,
+    },
     flows::unix_nanos,
     identity::{cgroups::CgroupTable, inventory, kube, pods::PodStore, Resolver, SharedPods},
-    pipeline::Pipeline,
+    pipeline::{Fanout, Pipeline, Sink},
     preflight,
     standalone::HubSink,
 };
-use podlens_collector::{hub::Hub, server::Listener};
+use podlens_collector::{
+    auth::{ConsumerAuth, TokenFile},
+    hub::Hub,
+    runtime::{init_logging, shutdown_signal},
+    server::{Listener, ListenerStats},
+    tls::ClientTlsFiles,
+};
 use podlens_proto::v1 as pb;
 use tokio::sync::watch;
 
 /// Deleted pods and cgroups stay resolvable this long, for late flows.
 const RETENTION: Duration = Duration::from_secs(600);
-/// How long consumers get to read the last window at shutdown.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-
-fn init_logging(args: &AgentArgs) -> Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
-        .with_context(|| format!("--log {:?} is not a valid filter", args.log))?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match args.log_format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
-    Ok(())
-}
 
 fn node_identity(args: &AgentArgs) -> pb::NodeIdentity {
     let name = args.node_name.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| {
@@ -73,27 +70,68 @@ async fn start_pod_source(
     Ok(())
 }
 
-async fn shutdown_signal() -> Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: flushing the last window"),
-        r = tokio::signal::ctrl_c() => { r.context("waiting for Ctrl-C")?; tracing::info!("interrupted: flushing the last window") }
+/// The exporter's stream settings, checked before anything is loaded.
+fn export_config(args: &AgentArgs) -> Result<Option<StreamConfig>> {
+    let Some(url) = &args.collector else { return Ok(None) };
+    let tls = if url.starts_with("https://") {
+        if args.tls_ca.is_none() {
+            bail!("--collector {url}: --tls-ca is required to verify the collector's certificate");
+        }
+        if args.tls_cert.is_some() != args.tls_key.is_some() {
+            bail!("--tls-cert and --tls-key go together");
+        }
+        let files = ClientTlsFiles {
+            ca: args.tls_ca.clone(),
+            cert: args.tls_cert.clone(),
+            key: args.tls_key.clone(),
+            server_name: args.tls_server_name.clone(),
+        };
+        files.tonic_config()?;
+        Some(files)
+    } else if url.starts_with("http://") {
+        if !args.insecure_plaintext {
+            bail!("--collector {url} is plaintext: use https:// with --tls-ca (and --tls-cert/--tls-key), or pass --insecure-plaintext");
+        }
+        tracing::warn!(collector = %url, "--insecure-plaintext: records travel unencrypted and the collector is not authenticated");
+        None
+    } else {
+        bail!("--collector {url:?} must start with https:// (or http:// with --insecure-plaintext)");
+    };
+    Ok(Some(StreamConfig { url: url.clone(), tls, shutdown_grace: args.shutdown_grace }))
+}
+
+/// Who may use the standalone API.
+fn consumer_auth(args: &AgentArgs) -> Result<ConsumerAuth> {
+    if let Some(path) = &args.consumer_token_file {
+        if !args.listen.ip().is_loopback() {
+            tracing::warn!(listen = %args.listen, "the standalone API is plaintext: tokens and flows cross the network unencrypted");
+        }
+        return Ok(ConsumerAuth::new(Some(Arc::new(TokenFile::load(path.clone())?)), false));
     }
-    Ok(())
+    if args.listen.ip().is_loopback() {
+        return Ok(ConsumerAuth::open());
+    }
+    if args.insecure_plaintext {
+        tracing::warn!(listen = %args.listen, "--insecure-plaintext: anyone who reaches --listen can read flows");
+        return Ok(ConsumerAuth::open());
+    }
+    bail!("--listen {} is not loopback: give --consumer-token-file (or --insecure-plaintext)", args.listen)
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = AgentArgs::parse();
-    init_logging(&args)?;
-    if !args.standalone {
-        bail!("no output configured: pass --standalone to run the embedded collector and serve the Observe API on --listen");
+    init_logging(&args.log, args.log_format == LogFormat::Json)?;
+    if !args.standalone && args.collector.is_none() {
+        bail!(
+            "nothing to send records to: pass --collector URL, --standalone (embedded collector on --listen), or both"
+        );
     }
     let cgroup_root = preflight::run(args.cgroup_root.as_deref())?;
     let node = node_identity(&args);
-
-    // Inputs first: a bad file fails before anything is loaded into the kernel.
+    // Inputs first: bad files or flags fail before anything is loaded into the kernel.
+    let export = export_config(&args)?;
+    let auth = if args.standalone { Some(consumer_auth(&args)?) } else { None };
     let (stop_tx, stop_rx) = watch::channel(false);
     let pods: SharedPods = Arc::new(RwLock::new(PodStore::new(RETENTION)));
     start_pod_source(&args, &node.name, &pods, &stop_rx).await?;
@@ -101,8 +139,6 @@ async fn main() -> Result<()> {
     let opts = LoadOptions { flow_map_entries: args.flow_map_entries, events_ring_bytes: args.events_ring_bytes };
     let mut kernel = Kernel::load(&opts)?;
     let mut cgroups = CgroupTable::new(&cgroup_root, RETENTION);
-    // Scan after attaching the event programs would miss nothing, but the
-    // programs must be attached last so records never precede the table.
     let features = kernel.attach(&cgroup_root)?;
     let stats = cgroups.scan(std::time::Instant::now())?;
     tracing::info!(
@@ -111,25 +147,50 @@ async fn main() -> Result<()> {
         "flow programs attached"
     );
 
-    let hub = Arc::new(Hub::new(podlens_collector::hub::DEFAULT_CONSUMER_BUFFER));
-    let listener = Listener::bind(args.listen).await?;
-    tracing::info!(addr = %listener.local_addr()?, "Observe API listening (podlens observe --server http://{})", args.listen);
-    let mut server_stop = stop_rx.clone();
-    let server = tokio::spawn(listener.serve_observe(hub.clone(), async move {
-        let _ = server_stop.changed().await;
-    }));
+    let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();
+    let mut tasks = Vec::new();
+    let mut hub = None;
+    if let Some(auth) = auth {
+        let h = Arc::new(Hub::new(
+            podlens_collector::hub::DEFAULT_CONSUMER_BUFFER.max(2 * args.flow_map_entries as usize + 16),
+        ));
+        let listener = Listener::bind(args.listen).await?;
+        tracing::info!(addr = %listener.local_addr()?, "Observe and Query API listening (podlens observe --server http://{})", args.listen);
+        let mut server_stop = stop_rx.clone();
+        let serve = listener.serve_consumers(h.clone(), auth, None, Arc::new(ListenerStats::default()), async move {
+            let _ = server_stop.wait_for(|s| *s).await;
+        });
+        tasks.push(tokio::spawn(async move { serve.await.map_err(anyhow::Error::from) }));
+        sinks.push(Arc::new(HubSink(h.clone())));
+        hub = Some(h);
+    }
+    let mut exporter_task = None;
+    if let Some(cfg) = export {
+        let exporter = Exporter::new(args.export_buffer_bytes as usize);
+        tracing::info!(collector = %cfg.url, buffer_bytes = args.export_buffer_bytes, "streaming to the collector");
+        exporter_task = Some(tokio::spawn(stream::run(cfg, exporter.clone(), stop_rx.clone())));
+        sinks.push(exporter);
+    }
 
-    let pipeline = Pipeline::new(kernel, Resolver::new(cgroups, pods), node, Arc::new(HubSink(hub.clone())))?;
+    let pipeline = Pipeline::new(kernel, Resolver::new(cgroups, pods), node, Arc::new(Fanout(sinks)))?;
     let run = tokio::spawn(pipeline.run(args.interval, stop_rx));
     shutdown_signal().await?;
     stop_tx.send_replace(true);
     let pipeline = run.await.context("pipeline task")?;
     drop(pipeline); // detaches the programs
-                    // The last window is queued for consumers; their streams end after it.
-    hub.close_consumers();
-    match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
-        Ok(r) => r.context("server task")??,
-        Err(_) => tracing::warn!(grace = ?SHUTDOWN_GRACE, "Observe consumers still connected; closing anyway"),
+    if let Some(task) = exporter_task {
+        // The exporter gives itself --shutdown-grace to deliver the last window.
+        let _ = tokio::time::timeout(args.shutdown_grace + Duration::from_secs(1), task).await;
+    }
+    if let Some(h) = hub {
+        // The last window is queued for consumers; their streams end after it.
+        h.close_consumers();
+    }
+    for task in tasks {
+        match tokio::time::timeout(args.shutdown_grace, task).await {
+            Ok(r) => r.context("server task")??,
+            Err(_) => tracing::warn!(grace = ?args.shutdown_grace, "consumers still connected; closing anyway"),
+        }
     }
     tracing::info!("stopped");
     Ok(())

@@ -8,21 +8,47 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
-use podlens_agent_ebpf::Counter;
 use podlens_proto::v1 as pb;
 use tokio::{io::unix::AsyncFd, sync::watch};
 
 use crate::{
-    ebpf::{clock::TickClock, events, flow_maps::FlowMapError, Kernel},
+    ebpf::{clock::TickClock, events, Kernel},
     flows::{unix_nanos, Clock, FlowWindow},
     identity::Resolver,
     losses::LossTracker,
 };
 
-/// Where batches go: the embedded collector, or (later) the exporter.
+/// Where batches go: the embedded collector, the exporter, or both.
 pub trait Sink: Send + Sync {
     fn publish(&self, batch: pb::Batch);
+
+    /// This sink's own loss counters (source, reason, cumulative total).
+    fn losses(&self) -> Vec<(&'static str, &'static str, u64)> {
+        Vec::new()
+    }
 }
+
+/// Several sinks, each receiving every batch.
+pub struct Fanout(pub Vec<Arc<dyn Sink>>);
+
+impl Sink for Fanout {
+    fn publish(&self, batch: pb::Batch) {
+        if let Some((last, rest)) = self.0.split_last() {
+            for s in rest {
+                s.publish(batch.clone());
+            }
+            last.publish(batch);
+        }
+    }
+
+    fn losses(&self) -> Vec<(&'static str, &'static str, u64)> {
+        self.0.iter().flat_map(|s| s.losses()).collect()
+    }
+}
+
+/// Records per batch: a full window is split so no message nears the
+/// collector's size limit (a flow record is about 150 bytes encoded).
+pub const MAX_RECORDS_PER_BATCH: usize = 2000;
 
 /// Userspace drop points, cumulative.
 #[derive(Clone, Copy, Debug, Default)]
@@ -104,7 +130,15 @@ impl Pipeline {
                     }
                 }
                 Ok(events::Event::CgroupRmdir { id, path }) => {
-                    self.resolver.cgroups.remove(id, &path, Instant::now());
+                    if events::path_truncated(&path) {
+                        self.user.cgroup_paths_truncated += 1;
+                    }
+                    // A known id keeps its full path; a cut one is never stored.
+                    self.resolver.cgroups.remove(
+                        id,
+                        (!events::path_truncated(&path)).then_some(path.as_str()),
+                        Instant::now(),
+                    );
                 }
                 Err(e) => {
                     self.user.event_decode_errors += 1;
@@ -116,15 +150,14 @@ impl Pipeline {
     }
 
     /// Ends the window: drains the kernel, builds and publishes one batch.
-    pub fn end_window(&mut self) -> Result<usize, FlowMapError> {
-        let entries = tokio::task::block_in_place(|| self.kernel.flow_maps.drain());
-        let entries = match entries {
-            Ok(e) => e,
-            Err(e) => {
-                self.user.drain_errors += 1;
-                return Err(e);
-            }
-        };
+    pub fn end_window(&mut self) -> usize {
+        let mut entries = Vec::new();
+        let drained = tokio::task::block_in_place(|| self.kernel.flow_maps.drain(&mut entries));
+        if let Err(e) = &drained {
+            // What was read before the error is still published below.
+            self.user.drain_errors += 1;
+            tracing::error!(error = %e, recovered = entries.len(), "draining the flow maps failed");
+        }
         // Overflow events submitted before the swap are already in the ring.
         self.poll_events();
         let ticks = match self.kernel.clock_sample() {
@@ -158,17 +191,20 @@ impl Pipeline {
             window_end_unix_nano: window.1,
             kind: Some(pb::record::Kind::Loss(self.loss_report())),
         });
-        self.sequence += 1;
-        self.sink.publish(pb::Batch { node: Some(self.node.clone()), sequence: self.sequence, records });
-        Ok(n)
+        // The loss report travels in the window's last batch.
+        let mut rest = records.into_iter().peekable();
+        while rest.peek().is_some() {
+            let chunk: Vec<pb::Record> = rest.by_ref().take(MAX_RECORDS_PER_BATCH).collect();
+            self.sequence += 1;
+            self.sink.publish(pb::Batch { node: Some(self.node.clone()), sequence: self.sequence, records: chunk });
+        }
+        n
     }
 
     fn loss_report(&mut self) -> pb::LossReport {
         let mut totals: Vec<(&'static str, &'static str, u64)> = Vec::new();
         match self.kernel.counters() {
-            Ok(counters) => {
-                totals.extend(counters.into_iter().filter(|(c, _)| c.is_loss()).map(|(c, v)| ("kernel", c.name(), v)))
-            }
+            Ok(counters) => totals.extend(counters.into_iter().map(|(c, v)| (c.source(), c.name(), v))),
             Err(e) => tracing::warn!(error = %e, "reading kernel counters failed"),
         }
         let id = self.resolver.stats();
@@ -180,12 +216,8 @@ impl Pipeline {
             ("identity", "pod_without_metadata", id.pods_without_metadata),
             ("agent", "drain_error", self.user.drain_errors),
         ]);
+        totals.extend(self.sink.losses());
         self.losses.report(totals)
-    }
-
-    /// Kernel counters (summed), for logs and tests.
-    pub fn kernel_counters(&self) -> Vec<(Counter, u64)> {
-        self.kernel.counters().unwrap_or_default()
     }
 
     /// Runs until `shutdown` flips, then flushes one last window.
@@ -217,9 +249,7 @@ impl Pipeline {
     }
 
     fn drain_logged(&mut self) {
-        match self.end_window() {
-            Ok(n) => tracing::debug!(flows = n, sequence = self.sequence, "window published"),
-            Err(e) => tracing::error!(error = %e, "draining the flow maps failed"),
-        }
+        let n = self.end_window();
+        tracing::debug!(flows = n, sequence = self.sequence, "window published");
     }
 }

@@ -29,6 +29,8 @@ pub enum PreflightError {
     NotCgroup2(PathBuf),
     #[error("missing capabilities {}: run as root, or grant CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN (Kubernetes: securityContext.capabilities.add; shell: setpriv/capsh)", .0.join(", "))]
     MissingCapabilities(Vec<&'static str>),
+    #[error("reading {path}: {message}")]
+    Read { path: &'static str, message: String },
 }
 
 /// Parses "6.18.44-fc-v669" into (6, 18).
@@ -81,7 +83,11 @@ pub fn check_btf_header(head: &[u8]) -> Result<(), PreflightError> {
 fn check_btf() -> Result<(), PreflightError> {
     use std::io::Read;
     let mut head = [0u8; 2];
-    let mut f = std::fs::File::open(BTF_PATH).map_err(|_| PreflightError::NoBtf)?;
+    let mut f = match std::fs::File::open(BTF_PATH) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(PreflightError::NoBtf),
+        Err(e) => return Err(PreflightError::Read { path: BTF_PATH, message: e.to_string() }),
+    };
     let n = f.read(&mut head).map_err(|e| PreflightError::InvalidBtf(e.to_string()))?;
     check_btf_header(&head[..n])
 }
@@ -130,23 +136,25 @@ fn is_cgroup2(path: &Path) -> bool {
     rc == 0 && st.f_type as i64 == CGROUP2_SUPER_MAGIC
 }
 
+fn read_proc(path: &'static str) -> Result<String, PreflightError> {
+    std::fs::read_to_string(path).map_err(|e| PreflightError::Read { path, message: e.to_string() })
+}
+
 /// Runs every check and returns the cgroup2 root to attach to.
 pub fn run(cgroup_root: Option<&Path>) -> Result<PathBuf, PreflightError> {
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    check_kernel(&release)?;
+    check_kernel(&read_proc("/proc/sys/kernel/osrelease")?)?;
     check_btf()?;
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let missing = missing_caps(effective_caps(&status).unwrap_or(0));
+    let status = read_proc("/proc/self/status")?;
+    let eff = effective_caps(&status)
+        .ok_or(PreflightError::Read { path: "/proc/self/status", message: "no CapEff line".into() })?;
+    let missing = missing_caps(eff);
     if !missing.is_empty() {
         return Err(PreflightError::MissingCapabilities(missing));
     }
     match cgroup_root {
         Some(p) if is_cgroup2(p) => Ok(p.to_path_buf()),
         Some(p) => Err(PreflightError::NotCgroup2(p.to_path_buf())),
-        None => {
-            let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-            find_cgroup2(&mountinfo).ok_or(PreflightError::NoCgroup2)
-        }
+        None => find_cgroup2(&read_proc("/proc/self/mountinfo")?).ok_or(PreflightError::NoCgroup2),
     }
 }
 

@@ -3,8 +3,15 @@
 //! The same [`hub::Hub`] and Observe service run inside the agent in
 //! standalone mode and in the central `podlens-collector`.
 
+pub mod auth;
 pub mod cli;
 pub mod filter;
 pub mod hub;
+pub mod ingest;
+pub mod metrics;
 pub mod observe;
+pub mod query;
+pub mod runtime;
 pub mod server;
+pub mod talkers;
+pub mod tls;

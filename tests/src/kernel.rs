@@ -65,7 +65,9 @@ impl FlowProgs {
     /// Drains the flow maps (the agent's lossless swap) into a sorted map.
     pub fn drain(&mut self) -> BTreeMap<FlowKey, FlowValue> {
         let mut out = BTreeMap::new();
-        for (k, v) in self.kernel.flow_maps.drain().expect("drain") {
+        let mut entries = Vec::new();
+        self.kernel.flow_maps.drain(&mut entries).expect("drain");
+        for (k, v) in entries {
             assert!(out.insert(k, v).is_none(), "duplicate key from one drain: {k:?}");
         }
         out

@@ -177,6 +177,21 @@ fn ipv6_extension_headers_are_skipped() {
 }
 
 #[test]
+fn exactly_eight_extension_headers_are_skipped() {
+    let mut p = progs();
+    let mut rest = Vec::new();
+    for _ in 0..7 {
+        rest.extend(ext_hdr(60, 0)); // destination options
+    }
+    rest.extend(ext_hdr(17, 0));
+    rest.extend(udp(1, 2, &[0; 4]));
+    let pkt = ipv6(A6, B6, 0, &rest);
+    assert_eq!(p.run(Dir::Egress, &eth(ETH_P_IPV6, &pkt)), 1);
+    assert_flows(&mut p, &[(key6(A6, 1, B6, 2, 17), [counts(pkt.len() as u64, 1, 0), NONE])]);
+    assert_eq!(p.counter(Counter::Ipv6ExtLimit), 0);
+}
+
+#[test]
 fn fragments_first_has_ports_later_ones_do_not() {
     let mut p = progs();
     // IPv6: first fragment (offset 0, more) carries UDP; a later one carries payload.
@@ -302,13 +317,18 @@ fn malformed_and_truncated_packets_pass_and_are_never_attributed() {
         assert_eq!(verdict, 1, "{what}: verdict");
         assert_eq!(p.counter(*counter), before + 1, "{what}: {counter:?}; all: {:?}", p.counters());
     }
-    // nine hop-by-hop headers: more than the program skips
+    // nine extension headers: more than the program skips
     let mut rest = Vec::new();
     for _ in 0..9 {
         rest.extend(ext_hdr(0, 0));
     }
     assert_eq!(p.run(Dir::Ingress, &eth(ETH_P_IPV6, &ipv6(A6, B6, 0, &rest))), 1);
     assert_eq!(p.counter(Counter::Ipv6ExtLimit), 1);
+    // a header chain that claims more bytes than the packet has
+    let pkt = ipv6(A6, B6, 60, &[6, 200, 0, 0, 0, 0, 0, 0]);
+    let before = p.counter(Counter::Truncated);
+    assert_eq!(p.run(Dir::Ingress, &eth(ETH_P_IPV6, &pkt)), 1);
+    assert_eq!(p.counter(Counter::Truncated), before + 1, "ext header longer than the packet");
     assert_flows(&mut p, &[]);
     assert!(p.counter(Counter::MalformedBytes) > 0);
 }

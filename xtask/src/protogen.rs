@@ -13,6 +13,7 @@ pub const FILES: &[&str] = &[
     "podlens/v1/record.proto",
     "podlens/v1/ingest.proto",
     "podlens/v1/observe.proto",
+    "podlens/v1/query.proto",
 ];
 
 /// Name of the encoded FileDescriptorSet written next to the code (for gRPC reflection).

@@ -209,7 +209,8 @@ static __always_inline int parse_ipv6(struct __sk_buff *skb, struct flow_key *k,
 	}
 	nh = ip6->nexthdr;
 
-	for (i = 0; i < PL_IPV6_MAX_EXT_HDRS; i++) {
+	/* one pass per extension header, plus the one that reaches L4 */
+	for (i = 0; i < PL_IPV6_MAX_EXT_HDRS + 1; i++) {
 		/* next header, length, and (fragment header) the offset field */
 		const __u8 *e;
 
@@ -245,6 +246,8 @@ static __always_inline int parse_ipv6(struct __sk_buff *skb, struct flow_key *k,
 			}
 			continue;
 		default:
+			if (off > skb->len)
+				return PARSE_TRUNCATED;
 			k->protocol = nh;
 			pi->hdr_len = off;
 			return parse_l4(skb, k, pi, off, dir);

@@ -55,11 +55,14 @@ pub fn drain_hash<K: Pod + Default, V: Pod + Default>(
             )
         };
         let err = (ret < 0).then(io::Error::last_os_error);
-        let n = (attr.count as usize).min(chunk);
+        let end = err.as_ref().is_some_and(|e| e.raw_os_error() == Some(libc::ENOENT));
+        // The kernel writes `count` only on success and at the end (ENOENT);
+        // on other errors it still holds our input and nothing was moved.
+        let n = if err.is_none() || end { (attr.count as usize).min(chunk) } else { 0 };
         out.extend(keys[..n].iter().copied().zip(values[..n].iter().copied()));
         match err {
             None => first = false,
-            Some(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+            Some(_) if end => return Ok(()),
             Some(e) => return Err(e),
         }
     }

@@ -23,7 +23,8 @@ impl TickClock {
         Self { reference: latest, tick_ns: tick_between(earliest, latest).unwrap_or(DEFAULT_TICK_NS) }
     }
 
-    pub fn tick_ns(&self) -> u64 {
+    #[cfg(test)]
+    fn tick_ns(&self) -> u64 {
         self.tick_ns
     }
 

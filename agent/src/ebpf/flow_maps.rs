@@ -40,8 +40,8 @@ pub enum FlowMapError {
     Barrier(MapError),
     #[error("creating the drain barrier's inner map: {0}")]
     Create(MapError),
-    #[error("reading the flow map: {0}")]
-    Read(String),
+    #[error("draining flow map {map}: {op} failed: {message}")]
+    Read { map: &'static str, op: &'static str, message: String },
 }
 
 impl FlowMaps {
@@ -55,30 +55,30 @@ impl FlowMaps {
         Ok(Self { maps, active_index, barrier, barrier_inner, active: 0, batch_supported: true })
     }
 
-    /// Switches maps and returns every flow the replaced one held; it is
-    /// empty afterwards and becomes the idle map.
-    pub fn drain(&mut self) -> Result<Vec<(FlowKey, FlowValue)>, FlowMapError> {
+    /// Switches maps and moves every flow the replaced one held into `out`;
+    /// it is empty afterwards and becomes the idle map. On an error, `out`
+    /// still holds every entry that was read (and so removed) before it.
+    pub fn drain(&mut self, out: &mut Vec<(FlowKey, FlowValue)>) -> Result<(), FlowMapError> {
         let old = self.active as usize;
         let idle = 1 - self.active;
         self.active_index.set(0, idle, 0).map_err(FlowMapError::Switch)?;
         self.active = idle;
         // Returns after synchronize_rcu(): see the module comment.
         self.barrier.set(0, &self.barrier_inner, 0).map_err(FlowMapError::Barrier)?;
-        let mut out = Vec::new();
+        let name = podlens_agent_ebpf::maps::FLOWS[old];
         if self.batch_supported {
             let fd = IterableMap::map(&self.maps[old]).fd().as_fd().as_raw_fd();
-            match batch::drain_hash(fd, BATCH, &mut out) {
-                Ok(()) => return Ok(out),
+            match batch::drain_hash(fd, BATCH, out) {
+                Ok(()) => return Ok(()),
                 Err(e) if unsupported(&e) => {
                     tracing::info!(error = %e, "batch map ops unavailable; draining per key");
                     self.batch_supported = false;
                 }
                 // Entries already moved into `out` are kept; the rest follow per key.
-                Err(e) => tracing::warn!(error = %e, "batch drain failed; finishing per key"),
+                Err(e) => tracing::warn!(map = name, error = %e, "batch drain failed; finishing per key"),
             }
         }
-        drain_per_key(&mut self.maps[old], &mut out)?;
-        Ok(out)
+        drain_per_key(name, &mut self.maps[old], out)
     }
 }
 
@@ -86,13 +86,36 @@ fn unsupported(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOTSUP) | Some(524 /* ENOTSUPP */))
 }
 
-fn drain_per_key(map: &mut FlowMap, out: &mut Vec<(FlowKey, FlowValue)>) -> Result<(), FlowMapError> {
+/// Reads every entry, then deletes what was read. A key whose delete fails
+/// stays in the map and would be counted again at its next drain: that is
+/// reported as an error (the kernel only fails it on a vanished key, which is
+/// ignored).
+fn drain_per_key(
+    name: &'static str,
+    map: &mut FlowMap,
+    out: &mut Vec<(FlowKey, FlowValue)>,
+) -> Result<(), FlowMapError> {
     let start = out.len();
+    let mut read_error = None;
     for item in map.iter() {
-        out.push(item.map_err(|e| FlowMapError::Read(e.to_string()))?);
+        match item {
+            Ok(kv) => out.push(kv),
+            Err(e) => {
+                read_error = Some(FlowMapError::Read { map: name, op: "read", message: e.to_string() });
+                break;
+            }
+        }
     }
+    let mut delete_error = None;
     for (key, _) in &out[start..] {
-        map.remove(key).map_err(|e| FlowMapError::Read(e.to_string()))?;
+        match map.remove(key) {
+            Ok(()) => {}
+            Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(e) => delete_error = Some(FlowMapError::Read { map: name, op: "delete", message: e.to_string() }),
+        }
     }
-    Ok(())
+    match read_error.or(delete_error) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }

@@ -57,6 +57,8 @@ pub enum LoadError {
     FlowMaps(#[from] FlowMapError),
     #[error("opening cgroup2 root {path}: {source}")]
     CgroupRoot { path: PathBuf, source: std::io::Error },
+    #[error("running {name} with BPF_PROG_TEST_RUN (sampling the kernel clocks): {source}")]
+    TestRun { name: &'static str, source: Box<ProgramError> },
     #[error("attaching {name} to {path}: {source}; {hint}")]
     Attach { name: &'static str, path: PathBuf, source: Box<ProgramError>, hint: &'static str },
 }
@@ -79,11 +81,9 @@ pub struct Kernel {
     clock_samples: Array<MapData, ClockSample>,
 }
 
-/// Which optional parts came up, for logs and the status API.
+/// Which optional parts came up, for logs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Features {
-    /// Flow programs attached to the cgroup2 root.
-    pub flows: bool,
     /// cgroup mkdir/rmdir events (else identity relies on rescans).
     pub cgroup_events: bool,
 }
@@ -140,7 +140,7 @@ impl Kernel {
                 LoadError::Attach { name, path: cgroup_root.to_path_buf(), source: Box::new(source), hint }
             })?;
         }
-        let mut features = Features { flows: true, cgroup_events: true };
+        let mut features = Features { cgroup_events: true };
         for name in [programs::CGROUP_MKDIR, programs::CGROUP_RMDIR] {
             let prog: &mut BtfTracePoint = program(&mut self.ebpf, name)?;
             if let Err(e) = prog.attach() {
@@ -158,7 +158,7 @@ impl Kernel {
         // Any frame will do: the program only reads the clocks.
         let frame = [0u8; 64];
         prog.test_run(TestRunOptions { data_in: Some(&frame), ..Default::default() })
-            .map_err(|source| program_error(name, source))?;
+            .map_err(|source| LoadError::TestRun { name, source: Box::new(source) })?;
         self.clock_samples.get(&0, 0).map_err(|source| LoadError::Map { name: maps::CLOCK_SAMPLES, source })
     }
 

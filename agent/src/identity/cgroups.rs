@@ -5,7 +5,7 @@
 use std::{
     collections::HashMap,
     os::unix::fs::MetadataExt,
-    path::{Path, PathBuf},
+    path::PathBuf,
     time::{Duration, Instant},
 };
 
@@ -49,10 +49,6 @@ impl CgroupTable {
         Self { root: root.into(), entries: HashMap::new(), retention, last_scan: None }
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     /// Path (relative to the cgroup2 root, starting with '/') of a cgroup id.
     pub fn path(&self, id: u64) -> Option<&str> {
         self.entries.get(&id).map(|e| e.path.as_str())
@@ -72,10 +68,19 @@ impl CgroupTable {
         self.entries.insert(id, Entry { path, removed_at: None });
     }
 
-    /// A cgroup was removed: keep it resolvable for the retention period.
-    pub fn remove(&mut self, id: u64, path: &str, now: Instant) {
-        let entry = self.entries.entry(id).or_insert_with(|| Entry { path: path.to_string(), removed_at: None });
-        entry.removed_at = Some(now);
+    /// A cgroup was removed: keep it resolvable for the retention period. The
+    /// event's path (None when it was truncated) is used only for an id the
+    /// table did not know.
+    pub fn remove(&mut self, id: u64, path: Option<&str>, now: Instant) {
+        match self.entries.get_mut(&id) {
+            Some(e) => e.removed_at = Some(now),
+            None => {
+                if let Some(p) = path {
+                    let path = if p.starts_with('/') { p.to_string() } else { format!("/{p}") };
+                    self.entries.insert(id, Entry { path, removed_at: Some(now) });
+                }
+            }
+        }
     }
 
     /// Drops removed cgroups older than the retention period.
@@ -85,11 +90,15 @@ impl CgroupTable {
     }
 
     /// Walks the tree and records every cgroup's id. Entries already known are
-    /// refreshed; removed ones are kept until they expire.
+    /// refreshed; a complete walk also marks known cgroups it did not find as
+    /// removed (their rmdir event was lost or events are unavailable), so they
+    /// expire like the others.
     pub fn scan(&mut self, now: Instant) -> Result<ScanStats, CgroupScanError> {
         let root_id = std::fs::metadata(&self.root)
             .map_err(|source| CgroupScanError::Root { path: self.root.clone(), source })?
             .ino();
+        let mut seen = std::collections::HashSet::new();
+        seen.insert(root_id);
         self.insert(root_id, "/");
         let mut stats = ScanStats { cgroups: 1, ..Default::default() };
         let mut stack = vec![(self.root.clone(), String::new(), 0usize)];
@@ -110,9 +119,17 @@ impl CgroupTable {
                 let name = entry.file_name().to_string_lossy().into_owned();
                 let child = format!("{rel}/{name}");
                 self.insert(meta.ino(), &child);
+                seen.insert(meta.ino());
                 stats.cgroups += 1;
                 if depth + 1 < MAX_DEPTH {
                     stack.push((entry.path(), child, depth + 1));
+                }
+            }
+        }
+        if !stats.truncated && stats.unreadable == 0 {
+            for (id, e) in self.entries.iter_mut() {
+                if e.removed_at.is_none() && !seen.contains(id) {
+                    e.removed_at = Some(now);
                 }
             }
         }
@@ -153,11 +170,27 @@ mod tests {
     }
 
     #[test]
+    fn a_complete_scan_retires_cgroups_that_are_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a");
+        std::fs::create_dir(&a).unwrap();
+        let mut t = CgroupTable::new(dir.path(), Duration::from_secs(10));
+        let t0 = Instant::now();
+        t.scan(t0).unwrap();
+        let ino = std::fs::metadata(&a).unwrap().ino();
+        std::fs::remove_dir(&a).unwrap();
+        t.scan(t0).unwrap();
+        assert_eq!(t.path(ino), Some("/a"), "still resolvable during retention");
+        t.expire(t0 + Duration::from_secs(10));
+        assert_eq!(t.path(ino), None);
+    }
+
+    #[test]
     fn removed_cgroups_resolve_until_retention_expires() {
         let mut t = CgroupTable::new("/nonexistent", Duration::from_secs(10));
         let t0 = Instant::now();
         t.insert(42, "/kubepods/pod1");
-        t.remove(42, "/kubepods/pod1", t0);
+        t.remove(42, Some("/kubepods/pod1"), t0);
         t.expire(t0 + Duration::from_secs(9));
         assert_eq!(t.path(42), Some("/kubepods/pod1"));
         t.expire(t0 + Duration::from_secs(10));
@@ -167,8 +200,10 @@ mod tests {
     #[test]
     fn removal_of_unseen_cgroup_still_records_its_path() {
         let mut t = CgroupTable::new("/nonexistent", Duration::from_secs(10));
-        t.remove(7, "/short/lived", Instant::now());
+        t.remove(7, Some("/short/lived"), Instant::now());
         assert_eq!(t.path(7), Some("/short/lived"));
+        t.remove(8, None, Instant::now());
+        assert_eq!(t.path(8), None, "a truncated path is never stored");
     }
 
     #[test]

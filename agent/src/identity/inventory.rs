@@ -196,13 +196,11 @@ items:
         let web = &inv.pods[0];
         assert_eq!((web.namespace.as_str(), web.name.as_str()), ("shop", "web-7d4b9c"));
         assert_eq!(web.uid, "3f1b5d0e-8a2c-4f6e-9b7d-1c2e3f4a5b6c");
-        assert_eq!(web.labels.get("app").map(String::as_str), Some("web"));
         assert_eq!(
             web.ips,
             vec!["10.244.1.7".parse::<std::net::IpAddr>().unwrap(), "fd00:10:244:1::7".parse().unwrap()]
         );
         assert_eq!(web.qos, QosClass::Burstable);
-        assert_eq!(web.node, "node-1");
         assert_eq!(web.containers.len(), 1);
         assert_eq!(web.containers[0].id, "0f5e6d7c8b9a");
         assert_eq!(web.containers[0].runtime, ContainerRuntime::Containerd);

@@ -12,8 +12,8 @@ use crate::identity::{
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PodError {
-    #[error("pod has no metadata.uid")]
-    MissingUid,
+    #[error("pod {pod} has no metadata.uid")]
+    MissingUid { pod: String },
     #[error("pod {pod}: status.podIPs has an invalid IP {ip:?}")]
     BadIp { pod: String, ip: String },
     #[error("pod {pod}: containerID {id:?} is not <runtime>://<id>")]
@@ -23,10 +23,10 @@ pub enum PodError {
 /// Converts a Pod; an invalid field is an error naming the pod and the field.
 pub fn pod_meta(pod: &Pod) -> Result<PodMeta, PodError> {
     let md = &pod.metadata;
-    let uid = md.uid.clone().filter(|u| !u.is_empty()).ok_or(PodError::MissingUid)?;
     let namespace = md.namespace.clone().unwrap_or_else(|| "default".to_string());
     let name = md.name.clone().unwrap_or_default();
     let display = format!("{namespace}/{name}");
+    let uid = md.uid.clone().filter(|u| !u.is_empty()).ok_or_else(|| PodError::MissingUid { pod: display.clone() })?;
     let spec = pod.spec.as_ref();
     let status = pod.status.as_ref();
 
@@ -62,10 +62,8 @@ pub fn pod_meta(pod: &Pod) -> Result<PodMeta, PodError> {
         uid,
         namespace,
         name,
-        labels: md.labels.clone().unwrap_or_default(),
         ips,
         host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
-        node: spec.and_then(|s| s.node_name.clone()).unwrap_or_default(),
         qos: status.and_then(|s| s.qos_class.as_deref()).map(QosClass::from_status).unwrap_or_default(),
         containers,
         created: md.creation_timestamp.as_ref().map(time),

@@ -105,26 +105,52 @@ pub struct Resolver {
     pub cgroups: CgroupTable,
     pods: SharedPods,
     stats: IdentityStats,
+    /// Ids a rescan did not find, and when: not rescanned for again soon.
+    unresolvable: HashMap<u64, Instant>,
 }
+
+/// How long an id that no rescan found is left alone.
+const UNRESOLVABLE_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+/// Bound of the unresolvable-id memory.
+const MAX_UNRESOLVABLE: usize = 100_000;
 
 impl Resolver {
     pub fn new(cgroups: CgroupTable, pods: SharedPods) -> Self {
-        Self { cgroups, pods, stats: IdentityStats::default() }
+        Self { cgroups, pods, stats: IdentityStats::default(), unresolvable: HashMap::new() }
     }
 
     pub fn stats(&self) -> IdentityStats {
         self.stats
     }
 
-    /// Starts resolving one window: ids the events missed trigger at most one
-    /// rescan per call.
+    /// Starts resolving one window. Ids unknown to the table trigger at most
+    /// one rescan per second, and an id a rescan did not find is not looked
+    /// for again for a minute (a cgroup that vanished unseen stays vanished).
     pub fn window<'a>(&'a mut self, ids: impl IntoIterator<Item = u64>) -> WindowResolver<'a> {
         let now = Instant::now();
         self.cgroups.expire(now);
-        let missing = ids.into_iter().any(|id| self.cgroups.path(id).is_none());
-        if missing {
-            if let Some(Err(e)) = self.cgroups.rescan_if_stale(now, std::time::Duration::from_secs(1)) {
-                tracing::warn!(error = %e, "cgroup rescan failed");
+        self.pods.write().unwrap_or_else(|e| e.into_inner()).expire(std::time::SystemTime::now());
+        self.unresolvable.retain(|_, t| now.duration_since(*t) < UNRESOLVABLE_TTL);
+        let missing: Vec<u64> = ids
+            .into_iter()
+            .filter(|id| self.cgroups.path(*id).is_none() && !self.unresolvable.contains_key(id))
+            .collect();
+        if !missing.is_empty() {
+            // A tree walk: keep it off the async workers' toes.
+            match tokio::task::block_in_place(|| self.cgroups.rescan_if_stale(now, std::time::Duration::from_secs(1))) {
+                Some(Err(e)) => tracing::warn!(error = %e, "cgroup rescan failed"),
+                Some(Ok(stats)) if stats.truncated => {
+                    tracing::warn!(
+                        cgroups = stats.cgroups,
+                        "cgroup rescan stopped at its bound; some ids stay unresolved"
+                    )
+                }
+                _ => {}
+            }
+            for id in missing {
+                if self.cgroups.path(id).is_none() && self.unresolvable.len() < MAX_UNRESOLVABLE {
+                    self.unresolvable.insert(id, now);
+                }
             }
         }
         let pods = self.pods.read().unwrap_or_else(|e| e.into_inner());

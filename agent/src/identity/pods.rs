@@ -3,7 +3,7 @@
 //! pod for flows seen before the new one existed.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{HashMap, HashSet},
     net::IpAddr,
     time::{Duration, SystemTime},
 };
@@ -16,11 +16,9 @@ pub struct PodMeta {
     pub uid: String,
     pub namespace: String,
     pub name: String,
-    pub labels: BTreeMap<String, String>,
     pub ips: Vec<IpAddr>,
     /// Pods on the host network share the node's IP: not indexed by IP.
     pub host_network: bool,
-    pub node: String,
     pub qos: QosClass,
     pub containers: Vec<ContainerMeta>,
     /// metadata.creationTimestamp.

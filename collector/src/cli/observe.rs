@@ -48,7 +48,7 @@ pub struct ObserveArgs {
     /// Only records from this node (repeatable).
     #[arg(long = "node")]
     pub nodes: Vec<String>,
-    /// Stop after this many records (0 = run until interrupted).
+    /// Stop after printing this many records (0 = run until interrupted).
     #[arg(long, default_value_t = 0)]
     pub limit: u64,
 }
@@ -67,22 +67,21 @@ pub async fn run(args: ObserveArgs) -> Result<()> {
     if args.output == Output::Table {
         writeln!(stdout.lock(), "{}", format::TABLE_HEADER)?;
     }
-    let mut seen = 0u64;
+    let mut printed = 0u64;
     while let Some(msg) = stream.message().await.context("reading the Observe stream")? {
         let Some(record) = msg.record else { continue };
         let line = match args.output {
             Output::Json => Some(format::record_json(&record).to_string()),
             Output::Table => format::record_line(&record),
         };
-        if let Some(line) = line {
-            let mut out = stdout.lock();
-            // A closed pipe (`| head`) ends the command quietly.
-            if writeln!(out, "{line}").and_then(|_| out.flush()).is_err() {
-                return Ok(());
-            }
+        let Some(line) = line else { continue };
+        let mut out = stdout.lock();
+        // A closed pipe (`| head`) ends the command quietly.
+        if writeln!(out, "{line}").and_then(|_| out.flush()).is_err() {
+            return Ok(());
         }
-        seen += 1;
-        if args.limit > 0 && seen >= args.limit {
+        printed += 1;
+        if args.limit > 0 && printed >= args.limit {
             break;
         }
     }

@@ -1,0 +1,188 @@
+//! Batches waiting for the collector's acknowledgement, bounded in bytes.
+//! When a new batch does not fit, the oldest ones are dropped, and exactly
+//! what they held is counted (and reported in-band by later batches).
+
+use std::{collections::VecDeque, sync::Arc};
+
+use podlens_proto::v1::{self as pb, record::Kind};
+
+/// What a batch held: the units drops are reported in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Contents {
+    pub records: u64,
+    pub flow_records: u64,
+    pub flow_packets: u64,
+    pub flow_bytes: u64,
+}
+
+impl Contents {
+    pub fn of(batch: &pb::Batch) -> Self {
+        let mut c = Contents { records: batch.records.len() as u64, ..Default::default() };
+        for r in &batch.records {
+            if let Some(Kind::Flow(f)) = &r.kind {
+                c.flow_records += 1;
+                for d in [f.egress, f.ingress].into_iter().flatten() {
+                    c.flow_packets += d.packets;
+                    c.flow_bytes += d.bytes;
+                }
+            }
+        }
+        c
+    }
+}
+
+/// Everything dropped so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Dropped {
+    pub batches: u64,
+    pub bytes: u64,
+    pub contents: Contents,
+}
+
+struct Entry {
+    batch: Arc<pb::Batch>,
+    size: usize,
+    contents: Contents,
+}
+
+pub struct ExportBuffer {
+    entries: VecDeque<Entry>,
+    bytes: usize,
+    limit: usize,
+    pub dropped: Dropped,
+}
+
+impl ExportBuffer {
+    /// A buffer of at most `limit` encoded bytes.
+    pub fn new(limit: usize) -> Self {
+        Self { entries: VecDeque::new(), bytes: 0, limit, dropped: Dropped::default() }
+    }
+
+    fn drop_entry(&mut self, size: usize, contents: Contents) {
+        self.dropped.batches += 1;
+        self.dropped.bytes += size as u64;
+        let d = &mut self.dropped.contents;
+        d.records += contents.records;
+        d.flow_records += contents.flow_records;
+        d.flow_packets += contents.flow_packets;
+        d.flow_bytes += contents.flow_bytes;
+    }
+
+    /// Queues a batch, dropping the oldest ones while it does not fit. A batch
+    /// larger than the whole bound is dropped itself.
+    pub fn push(&mut self, batch: pb::Batch) {
+        let size = prost::Message::encoded_len(&batch);
+        let contents = Contents::of(&batch);
+        if size > self.limit {
+            self.drop_entry(size, contents);
+            return;
+        }
+        while self.bytes + size > self.limit {
+            let Some(old) = self.entries.pop_front() else { break };
+            self.bytes -= old.size;
+            self.drop_entry(old.size, old.contents);
+        }
+        self.bytes += size;
+        self.entries.push_back(Entry { batch: Arc::new(batch), size, contents });
+    }
+
+    /// Forgets every batch up to and including `sequence`; returns how many.
+    pub fn ack(&mut self, sequence: u64) -> usize {
+        let mut n = 0;
+        while self.entries.front().is_some_and(|e| e.batch.sequence <= sequence) {
+            if let Some(e) = self.entries.pop_front() {
+                self.bytes -= e.size;
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// The queued batches with a sequence above `sequence`, oldest first.
+    pub fn after(&self, sequence: u64) -> Vec<Arc<pb::Batch>> {
+        self.entries.iter().filter(|e| e.batch.sequence > sequence).map(|e| e.batch.clone()).collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(seq: u64, flows: u64) -> pb::Batch {
+        let flow = |i: u64| pb::Record {
+            node: "n".into(),
+            kind: Some(Kind::Flow(pb::FlowRecord {
+                egress: Some(pb::FlowCounts { bytes: 100 + i, packets: 2, ..Default::default() }),
+                ingress: Some(pb::FlowCounts { bytes: 10, packets: 1, ..Default::default() }),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        let mut records: Vec<pb::Record> = (0..flows).map(flow).collect();
+        records.push(pb::Record { kind: Some(Kind::Loss(pb::LossReport::default())), ..Default::default() });
+        pb::Batch { node: Some(pb::NodeIdentity { name: "n".into(), ..Default::default() }), sequence: seq, records }
+    }
+
+    #[test]
+    fn contents_count_flows_packets_and_bytes() {
+        let c = Contents::of(&batch(1, 3));
+        assert_eq!(c, Contents { records: 4, flow_records: 3, flow_packets: 9, flow_bytes: 100 + 101 + 102 + 30 });
+    }
+
+    #[test]
+    fn acks_free_the_oldest_and_replay_starts_after_the_ack() {
+        let mut b = ExportBuffer::new(1 << 20);
+        for seq in 1..=5 {
+            b.push(batch(seq, 2));
+        }
+        assert_eq!(b.after(0).iter().map(|x| x.sequence).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
+        assert_eq!(b.ack(3), 3);
+        assert_eq!(b.after(3).iter().map(|x| x.sequence).collect::<Vec<_>>(), [4, 5]);
+        assert_eq!(b.after(4).len(), 1);
+        assert_eq!(b.ack(3), 0, "acks are cumulative and idempotent");
+        assert_eq!(b.ack(9), 2);
+        assert!(b.is_empty() && b.bytes() == 0);
+        assert_eq!(b.dropped, Dropped::default());
+    }
+
+    #[test]
+    fn the_bound_drops_the_oldest_and_counts_exactly() {
+        let one = prost::Message::encoded_len(&batch(1, 5));
+        let mut b = ExportBuffer::new(one * 3 + one / 2);
+        let mut produced = Contents::default();
+        for seq in 1..=10 {
+            let x = batch(seq, 5);
+            let c = Contents::of(&x);
+            produced.flow_packets += c.flow_packets;
+            produced.flow_records += c.flow_records;
+            b.push(x);
+        }
+        assert_eq!(b.len(), 3, "only three fit");
+        assert!(b.bytes() <= one * 3 + one / 2);
+        assert_eq!(b.after(0).iter().map(|x| x.sequence).collect::<Vec<_>>(), [8, 9, 10]);
+        assert_eq!(b.dropped.batches, 7);
+        let kept: u64 = b.after(0).iter().map(|x| Contents::of(x).flow_packets).sum();
+        assert_eq!(kept + b.dropped.contents.flow_packets, produced.flow_packets, "kept + dropped = produced");
+        assert_eq!(b.dropped.contents.flow_records, 35);
+    }
+
+    #[test]
+    fn a_batch_larger_than_the_bound_is_dropped_itself() {
+        let mut b = ExportBuffer::new(10);
+        b.push(batch(1, 3));
+        assert!(b.is_empty());
+        assert_eq!((b.dropped.batches, b.dropped.contents.flow_records), (1, 3));
+    }
+}

@@ -1,0 +1,66 @@
+//! The exporter: batches go into a bounded buffer and are streamed to the
+//! collector, which acknowledges them; unacknowledged batches are replayed
+//! after a reconnect, and what the bound forces out is counted exactly.
+
+pub mod backoff;
+pub mod buffer;
+pub mod stream;
+
+use std::sync::{
+    atomic::{AtomicBool, AtomicU64, Ordering},
+    Arc, Mutex,
+};
+
+use podlens_proto::v1 as pb;
+use tokio::sync::Notify;
+
+use self::buffer::ExportBuffer;
+use crate::pipeline::Sink;
+
+/// State shared between the pipeline (producer), the stream task and the
+/// status/metrics readers.
+pub struct Exporter {
+    pub buffer: Mutex<ExportBuffer>,
+    pub notify: Notify,
+    pub connected: AtomicBool,
+    pub reconnects: AtomicU64,
+    pub acked: AtomicU64,
+}
+
+impl Exporter {
+    pub fn new(buffer_bytes: usize) -> Arc<Self> {
+        Arc::new(Self {
+            buffer: Mutex::new(ExportBuffer::new(buffer_bytes)),
+            notify: Notify::new(),
+            connected: AtomicBool::new(false),
+            reconnects: AtomicU64::new(0),
+            acked: AtomicU64::new(0),
+        })
+    }
+
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, ExportBuffer> {
+        self.buffer.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Acquire)
+    }
+}
+
+impl Sink for Exporter {
+    fn publish(&self, batch: pb::Batch) {
+        self.lock().push(batch);
+        self.notify.notify_one();
+    }
+
+    fn losses(&self) -> Vec<(&'static str, &'static str, u64)> {
+        let d = self.lock().dropped;
+        vec![
+            ("export", "dropped_batches", d.batches),
+            ("export", "dropped_records", d.contents.records),
+            ("export", "dropped_flow_records", d.contents.flow_records),
+            ("export", "dropped_flow_packets", d.contents.flow_packets),
+            ("export", "dropped_flow_bytes", d.contents.flow_bytes),
+        ]
+    }
+}

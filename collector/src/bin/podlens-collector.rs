@@ -1,0 +1,171 @@
+//! `podlens-collector`: receives every node's batches and serves consumers.
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, ValueEnum};
+use podlens_collector::{
+    auth::{ConsumerAuth, TokenFile},
+    hub::{Hub, DEFAULT_CONSUMER_BUFFER},
+    metrics::{self, MetricsState},
+    runtime::{init_logging, shutdown_signal},
+    server::{Listener, ListenerStats},
+    tls::{ClientAuth, ReloadingServerTls, ServerTlsFiles},
+};
+use tokio::sync::watch;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "podlens-collector",
+    version,
+    about = "podlens collector: ingests agent streams, serves Observe and Query"
+)]
+struct Args {
+    /// Consumer API (Observe, Query).
+    #[arg(long, env = "PODLENS_LISTEN", default_value = "0.0.0.0:7700")]
+    listen: SocketAddr,
+    /// Agent streams (Ingest).
+    #[arg(long, env = "PODLENS_INGEST_LISTEN", default_value = "0.0.0.0:7701")]
+    ingest_listen: SocketAddr,
+    /// /metrics, /healthz, /readyz.
+    #[arg(long, env = "PODLENS_METRICS_LISTEN", default_value = "0.0.0.0:9090")]
+    metrics_listen: SocketAddr,
+    /// Server certificate (PEM), for both gRPC listeners; reloaded when it changes.
+    #[arg(long, env = "PODLENS_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// Server private key (PEM).
+    #[arg(long, env = "PODLENS_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// CA bundle that signs agent client certificates (mTLS on the ingest listener).
+    #[arg(long, env = "PODLENS_AGENT_CA")]
+    agent_ca: Option<PathBuf>,
+    /// CA bundle that signs consumer client certificates.
+    #[arg(long, env = "PODLENS_CONSUMER_CA")]
+    consumer_ca: Option<PathBuf>,
+    /// Bearer tokens accepted from consumers, one per line; re-read when it changes.
+    #[arg(long, env = "PODLENS_CONSUMER_TOKEN_FILE")]
+    consumer_token_file: Option<PathBuf>,
+    /// No TLS on either listener (and no consumer authentication unless a token file is given).
+    #[arg(long, env = "PODLENS_INSECURE_PLAINTEXT")]
+    insecure_plaintext: bool,
+    /// Records buffered per Observe consumer before it is disconnected as too slow.
+    #[arg(long, env = "PODLENS_CONSUMER_BUFFER", default_value_t = DEFAULT_CONSUMER_BUFFER)]
+    consumer_buffer: usize,
+    /// Time consumers get to read the last records at shutdown.
+    #[arg(long, env = "PODLENS_SHUTDOWN_GRACE", default_value = "5", value_name = "SECONDS")]
+    shutdown_grace: u64,
+    #[arg(long, env = "PODLENS_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
+    #[arg(long, env = "PODLENS_LOG", default_value = "info")]
+    log: String,
+}
+
+struct Security {
+    ingest_tls: Option<Arc<ReloadingServerTls>>,
+    consumer_tls: Option<Arc<ReloadingServerTls>>,
+    consumer_auth: ConsumerAuth,
+}
+
+fn security(args: &Args) -> Result<Security> {
+    let tokens = match &args.consumer_token_file {
+        Some(p) => Some(Arc::new(TokenFile::load(p.clone())?)),
+        None => None,
+    };
+    if args.insecure_plaintext {
+        tracing::warn!("--insecure-plaintext: agent streams and consumer requests travel unencrypted and unauthenticated agents are accepted");
+        let consumer_auth = match tokens {
+            Some(t) => ConsumerAuth::new(Some(t), false),
+            None => {
+                tracing::warn!(
+                    "--insecure-plaintext without --consumer-token-file: anyone who reaches --listen can read flows"
+                );
+                ConsumerAuth::open()
+            }
+        };
+        return Ok(Security { ingest_tls: None, consumer_tls: None, consumer_auth });
+    }
+    let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
+        bail!("TLS needs --tls-cert and --tls-key (or --insecure-plaintext to run without TLS)");
+    };
+    let Some(agent_ca) = &args.agent_ca else {
+        bail!("--agent-ca is required: agents authenticate with client certificates signed by it");
+    };
+    if args.consumer_ca.is_none() && tokens.is_none() {
+        bail!("consumers must authenticate: give --consumer-ca, --consumer-token-file, or both");
+    }
+    let ingest = ServerTlsFiles {
+        cert: cert.clone(),
+        key: key.clone(),
+        client_ca: Some(agent_ca.clone()),
+        client_auth: ClientAuth::Required,
+    };
+    let consumer_client_auth = if args.consumer_ca.is_some() { ClientAuth::Optional } else { ClientAuth::None };
+    let consumers = ServerTlsFiles {
+        cert: cert.clone(),
+        key: key.clone(),
+        client_ca: args.consumer_ca.clone(),
+        client_auth: consumer_client_auth,
+    };
+    Ok(Security {
+        ingest_tls: Some(Arc::new(ReloadingServerTls::load(ingest)?)),
+        consumer_tls: Some(Arc::new(ReloadingServerTls::load(consumers)?)),
+        consumer_auth: ConsumerAuth::new(tokens, args.consumer_ca.is_some()),
+    })
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    init_logging(&args.log, args.log_format == LogFormat::Json)?;
+    let sec = security(&args)?;
+    let hub = Arc::new(Hub::new(args.consumer_buffer));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
+    let consumers = Listener::bind(args.listen).await?;
+    let ingest = Listener::bind(args.ingest_listen).await?;
+    let (consumer_stats, ingest_stats) = (Arc::new(ListenerStats::default()), Arc::new(ListenerStats::default()));
+    tracing::info!(
+        consumers = %consumers.local_addr()?, ingest = %ingest.local_addr()?, metrics = %args.metrics_listen,
+        tls = !args.insecure_plaintext, "podlens-collector serving"
+    );
+    let metrics_state = MetricsState {
+        hub: hub.clone(),
+        listeners: vec![("consumers", consumer_stats.clone()), ("ingest", ingest_stats.clone())],
+    };
+    let metrics_task = tokio::spawn(metrics::serve(args.metrics_listen, metrics_state, stopped(stop_rx.clone())));
+    let mut ingest_task =
+        tokio::spawn(ingest.serve_ingest(hub.clone(), sec.ingest_tls, ingest_stats, stopped(stop_rx.clone())));
+    let mut consumer_task = tokio::spawn(consumers.serve_consumers(
+        hub.clone(),
+        sec.consumer_auth,
+        sec.consumer_tls,
+        consumer_stats,
+        stopped(stop_rx.clone()),
+    ));
+
+    tokio::select! {
+        r = shutdown_signal() => r?,
+        r = &mut ingest_task => bail!("the ingest server stopped: {:?}", r),
+        r = &mut consumer_task => bail!("the consumer server stopped: {:?}", r),
+    }
+    stop_tx.send_replace(true);
+    hub.close_consumers();
+    let grace = Duration::from_secs(args.shutdown_grace);
+    match tokio::time::timeout(grace, consumer_task).await {
+        Ok(r) => r.context("consumer server")??,
+        Err(_) => tracing::warn!(?grace, "consumers still connected at the end of the grace period"),
+    }
+    let _ = tokio::time::timeout(grace, ingest_task).await;
+    let _ = tokio::time::timeout(grace, metrics_task).await;
+    tracing::info!("stopped");
+    Ok(())
+}

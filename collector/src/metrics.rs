@@ -1,0 +1,177 @@
+//! /metrics (Prometheus text format), /healthz and /readyz for the collector,
+//! built from the hub's state at scrape time.
+
+use std::{
+    net::SocketAddr,
+    sync::{atomic::Ordering, Arc},
+};
+
+use axum::{extract::State, http::StatusCode, response::IntoResponse, routing::get, Router};
+use prometheus_client::{
+    encoding::{text::encode, EncodeLabelSet},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+use crate::{hub::Hub, server::ListenerStats};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NodeLabel {
+    node: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LossLabel {
+    node: String,
+    source: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabel {
+    listener: String,
+}
+
+#[derive(Clone)]
+pub struct MetricsState {
+    pub hub: Arc<Hub>,
+    pub listeners: Vec<(&'static str, Arc<ListenerStats>)>,
+}
+
+fn counter(registry: &mut Registry, name: &str, help: &str, value: u64) {
+    let c: Counter = Counter::default();
+    c.inc_by(value);
+    registry.register(name, help, c);
+}
+
+fn gauge(registry: &mut Registry, name: &str, help: &str, value: i64) {
+    let g: Gauge = Gauge::default();
+    g.set(value);
+    registry.register(name, help, g);
+}
+
+/// The whole exposition, from a snapshot of the hub.
+pub fn render(state: &MetricsState) -> String {
+    let mut r = Registry::with_prefix("podlens_collector");
+    let hub = &state.hub;
+    let nodes = hub.nodes();
+    gauge(&mut r, "nodes", "Nodes that have sent at least one batch", nodes.len() as i64);
+    gauge(&mut r, "consumers", "Observe consumers connected", hub.consumers() as i64);
+    counter(
+        &mut r,
+        "consumers_dropped",
+        "Observe consumers disconnected for falling behind",
+        hub.stats.consumers_dropped.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut r,
+        "records_fanned_out",
+        "Records handed to Observe consumers",
+        hub.stats.records_fanned_out.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut r,
+        "batches_rejected",
+        "Batches rejected as invalid or undecodable",
+        hub.stats.batches_rejected.load(Ordering::Relaxed),
+    );
+    counter(&mut r, "talkers_dropped", "Flow records the top-talker view had no room for", hub.talkers_dropped());
+
+    let batches = Family::<NodeLabel, Counter>::default();
+    let records = Family::<NodeLabel, Counter>::default();
+    let duplicates = Family::<NodeLabel, Counter>::default();
+    let gaps = Family::<NodeLabel, Counter>::default();
+    let last = Family::<NodeLabel, Gauge>::default();
+    let losses = Family::<LossLabel, Counter>::default();
+    for n in &nodes {
+        let l = NodeLabel { node: n.identity.name.clone() };
+        batches.get_or_create(&l).inc_by(n.batches);
+        records.get_or_create(&l).inc_by(n.records);
+        duplicates.get_or_create(&l).inc_by(n.duplicates);
+        gaps.get_or_create(&l).inc_by(n.gaps);
+        last.get_or_create(&l).set((n.last_batch_unix_nano / 1_000_000_000) as i64);
+        for c in n.losses.iter().flat_map(|l| &l.counters) {
+            let label = LossLabel { node: n.identity.name.clone(), source: c.source.clone(), reason: c.reason.clone() };
+            losses.get_or_create(&label).inc_by(c.total);
+        }
+    }
+    r.register("batches", "Batches applied, per node", batches);
+    r.register("records", "Records applied, per node", records);
+    r.register("duplicate_batches", "Replayed batches discarded, per node", duplicates);
+    r.register("sequence_gaps", "Batches a node's agent dropped (never received), per node", gaps);
+    r.register("last_batch_timestamp_seconds", "When the node's last batch arrived", last);
+    r.register("node_losses", "The node's own loss counters (cumulative per agent run)", losses);
+
+    let tls = Family::<ListenerLabel, Counter>::default();
+    for (name, stats) in &state.listeners {
+        tls.get_or_create(&ListenerLabel { listener: name.to_string() })
+            .inc_by(stats.tls_rejected.load(Ordering::Relaxed));
+    }
+    r.register("tls_handshakes_rejected", "TLS handshakes that failed, per listener", tls);
+
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = encode(&mut out, &r);
+    out
+}
+
+async fn metrics(State(state): State<MetricsState>) -> impl IntoResponse {
+    ([("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")], render(&state))
+}
+
+async fn ok() -> impl IntoResponse {
+    (StatusCode::OK, "ok\n")
+}
+
+/// Serves /metrics, /healthz and /readyz until `shutdown` resolves.
+pub async fn serve(
+    addr: SocketAddr,
+    state: MetricsState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(ok))
+        .route("/readyz", get(ok))
+        .with_state(state);
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    use podlens_proto::v1 as pb;
+
+    use super::*;
+
+    #[test]
+    fn exposition_has_node_and_loss_series() {
+        let hub = Arc::new(Hub::new(16));
+        hub.ingest(pb::Batch {
+            node: Some(pb::NodeIdentity { name: "n1".into(), ..Default::default() }),
+            sequence: 1,
+            records: vec![pb::Record {
+                node: "n1".into(),
+                kind: Some(pb::record::Kind::Loss(pb::LossReport {
+                    counters: vec![pb::LossCounter {
+                        source: "kernel".into(),
+                        reason: "truncated".into(),
+                        total: 3,
+                        delta: 3,
+                    }],
+                })),
+                ..Default::default()
+            }],
+        })
+        .unwrap();
+        let text = render(&MetricsState { hub, listeners: vec![("ingest", Arc::new(ListenerStats::default()))] });
+        assert!(text.contains("podlens_collector_batches_total{node=\"n1\"} 1"), "{text}");
+        assert!(
+            text.contains("podlens_collector_node_losses_total{node=\"n1\",source=\"kernel\",reason=\"truncated\"} 3"),
+            "{text}"
+        );
+        assert!(text.contains("podlens_collector_nodes 1"), "{text}");
+        assert!(text.contains("podlens_collector_tls_handshakes_rejected_total{listener=\"ingest\"} 0"), "{text}");
+        assert!(text.trim_end().ends_with("# EOF"));
+    }
+}

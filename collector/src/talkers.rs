@@ -1,0 +1,201 @@
+//! Top talkers: flow bytes summed per (node, local workload, remote address,
+//! protocol) in one-minute buckets kept for a bounded time, with a bounded
+//! number of entries per bucket (what does not fit is counted).
+
+use std::collections::{HashMap, VecDeque};
+
+use podlens_proto::v1::{self as pb, record::Kind};
+
+const BUCKET_NS: u64 = 60_000_000_000;
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Key {
+    node: String,
+    cgroup_id: u64,
+    remote_ip: String,
+    protocol: u32,
+}
+
+#[derive(Clone, Debug)]
+struct Agg {
+    local: pb::Workload,
+    remote: pb::Peer,
+    bytes: u64,
+    packets: u64,
+    last_seen: u64,
+}
+
+struct Bucket {
+    start: u64,
+    flows: HashMap<Key, Agg>,
+}
+
+pub struct Talkers {
+    buckets: VecDeque<Bucket>,
+    retention_buckets: usize,
+    max_per_bucket: usize,
+    /// Flow records that did not fit a full bucket.
+    pub dropped: u64,
+}
+
+impl Talkers {
+    /// Keeps `retention_minutes` one-minute buckets of at most `max_per_bucket` entries.
+    pub fn new(retention_minutes: usize, max_per_bucket: usize) -> Self {
+        Self {
+            buckets: VecDeque::new(),
+            retention_buckets: retention_minutes.max(1),
+            max_per_bucket: max_per_bucket.max(1),
+            dropped: 0,
+        }
+    }
+
+    /// Adds the flow records of a batch received at `now` (Unix ns).
+    pub fn add(&mut self, records: &[pb::Record], now: u64) {
+        let start = now - now % BUCKET_NS;
+        if self.buckets.back().is_none_or(|b| b.start < start) {
+            self.buckets.push_back(Bucket { start, flows: HashMap::new() });
+            while self.buckets.len() > self.retention_buckets {
+                self.buckets.pop_front();
+            }
+        }
+        let Some(bucket) = self.buckets.back_mut() else { return };
+        for r in records {
+            let Some(Kind::Flow(f)) = &r.kind else { continue };
+            let (Some(local), Some(remote)) = (&f.local, &f.remote) else { continue };
+            let key = Key {
+                node: r.node.clone(),
+                cgroup_id: local.cgroup_id,
+                remote_ip: remote.ip.clone(),
+                protocol: f.protocol,
+            };
+            let bytes = f.egress.map_or(0, |c| c.bytes) + f.ingress.map_or(0, |c| c.bytes);
+            let packets = f.egress.map_or(0, |c| c.packets) + f.ingress.map_or(0, |c| c.packets);
+            if let Some(a) = bucket.flows.get_mut(&key) {
+                a.bytes += bytes;
+                a.packets += packets;
+                a.last_seen = a.last_seen.max(f.last_seen_unix_nano);
+                if a.remote.port != remote.port {
+                    a.remote.port = 0;
+                }
+                continue;
+            }
+            if bucket.flows.len() >= self.max_per_bucket {
+                self.dropped += 1;
+                continue;
+            }
+            let agg =
+                Agg { local: local.clone(), remote: remote.clone(), bytes, packets, last_seen: f.last_seen_unix_nano };
+            bucket.flows.insert(key, agg);
+        }
+    }
+
+    /// The `limit` largest by bytes since `since` (Unix ns), optionally only
+    /// for local pods in `namespaces`; and the oldest time still retained.
+    pub fn top(&self, limit: usize, namespaces: &[String], since: u64) -> (Vec<pb::TopTalker>, u64) {
+        let mut sum: HashMap<&Key, Agg> = HashMap::new();
+        for b in self.buckets.iter().filter(|b| b.start + BUCKET_NS > since) {
+            for (k, a) in &b.flows {
+                match sum.get_mut(k) {
+                    Some(s) => {
+                        s.bytes += a.bytes;
+                        s.packets += a.packets;
+                        s.last_seen = s.last_seen.max(a.last_seen);
+                        if s.remote.port != a.remote.port {
+                            s.remote.port = 0;
+                        }
+                    }
+                    None => {
+                        sum.insert(k, a.clone());
+                    }
+                }
+            }
+        }
+        let mut out: Vec<pb::TopTalker> = sum
+            .into_iter()
+            .filter(|(_, a)| {
+                namespaces.is_empty() || record_namespace(&a.local).is_some_and(|n| namespaces.contains(n))
+            })
+            .map(|(k, a)| pb::TopTalker {
+                node: k.node.clone(),
+                local: Some(a.local),
+                remote: Some(a.remote),
+                protocol: k.protocol,
+                bytes: a.bytes,
+                packets: a.packets,
+                last_seen_unix_nano: a.last_seen,
+            })
+            .collect();
+        out.sort_by(|a, b| b.bytes.cmp(&a.bytes).then_with(|| a.node.cmp(&b.node)));
+        out.truncate(limit);
+        (out, self.buckets.front().map_or(0, |b| b.start))
+    }
+}
+
+fn record_namespace(w: &pb::Workload) -> Option<&String> {
+    match &w.kind {
+        Some(pb::workload::Kind::Pod(p)) => Some(&p.namespace),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flow(ns: &str, cgroup: u64, remote: &str, port: u32, bytes: u64) -> pb::Record {
+        pb::Record {
+            node: "n1".into(),
+            kind: Some(Kind::Flow(pb::FlowRecord {
+                local: Some(pb::Workload {
+                    cgroup_id: cgroup,
+                    kind: Some(pb::workload::Kind::Pod(pb::PodRef {
+                        namespace: ns.into(),
+                        name: "p".into(),
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                }),
+                remote: Some(pb::Peer { ip: remote.into(), port, ..Default::default() }),
+                protocol: 6,
+                egress: Some(pb::FlowCounts { bytes, packets: 1, ..Default::default() }),
+                last_seen_unix_nano: 7,
+                ..Default::default()
+            })),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn sums_ranks_and_filters() {
+        let mut t = Talkers::new(15, 100);
+        let now = 10 * BUCKET_NS;
+        t.add(
+            &[flow("a", 1, "10.0.0.1", 80, 100), flow("a", 1, "10.0.0.1", 80, 50), flow("b", 2, "10.0.0.2", 443, 500)],
+            now,
+        );
+        t.add(&[flow("a", 1, "10.0.0.1", 8080, 25)], now + BUCKET_NS);
+        let (top, since) = t.top(10, &[], 0);
+        assert_eq!(since, now);
+        assert_eq!(top.len(), 2);
+        assert_eq!((top[0].bytes, top[0].remote.as_ref().unwrap().port), (500, 443));
+        assert_eq!((top[1].bytes, top[1].packets, top[1].remote.as_ref().unwrap().port), (175, 3, 0), "ports summed");
+        let (only_a, _) = t.top(10, &["a".to_string()], 0);
+        assert_eq!(only_a.len(), 1);
+        let (recent, _) = t.top(10, &[], now + BUCKET_NS);
+        assert_eq!(recent.len(), 1);
+        assert_eq!(recent[0].bytes, 25);
+        assert_eq!(t.top(1, &[], 0).0.len(), 1);
+    }
+
+    #[test]
+    fn retention_and_bounds() {
+        let mut t = Talkers::new(2, 1);
+        t.add(&[flow("a", 1, "x", 1, 1), flow("a", 2, "y", 1, 1)], 0);
+        assert_eq!(t.dropped, 1, "the second key did not fit");
+        t.add(&[flow("a", 3, "z", 1, 1)], BUCKET_NS);
+        t.add(&[flow("a", 4, "w", 1, 1)], 2 * BUCKET_NS);
+        let (top, since) = t.top(10, &[], 0);
+        assert_eq!(since, BUCKET_NS, "the first minute expired");
+        assert_eq!(top.len(), 2);
+    }
+}
