@@ -125,6 +125,7 @@ mod tests {
             namespaces: s(ns),
             pods: s(pods),
             kinds: kinds.iter().map(|k| *k as i32).collect(),
+            since_unix_nano: 0,
         })
         .unwrap()
     }

@@ -9,18 +9,24 @@ use podlens_proto::v1::{self as pb, ingest_server::Ingest};
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::hub::Hub;
+use crate::{
+    dedup::DedupStore,
+    hub::{Hub, IngestOutcome},
+};
 
 /// Largest batch accepted (encoded). Agents split windows well below this.
 pub const MAX_BATCH_BYTES: usize = 8 << 20;
 
 pub struct IngestService {
     hub: Arc<Hub>,
+    store: Option<Arc<DedupStore>>,
 }
 
 impl IngestService {
-    pub fn new(hub: Arc<Hub>) -> Self {
-        Self { hub }
+    /// With a store, what is admitted is written to disk before it is
+    /// published or acknowledged.
+    pub fn new(hub: Arc<Hub>, store: Option<Arc<DedupStore>>) -> Self {
+        Self { hub, store }
     }
 }
 
@@ -34,6 +40,7 @@ impl Ingest for IngestService {
         let peer = request.remote_addr();
         let mut inbound = request.into_inner();
         let hub = self.hub.clone();
+        let store = self.store.clone();
         let (tx, rx) = mpsc::channel::<Result<pb::Ack, Status>>(64);
         tokio::spawn(async move {
             let mut node = String::new();
@@ -58,9 +65,15 @@ impl Ingest for IngestService {
                         .await;
                     break;
                 }
-                match hub.ingest(batch) {
+                match hub.admit(&batch) {
                     Ok(outcome) => {
                         node = name;
+                        if let IngestOutcome::Accepted { .. } = outcome {
+                            if let (Some(store), Some(n)) = (&store, &batch.node) {
+                                store.admitted(n, batch.sequence).await;
+                            }
+                            hub.publish(batch);
+                        }
                         if tx.send(Ok(pb::Ack { sequence: outcome.acked() })).await.is_err() {
                             break;
                         }

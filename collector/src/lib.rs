@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod cli;
+pub mod dedup;
 pub mod filter;
 pub mod hub;
 pub mod ingest;

@@ -29,11 +29,14 @@ impl Observe for ObserveService {
 
     async fn observe(&self, request: Request<pb::ObserveRequest>) -> Result<Response<Self::ObserveStream>, Status> {
         let filter = Filter::from_request(request.get_ref()).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let sub = self.hub.subscribe(filter);
+        let sub = self.hub.subscribe(filter, request.get_ref().since_unix_nano);
         let stream = futures::stream::unfold(Some(sub), |state| async move {
             let mut sub = state?;
             match sub.recv().await {
-                Some(record) => Some((Ok(pb::ObserveResponse { record: Some(record) }), Some(sub))),
+                Some((record, origin)) => {
+                    let origin = Some((*origin).clone());
+                    Some((Ok(pb::ObserveResponse { record: Some(record), origin }), Some(sub)))
+                }
                 None if sub.lagged.load(Ordering::Acquire) => Some((
                     Err(Status::resource_exhausted(
                         "consumer fell behind its buffer and was disconnected; reconnect and read faster",

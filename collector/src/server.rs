@@ -18,6 +18,7 @@ use tonic::{service::Routes, transport::Server};
 
 use crate::{
     auth::ConsumerAuth,
+    dedup::DedupStore,
     hub::Hub,
     ingest::{IngestService, MAX_BATCH_BYTES},
     observe::ObserveService,
@@ -112,13 +113,14 @@ impl Listener {
     pub async fn serve_ingest(
         self,
         hub: Arc<Hub>,
+        store: Option<Arc<DedupStore>>,
         tls: Option<Arc<ReloadingServerTls>>,
         stats: Arc<ListenerStats>,
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) -> Result<(), ServeError> {
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<IngestServer<IngestService>>().await;
-        let ingest = IngestServer::new(IngestService::new(hub)).max_decoding_message_size(MAX_BATCH_BYTES);
+        let ingest = IngestServer::new(IngestService::new(hub, store)).max_decoding_message_size(MAX_BATCH_BYTES);
         let routes = Routes::new(health_service).add_service(reflection()?).add_service(ingest);
         self.serve(routes, tls, stats, shutdown).await
     }

@@ -9,6 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use podlens_collector::cli::connect::ConnectArgs;
 use podlens_proto::v1::{self as pb, observe_client::ObserveClient};
 
 /// Where the agent binary is: PODLENS_AGENT_BIN, else target/<profile>/podlens-agent.
@@ -130,15 +131,25 @@ impl Drop for Agent {
     }
 }
 
+/// A record and the batch it came from.
+pub type Observed = (pb::Record, Option<pb::Origin>);
+
 /// Records received from an Observe stream, collected by a background thread.
 pub struct Observer {
-    records: Arc<Mutex<Vec<pb::Record>>>,
+    records: Arc<Mutex<Vec<Observed>>>,
     error: Arc<Mutex<Option<String>>>,
     _thread: std::thread::JoinHandle<()>,
 }
 
 impl Observer {
+    /// Observe on a plaintext server without authentication (a standalone agent).
     pub fn connect(addr: SocketAddr, request: pb::ObserveRequest) -> Self {
+        let connect = ConnectArgs { server: format!("http://{addr}"), ..Default::default() };
+        Self::connect_with(connect, request)
+    }
+
+    /// Observe with any connection settings (TLS, token).
+    pub fn connect_with(connect: ConnectArgs, request: pb::ObserveRequest) -> Self {
         let records = Arc::new(Mutex::new(Vec::new()));
         let error = Arc::new(Mutex::new(None));
         let (r, e) = (records.clone(), error.clone());
@@ -147,12 +158,12 @@ impl Observer {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
             rt.block_on(async move {
                 let result = async {
-                    let mut client = ObserveClient::connect(format!("http://{addr}")).await?;
+                    let mut client = ObserveClient::new(connect.connect().await?);
                     let mut stream = client.observe(request).await?.into_inner();
                     let _ = ready_tx.send(());
                     while let Some(msg) = stream.message().await? {
                         if let Some(rec) = msg.record {
-                            r.lock().expect("lock").push(rec);
+                            r.lock().expect("lock").push((rec, msg.origin));
                         }
                     }
                     Ok::<(), Box<dyn std::error::Error>>(())
@@ -172,7 +183,17 @@ impl Observer {
     }
 
     pub fn records(&self) -> Vec<pb::Record> {
+        self.records.lock().expect("lock").iter().map(|(r, _)| r.clone()).collect()
+    }
+
+    /// Records with the batch each came from.
+    pub fn with_origins(&self) -> Vec<Observed> {
         self.records.lock().expect("lock").clone()
+    }
+
+    /// The stream's error, if it ended with one.
+    pub fn error(&self) -> Option<String> {
+        self.error.lock().expect("lock").clone()
     }
 
     /// Polls until `done(records)` holds or `timeout` passes; returns the records either way.

@@ -4,7 +4,9 @@
 
 pub mod agent;
 pub mod cluster;
+pub mod collector;
 pub mod kernel;
 pub mod packets;
+pub mod pki;
 pub mod privileged;
 pub mod records;

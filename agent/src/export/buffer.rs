@@ -31,7 +31,7 @@ impl Contents {
     }
 }
 
-/// Everything dropped so far.
+/// Batches and what they held: everything produced, or everything dropped.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Dropped {
     pub batches: u64,
@@ -49,23 +49,24 @@ pub struct ExportBuffer {
     entries: VecDeque<Entry>,
     bytes: usize,
     limit: usize,
+    /// Everything ever pushed, so consumers can check produced = received + dropped.
+    pub produced: Dropped,
     pub dropped: Dropped,
+}
+
+fn add(into: &mut Dropped, size: usize, c: Contents) {
+    into.batches += 1;
+    into.bytes += size as u64;
+    into.contents.records += c.records;
+    into.contents.flow_records += c.flow_records;
+    into.contents.flow_packets += c.flow_packets;
+    into.contents.flow_bytes += c.flow_bytes;
 }
 
 impl ExportBuffer {
     /// A buffer of at most `limit` encoded bytes.
     pub fn new(limit: usize) -> Self {
-        Self { entries: VecDeque::new(), bytes: 0, limit, dropped: Dropped::default() }
-    }
-
-    fn drop_entry(&mut self, size: usize, contents: Contents) {
-        self.dropped.batches += 1;
-        self.dropped.bytes += size as u64;
-        let d = &mut self.dropped.contents;
-        d.records += contents.records;
-        d.flow_records += contents.flow_records;
-        d.flow_packets += contents.flow_packets;
-        d.flow_bytes += contents.flow_bytes;
+        Self { entries: VecDeque::new(), bytes: 0, limit, produced: Dropped::default(), dropped: Dropped::default() }
     }
 
     /// Queues a batch, dropping the oldest ones while it does not fit. A batch
@@ -73,14 +74,15 @@ impl ExportBuffer {
     pub fn push(&mut self, batch: pb::Batch) {
         let size = prost::Message::encoded_len(&batch);
         let contents = Contents::of(&batch);
+        add(&mut self.produced, size, contents);
         if size > self.limit {
-            self.drop_entry(size, contents);
+            add(&mut self.dropped, size, contents);
             return;
         }
         while self.bytes + size > self.limit {
             let Some(old) = self.entries.pop_front() else { break };
             self.bytes -= old.size;
-            self.drop_entry(old.size, old.contents);
+            add(&mut self.dropped, old.size, old.contents);
         }
         self.bytes += size;
         self.entries.push_back(Entry { batch: Arc::new(batch), size, contents });
@@ -176,6 +178,8 @@ mod tests {
         let kept: u64 = b.after(0).iter().map(|x| Contents::of(x).flow_packets).sum();
         assert_eq!(kept + b.dropped.contents.flow_packets, produced.flow_packets, "kept + dropped = produced");
         assert_eq!(b.dropped.contents.flow_records, 35);
+        assert_eq!(b.produced.contents.flow_packets, produced.flow_packets);
+        assert_eq!(b.produced.batches, 10);
     }
 
     #[test]

@@ -54,13 +54,21 @@ impl Sink for Exporter {
     }
 
     fn losses(&self) -> Vec<(&'static str, &'static str, u64)> {
-        let d = self.lock().dropped;
+        let (d, p) = {
+            let b = self.lock();
+            (b.dropped, b.produced)
+        };
         vec![
             ("export", "dropped_batches", d.batches),
             ("export", "dropped_records", d.contents.records),
             ("export", "dropped_flow_records", d.contents.flow_records),
             ("export", "dropped_flow_packets", d.contents.flow_packets),
             ("export", "dropped_flow_bytes", d.contents.flow_bytes),
+            // What was produced before this report, so a consumer can check
+            // received + dropped = produced.
+            ("export_activity", "produced_batches", p.batches),
+            ("export_activity", "produced_records", p.contents.records),
+            ("export_activity", "produced_flow_packets", p.contents.flow_packets),
         ]
     }
 }

@@ -6,12 +6,14 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
 use podlens_collector::{
     auth::{ConsumerAuth, TokenFile},
-    hub::{Hub, DEFAULT_CONSUMER_BUFFER},
+    dedup::DedupStore,
+    hub::{Hub, DEFAULT_CONSUMER_BUFFER, DEFAULT_HISTORY_RECORDS},
     metrics::{self, MetricsState},
     runtime::{init_logging, shutdown_signal},
     server::{Listener, ListenerStats},
     tls::{ClientAuth, ReloadingServerTls, ServerTlsFiles},
 };
+use podlens_proto::v1 as pb;
 use tokio::sync::watch;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -54,6 +56,13 @@ struct Args {
     /// No TLS on either listener (and no consumer authentication unless a token file is given).
     #[arg(long, env = "PODLENS_INSECURE_PLAINTEXT")]
     insecure_plaintext: bool,
+    /// Directory for what must survive a restart (which batches were admitted, so
+    /// replays are not applied twice). Without it, that is kept in memory only.
+    #[arg(long, env = "PODLENS_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// Records kept for consumers that ask for recent history (Observe since).
+    #[arg(long, env = "PODLENS_HISTORY_RECORDS", default_value_t = DEFAULT_HISTORY_RECORDS)]
+    history_records: usize,
     /// Records buffered per Observe consumer before it is disconnected as too slow.
     #[arg(long, env = "PODLENS_CONSUMER_BUFFER", default_value_t = DEFAULT_CONSUMER_BUFFER)]
     consumer_buffer: usize,
@@ -124,7 +133,29 @@ async fn main() -> Result<()> {
     let args = Args::parse();
     init_logging(&args.log, args.log_format == LogFormat::Json)?;
     let sec = security(&args)?;
-    let hub = Arc::new(Hub::new(args.consumer_buffer));
+    let hub = Arc::new(Hub::with_history(args.consumer_buffer, args.history_records));
+    let store = match &args.state_dir {
+        Some(dir) => {
+            let (store, admitted) = DedupStore::open(dir)?;
+            for a in &admitted {
+                let node = pb::NodeIdentity {
+                    name: a.node.clone(),
+                    boot_id: a.boot_id.clone(),
+                    agent_epoch_unix_nano: a.agent_epoch_unix_nano,
+                    ..Default::default()
+                };
+                hub.restore(node, a.last_sequence);
+            }
+            tracing::info!(dir = %dir.display(), nodes = admitted.len(), "admitted-batch state loaded");
+            Some(store)
+        }
+        None => {
+            tracing::warn!(
+                "no --state-dir: after a restart, batches admitted before it can be applied again if replayed"
+            );
+            None
+        }
+    };
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
@@ -143,7 +174,7 @@ async fn main() -> Result<()> {
     };
     let metrics_task = tokio::spawn(metrics::serve(args.metrics_listen, metrics_state, stopped(stop_rx.clone())));
     let mut ingest_task =
-        tokio::spawn(ingest.serve_ingest(hub.clone(), sec.ingest_tls, ingest_stats, stopped(stop_rx.clone())));
+        tokio::spawn(ingest.serve_ingest(hub.clone(), store, sec.ingest_tls, ingest_stats, stopped(stop_rx.clone())));
     let mut consumer_task = tokio::spawn(consumers.serve_consumers(
         hub.clone(),
         sec.consumer_auth,

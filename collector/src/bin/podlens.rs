@@ -19,6 +19,10 @@ struct Cli {
 enum Command {
     /// Print live records as a table or JSON lines.
     Observe(cli::observe::ObserveArgs),
+    /// Nodes, their stream state and losses.
+    Status(cli::query::StatusArgs),
+    /// The largest flows over the recent past.
+    Talkers(cli::query::TalkersArgs),
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -26,5 +30,7 @@ async fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Observe(args) => cli::observe::run(args).await,
+        Command::Status(args) => cli::query::status(args).await,
+        Command::Talkers(args) => cli::query::talkers(args).await,
     }
 }

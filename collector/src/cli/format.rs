@@ -110,6 +110,56 @@ fn flow_json(f: &pb::FlowRecord) -> Value {
     })
 }
 
+/// `podlens status -o json`.
+pub fn status_json(s: &pb::StatusResponse) -> Value {
+    json!({
+        "version": s.version,
+        "consumers": s.consumers,
+        "consumers_dropped": s.consumers_dropped,
+        "batches_rejected": s.batches_rejected,
+        "nodes": s.nodes.iter().map(|n| {
+            let id = n.node.clone().unwrap_or_default();
+            json!({
+                "node": id.name, "boot_id": id.boot_id, "agent_epoch_unix_nano": id.agent_epoch_unix_nano,
+                "agent_version": id.agent_version, "last_sequence": n.last_sequence, "batches": n.batches,
+                "records": n.records, "duplicates": n.duplicates, "gaps": n.gaps,
+                "last_batch_unix_nano": n.last_batch_unix_nano,
+                "losses": n.losses.iter().flat_map(|l| &l.counters)
+                    .map(|c| json!({"source": c.source, "reason": c.reason, "total": c.total}))
+                    .collect::<Vec<_>>(),
+            })
+        }).collect::<Vec<_>>(),
+    })
+}
+
+/// `podlens talkers -o json`, one line per talker.
+pub fn talker_json(t: &pb::TopTalker) -> Value {
+    let local = t.local.clone().unwrap_or_default();
+    let remote = t.remote.clone().unwrap_or_default();
+    json!({
+        "node": t.node,
+        "local": {
+            "cgroup_path": local.cgroup_path,
+            "pod": match &local.kind { Some(workload::Kind::Pod(p)) => pod_json(p), _ => Value::Null },
+        },
+        "remote": {"ip": remote.ip, "port": remote.port, "pod": remote.pod.as_ref().map(pod_json).unwrap_or(Value::Null)},
+        "protocol": protocol_name(t.protocol),
+        "bytes": t.bytes,
+        "packets": t.packets,
+        "last_seen_unix_nano": t.last_seen_unix_nano,
+    })
+}
+
+/// The two ends of a talker, for the table.
+pub fn talker_ends(t: &pb::TopTalker) -> (String, String) {
+    let remote = t.remote.clone().unwrap_or_default();
+    let mut peer = if remote.port == 0 { remote.ip.clone() } else { endpoint(&remote.ip, remote.port, t.protocol) };
+    if let Some(p) = &remote.pod {
+        peer.push_str(&format!(" ({}/{})", p.namespace, p.name));
+    }
+    (who(&t.local.clone().unwrap_or_default()), peer)
+}
+
 /// Header of the table output.
 pub const TABLE_HEADER: &str = "NODE         LOCAL                              PROTO   LOCAL ADDR              REMOTE                                          TX BYTES/PKTS      RX BYTES/PKTS      FLAGS";
 

@@ -1,4 +1,6 @@
 //! The `podlens` command-line client.
 
+pub mod connect;
 pub mod format;
 pub mod observe;
+pub mod query;

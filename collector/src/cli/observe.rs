@@ -30,9 +30,8 @@ impl Kind {
 
 #[derive(Debug, clap::Args)]
 pub struct ObserveArgs {
-    /// Address of a standalone agent or a collector.
-    #[arg(long, env = "PODLENS_SERVER", default_value = "http://127.0.0.1:7700")]
-    pub server: String,
+    #[command(flatten)]
+    pub connect: super::connect::ConnectArgs,
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value = "table")]
     pub output: Output,
@@ -48,19 +47,25 @@ pub struct ObserveArgs {
     /// Only records from this node (repeatable).
     #[arg(long = "node")]
     pub nodes: Vec<String>,
+    /// Start with the records the server received this long ago and kept (e.g. 5m).
+    #[arg(long, value_parser = crate::runtime::parse_duration)]
+    pub since: Option<std::time::Duration>,
     /// Stop after printing this many records (0 = run until interrupted).
     #[arg(long, default_value_t = 0)]
     pub limit: u64,
 }
 
 pub async fn run(args: ObserveArgs) -> Result<()> {
-    let mut client =
-        ObserveClient::connect(args.server.clone()).await.with_context(|| format!("connecting to {}", args.server))?;
+    let mut client = ObserveClient::new(args.connect.connect().await?);
     let request = pb::ObserveRequest {
         nodes: args.nodes.clone(),
         namespaces: args.namespaces.clone(),
         pods: args.pods.clone(),
         kinds: args.kinds.iter().map(|k| k.to_pb() as i32).collect(),
+        since_unix_nano: args.since.map_or(0, |d| {
+            let since = std::time::SystemTime::now().checked_sub(d).unwrap_or(std::time::UNIX_EPOCH);
+            since.duration_since(std::time::UNIX_EPOCH).map_or(1, |t| (t.as_nanos() as u64).max(1))
+        }),
     };
     let mut stream = client.observe(request).await.context("starting Observe")?.into_inner();
     let stdout = std::io::stdout();

@@ -622,11 +622,27 @@ pub struct ObserveRequest {
     pub pods: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
     #[prost(enumeration = "RecordKind", repeated, tag = "4")]
     pub kinds: ::prost::alloc::vec::Vec<i32>,
+    /// Start with the retained records received since this time (Unix ns);
+    /// 0 = live records only. The server keeps a bounded history.
+    #[prost(uint64, tag = "5")]
+    pub since_unix_nano: u64,
+}
+/// Where a record came from: one batch of one agent run.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Origin {
+    #[prost(string, tag = "1")]
+    pub node: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "2")]
+    pub agent_epoch_unix_nano: u64,
+    #[prost(uint64, tag = "3")]
+    pub sequence: u64,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct ObserveResponse {
     #[prost(message, optional, tag = "1")]
     pub record: ::core::option::Option<Record>,
+    #[prost(message, optional, tag = "2")]
+    pub origin: ::core::option::Option<Origin>,
 }
 /// Generated client implementations.
 pub mod observe_client {
@@ -719,8 +735,13 @@ pub mod observe_client {
             self.inner = self.inner.max_encoding_message_size(limit);
             self
         }
-        /// Streams records as they arrive, filtered. A consumer that falls behind its
-        /// buffer is disconnected with RESOURCE_EXHAUSTED; it never slows ingest.
+        /// Streams records as they arrive, filtered, optionally starting with the
+        /// recent history the server keeps. A consumer that falls behind its buffer is
+        /// disconnected with RESOURCE_EXHAUSTED; it never slows ingest.
+        ///
+        /// Delivery is at most once per server run for live records. Across a
+        /// collector crash a record can be delivered again (an agent replays what was
+        /// not acknowledged); `origin` identifies the batch so consumers can tell.
         pub async fn observe(
             &mut self,
             request: impl tonic::IntoRequest<super::ObserveRequest>,
@@ -766,8 +787,13 @@ pub mod observe_server {
             >
             + std::marker::Send
             + 'static;
-        /// Streams records as they arrive, filtered. A consumer that falls behind its
-        /// buffer is disconnected with RESOURCE_EXHAUSTED; it never slows ingest.
+        /// Streams records as they arrive, filtered, optionally starting with the
+        /// recent history the server keeps. A consumer that falls behind its buffer is
+        /// disconnected with RESOURCE_EXHAUSTED; it never slows ingest.
+        ///
+        /// Delivery is at most once per server run for live records. Across a
+        /// collector crash a record can be delivered again (an agent replays what was
+        /// not acknowledged); `origin` identifies the batch so consumers can tell.
         async fn observe(
             &self,
             request: tonic::Request<super::ObserveRequest>,

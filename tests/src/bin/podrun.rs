@@ -52,6 +52,9 @@ enum Role {
         connect: SocketAddr,
         #[arg(long)]
         send: u64,
+        /// Pause this long after each 64 KiB written (a slow, long transfer).
+        #[arg(long, default_value_t = 0)]
+        pace_ms: u64,
     },
     /// `count` short connections sending `send` bytes each; prints the summed
     /// counters of all of them.
@@ -141,12 +144,19 @@ fn read_to_eof(s: &mut TcpStream) -> Result<u64> {
     }
 }
 
-fn write_n(s: &mut TcpStream, mut n: u64) -> Result<()> {
+fn write_n(s: &mut TcpStream, n: u64) -> Result<()> {
+    write_paced(s, n, 0)
+}
+
+fn write_paced(s: &mut TcpStream, mut n: u64, pace_ms: u64) -> Result<()> {
     let buf = [0x5au8; 65536];
     while n > 0 {
         let k = n.min(buf.len() as u64) as usize;
         s.write_all(&buf[..k])?;
         n -= k as u64;
+        if pace_ms > 0 {
+            std::thread::sleep(Duration::from_millis(pace_ms));
+        }
     }
     Ok(())
 }
@@ -194,9 +204,9 @@ fn tcp_server(listen: SocketAddr, conns: u64, reply: u64) -> Result<()> {
     Ok(())
 }
 
-fn tcp_client(connect: SocketAddr, send: u64) -> Result<()> {
+fn tcp_client(connect: SocketAddr, send: u64, pace_ms: u64) -> Result<()> {
     let mut s = TcpStream::connect(connect).with_context(|| format!("connect {connect}"))?;
-    write_n(&mut s, send)?;
+    write_paced(&mut s, send, pace_ms)?;
     s.shutdown(Shutdown::Write)?;
     let received = read_to_eof(&mut s)?;
     let info = tcp_info(&s)?;
@@ -278,7 +288,7 @@ fn main() -> Result<()> {
             bail!("exec {}: {err}", argv[0])
         }
         Role::TcpServer { listen, conns, reply } => tcp_server(listen, conns, reply),
-        Role::TcpClient { connect, send } => tcp_client(connect, send),
+        Role::TcpClient { connect, send, pace_ms } => tcp_client(connect, send, pace_ms),
         Role::TcpChurn { connect, count, send } => tcp_churn(connect, count, send),
         Role::UdpSend { to, count, size, bind, gap_us } => udp_send(to, count, size, bind, gap_us),
         Role::UdpRecv { listen, count, timeout_ms } => udp_recv(listen, count, timeout_ms),

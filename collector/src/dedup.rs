@@ -1,0 +1,196 @@
+//! The collector's durable memory of what it admitted: per node, the agent
+//! run and the last sequence. Written (atomically, fsynced) before a batch is
+//! published or acknowledged, so a restarted collector recognises the replays
+//! of batches it already admitted. Writes are grouped: every batch admitted
+//! while a write is under way goes into the next one.
+
+use std::{
+    collections::BTreeMap,
+    io::Write,
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+};
+
+use podlens_proto::v1 as pb;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{watch, Notify};
+
+const FILE: &str = "admitted.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DedupError {
+    #[error("state directory {path}: {source}")]
+    Dir { path: PathBuf, source: std::io::Error },
+    #[error("reading {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path} is not a podlens state file: {message}")]
+    Parse { path: PathBuf, message: String },
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Admitted {
+    pub node: String,
+    pub boot_id: String,
+    pub agent_epoch_unix_nano: u64,
+    pub last_sequence: u64,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct StateFile {
+    version: u32,
+    nodes: Vec<Admitted>,
+}
+
+pub struct DedupStore {
+    dir: PathBuf,
+    table: Mutex<BTreeMap<String, Admitted>>,
+    /// Bumped by every change; the writer publishes the highest it wrote.
+    generation: AtomicU64,
+    written: watch::Sender<u64>,
+    dirty: Notify,
+    pub write_errors: AtomicU64,
+}
+
+impl DedupStore {
+    /// Opens (creating) `dir` and loads what an earlier run admitted.
+    pub fn open(dir: &Path) -> Result<(Arc<Self>, Vec<Admitted>), DedupError> {
+        std::fs::create_dir_all(dir).map_err(|source| DedupError::Dir { path: dir.to_path_buf(), source })?;
+        let path = dir.join(FILE);
+        let nodes = match std::fs::read(&path) {
+            Ok(bytes) => {
+                let f: StateFile = serde_json::from_slice(&bytes)
+                    .map_err(|e| DedupError::Parse { path: path.clone(), message: e.to_string() })?;
+                f.nodes
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(source) => return Err(DedupError::Read { path, source }),
+        };
+        let table = nodes.iter().map(|a| (a.node.clone(), a.clone())).collect();
+        let (written, _) = watch::channel(0);
+        let store = Arc::new(Self {
+            dir: dir.to_path_buf(),
+            table: Mutex::new(table),
+            generation: AtomicU64::new(0),
+            written,
+            dirty: Notify::new(),
+            write_errors: AtomicU64::new(0),
+        });
+        tokio::spawn(writer(store.clone()));
+        Ok((store, nodes))
+    }
+
+    /// Records an admitted batch and waits until a write that includes it is
+    /// on disk. A failed write is logged and counted; the batch proceeds (an
+    /// unwritable disk costs duplicate detection after a restart, not data).
+    pub async fn admitted(&self, node: &pb::NodeIdentity, sequence: u64) {
+        let generation = {
+            let mut t = self.table.lock().unwrap_or_else(|e| e.into_inner());
+            t.insert(
+                node.name.clone(),
+                Admitted {
+                    node: node.name.clone(),
+                    boot_id: node.boot_id.clone(),
+                    agent_epoch_unix_nano: node.agent_epoch_unix_nano,
+                    last_sequence: sequence,
+                },
+            );
+            self.generation.fetch_add(1, Ordering::AcqRel) + 1
+        };
+        self.dirty.notify_one();
+        let mut rx = self.written.subscribe();
+        let _ = rx.wait_for(|w| *w >= generation).await;
+    }
+
+    fn snapshot(&self) -> (u64, Vec<u8>) {
+        let t = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        let generation = self.generation.load(Ordering::Acquire);
+        let file = StateFile { version: 1, nodes: t.values().cloned().collect() };
+        (generation, serde_json::to_vec(&file).unwrap_or_default())
+    }
+}
+
+/// Writes the table whenever it changed, as one atomic replace.
+async fn writer(store: Arc<DedupStore>) {
+    loop {
+        store.dirty.notified().await;
+        let (generation, bytes) = store.snapshot();
+        let dir = store.dir.clone();
+        let result = tokio::task::spawn_blocking(move || write_atomically(&dir, &bytes)).await;
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                store.write_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(dir = %store.dir.display(), error = %e, "writing the admitted-batch state failed");
+            }
+            Err(e) => tracing::error!(error = %e, "state writer task failed"),
+        }
+        store.written.send_replace(generation);
+        if store.generation.load(Ordering::Acquire) > generation {
+            store.dirty.notify_one();
+        }
+    }
+}
+
+fn write_atomically(dir: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = dir.join(format!("{FILE}.tmp"));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, dir.join(FILE))?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str, epoch: u64) -> pb::NodeIdentity {
+        pb::NodeIdentity { name: name.into(), boot_id: "b".into(), agent_epoch_unix_nano: epoch, ..Default::default() }
+    }
+
+    #[tokio::test]
+    async fn admitted_batches_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (store, loaded) = DedupStore::open(dir.path()).unwrap();
+            assert!(loaded.is_empty());
+            store.admitted(&node("a", 1), 5).await;
+            store.admitted(&node("b", 2), 9).await;
+            store.admitted(&node("a", 1), 6).await;
+        }
+        let (_, mut loaded) = DedupStore::open(dir.path()).unwrap();
+        loaded.sort_by(|x, y| x.node.cmp(&y.node));
+        assert_eq!(loaded.len(), 2);
+        assert_eq!((loaded[0].node.as_str(), loaded[0].last_sequence, loaded[0].agent_epoch_unix_nano), ("a", 6, 1));
+        assert_eq!((loaded[1].node.as_str(), loaded[1].last_sequence), ("b", 9));
+    }
+
+    #[tokio::test]
+    async fn concurrent_admissions_share_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = DedupStore::open(dir.path()).unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..50u64 {
+            let s = store.clone();
+            tasks.push(tokio::spawn(async move { s.admitted(&node(&format!("n{}", i % 5), 1), i).await }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let (_, loaded) = DedupStore::open(dir.path()).unwrap();
+        assert_eq!(loaded.len(), 5);
+        assert_eq!(store.write_errors.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_corrupt_state_file_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(FILE), "not json").unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let err = rt.block_on(async { DedupStore::open(dir.path()).err().unwrap() });
+        assert!(err.to_string().contains("admitted.json"), "{err}");
+    }
+}

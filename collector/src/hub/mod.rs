@@ -1,0 +1,400 @@
+//! The collector's core: admits node batches (deduplicated by node run and
+//! sequence), keeps per-node state, and publishes records to Observe
+//! consumers (see [`fanout`]) and to the top-talker view. Ingest never waits
+//! for a consumer.
+//!
+//! Admission and publication are separate steps so that a durable collector
+//! can persist what it admitted before anyone sees it (see `dedup`).
+
+mod fanout;
+
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+};
+
+pub use fanout::Subscription;
+use fanout::{History, Offer, Published, Subscriber};
+use podlens_proto::v1 as pb;
+
+use crate::{filter::Filter, talkers::Talkers};
+
+/// Records buffered per consumer before it counts as too slow.
+pub const DEFAULT_CONSUMER_BUFFER: usize = 131_072;
+/// Records kept for consumers that ask for recent history.
+pub const DEFAULT_HISTORY_RECORDS: usize = 100_000;
+
+/// What admission decided about one batch. `acked` is the node's cumulative
+/// acknowledgement: every sequence up to it is admitted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IngestOutcome {
+    Accepted {
+        records: usize,
+        acked: u64,
+    },
+    /// Already seen (a replay after reconnect): not applied again.
+    Duplicate {
+        acked: u64,
+    },
+}
+
+impl IngestOutcome {
+    pub fn acked(&self) -> u64 {
+        match self {
+            IngestOutcome::Accepted { acked, .. } | IngestOutcome::Duplicate { acked } => *acked,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum IngestError {
+    #[error("batch has no node identity")]
+    NoNode,
+    #[error("batch node.name is empty")]
+    EmptyNodeName,
+    #[error("batch sequence 0 is invalid (sequences start at 1)")]
+    ZeroSequence,
+}
+
+/// Per-node bookkeeping.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NodeState {
+    pub identity: pb::NodeIdentity,
+    /// Highest sequence admitted for the current agent run.
+    pub last_sequence: u64,
+    pub batches: u64,
+    pub records: u64,
+    pub duplicates: u64,
+    /// Sequences skipped (the agent reports what it dropped in-band).
+    pub gaps: u64,
+    /// When the last batch arrived, Unix ns.
+    pub last_batch_unix_nano: u64,
+    /// The node's latest loss report.
+    pub losses: Option<pb::LossReport>,
+}
+
+/// Counters of the hub itself.
+#[derive(Debug, Default)]
+pub struct HubStats {
+    pub consumers_dropped: AtomicU64,
+    pub records_fanned_out: AtomicU64,
+    pub batches_rejected: AtomicU64,
+}
+
+pub struct Hub {
+    nodes: Mutex<HashMap<String, NodeState>>,
+    /// Consumers and the history, under one lock: a new consumer gets the
+    /// history and then every later batch, with no gap and no repeat.
+    delivery: Mutex<(Vec<Subscriber>, History)>,
+    talkers: Mutex<Talkers>,
+    consumer_buffer: usize,
+    pub stats: HubStats,
+}
+
+fn now_unix_nanos() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
+impl Hub {
+    pub fn new(consumer_buffer: usize) -> Self {
+        Self::with_history(consumer_buffer, DEFAULT_HISTORY_RECORDS)
+    }
+
+    pub fn with_history(consumer_buffer: usize, history_records: usize) -> Self {
+        Self {
+            nodes: Mutex::new(HashMap::new()),
+            delivery: Mutex::new((Vec::new(), History::new(history_records))),
+            // 15 minutes, 50 000 talkers a minute
+            talkers: Mutex::new(Talkers::new(15, 50_000)),
+            consumer_buffer: consumer_buffer.max(1),
+            stats: HubStats::default(),
+        }
+    }
+
+    /// Restores what a previous run admitted, so its replays are recognised.
+    pub fn restore(&self, node: pb::NodeIdentity, last_sequence: u64) {
+        let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        let state = nodes.entry(node.name.clone()).or_default();
+        state.identity = node;
+        state.last_sequence = last_sequence;
+    }
+
+    /// Admits and publishes a batch (for callers that persist nothing).
+    pub fn ingest(&self, batch: pb::Batch) -> Result<IngestOutcome, IngestError> {
+        let outcome = self.admit(&batch)?;
+        if let IngestOutcome::Accepted { .. } = outcome {
+            self.publish(batch);
+        }
+        Ok(outcome)
+    }
+
+    /// Checks a batch and records it in the node's state; does not publish.
+    pub fn admit(&self, batch: &pb::Batch) -> Result<IngestOutcome, IngestError> {
+        let result = self.check_and_record(batch);
+        if result.is_err() {
+            self.stats.batches_rejected.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+
+    fn check_and_record(&self, batch: &pb::Batch) -> Result<IngestOutcome, IngestError> {
+        let node = batch.node.as_ref().ok_or(IngestError::NoNode)?;
+        if node.name.is_empty() {
+            return Err(IngestError::EmptyNodeName);
+        }
+        if batch.sequence == 0 {
+            return Err(IngestError::ZeroSequence);
+        }
+        let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        let state = nodes.entry(node.name.clone()).or_default();
+        let same_run = state.identity.agent_epoch_unix_nano == node.agent_epoch_unix_nano
+            && state.identity.boot_id == node.boot_id;
+        if same_run && batch.sequence <= state.last_sequence {
+            state.duplicates += 1;
+            return Ok(IngestOutcome::Duplicate { acked: state.last_sequence });
+        }
+        let expected = if same_run { state.last_sequence + 1 } else { 1 };
+        state.gaps += batch.sequence.saturating_sub(expected);
+        state.identity = node.clone();
+        state.last_sequence = batch.sequence;
+        state.batches += 1;
+        state.records += batch.records.len() as u64;
+        state.last_batch_unix_nano = now_unix_nanos();
+        let latest_loss = batch.records.iter().rev().find_map(|r| match &r.kind {
+            Some(pb::record::Kind::Loss(l)) => Some(l.clone()),
+            _ => None,
+        });
+        if latest_loss.is_some() {
+            state.losses = latest_loss;
+        }
+        Ok(IngestOutcome::Accepted { records: batch.records.len(), acked: state.last_sequence })
+    }
+
+    /// Hands an admitted batch's records to the top-talker view, the history
+    /// and every consumer.
+    pub fn publish(&self, batch: pb::Batch) {
+        let now = now_unix_nanos();
+        self.talkers.lock().unwrap_or_else(|e| e.into_inner()).add(&batch.records, now);
+        let node = batch.node.unwrap_or_default();
+        let published = Published {
+            origin: Arc::new(pb::Origin {
+                node: node.name,
+                agent_epoch_unix_nano: node.agent_epoch_unix_nano,
+                sequence: batch.sequence,
+            }),
+            records: Arc::new(batch.records),
+            at: now,
+        };
+        let mut delivery = self.delivery.lock().unwrap_or_else(|e| e.into_inner());
+        let (subs, history) = &mut *delivery;
+        history.push(&published);
+        subs.retain(|s| match s.offer(&published, self.consumer_buffer) {
+            Offer::Queued(n) => {
+                self.stats.records_fanned_out.fetch_add(n as u64, Ordering::Relaxed);
+                true
+            }
+            Offer::Closed => false,
+            Offer::Lagged => {
+                self.stats.consumers_dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(buffer = self.consumer_buffer, "observe consumer too slow; disconnecting it");
+                false
+            }
+        });
+    }
+
+    /// The `limit` top talkers (see [`Talkers::top`]).
+    pub fn top_talkers(&self, limit: usize, namespaces: &[String], since: u64) -> (Vec<pb::TopTalker>, u64) {
+        self.talkers.lock().unwrap_or_else(|e| e.into_inner()).top(limit, namespaces, since)
+    }
+
+    /// Flow records the top-talker view could not keep.
+    pub fn talkers_dropped(&self) -> u64 {
+        self.talkers.lock().unwrap_or_else(|e| e.into_inner()).dropped
+    }
+
+    /// A new consumer; with `since` > 0 it first gets the retained records
+    /// published since then (Unix ns).
+    pub fn subscribe(&self, filter: Filter, since: u64) -> Subscription {
+        let (sub, subscription) = Subscriber::new(filter);
+        let mut delivery = self.delivery.lock().unwrap_or_else(|e| e.into_inner());
+        let (subs, history) = &mut *delivery;
+        if since > 0 {
+            for b in history.since(since) {
+                // The history is bounded, so it fits any sane buffer; an
+                // over-long history is cut by the usual bound.
+                if let Offer::Lagged | Offer::Closed = sub.offer(b, usize::MAX) {
+                    break;
+                }
+            }
+        }
+        subs.push(sub);
+        subscription
+    }
+
+    /// Ends every consumer's stream once it has taken what is queued (shutdown).
+    pub fn close_consumers(&self) {
+        self.delivery.lock().unwrap_or_else(|e| e.into_inner()).0.clear();
+    }
+
+    pub fn consumers(&self) -> usize {
+        self.delivery.lock().unwrap_or_else(|e| e.into_inner()).0.len()
+    }
+
+    pub fn nodes(&self) -> Vec<NodeState> {
+        self.nodes.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(node: &str, epoch: u64, seq: u64, n: usize) -> pb::Batch {
+        pb::Batch {
+            node: Some(pb::NodeIdentity { name: node.into(), agent_epoch_unix_nano: epoch, ..Default::default() }),
+            sequence: seq,
+            records: (0..n)
+                .map(|_| pb::Record {
+                    node: node.into(),
+                    kind: Some(pb::record::Kind::Loss(Default::default())),
+                    ..Default::default()
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn duplicates_are_discarded_per_node_run() {
+        let hub = Hub::new(16);
+        assert_eq!(hub.ingest(batch("a", 1, 1, 2)), Ok(IngestOutcome::Accepted { records: 2, acked: 1 }));
+        assert_eq!(hub.ingest(batch("a", 1, 2, 1)), Ok(IngestOutcome::Accepted { records: 1, acked: 2 }));
+        assert_eq!(hub.ingest(batch("a", 1, 2, 1)), Ok(IngestOutcome::Duplicate { acked: 2 }));
+        assert_eq!(hub.ingest(batch("a", 1, 1, 2)), Ok(IngestOutcome::Duplicate { acked: 2 }));
+        // another node with the same sequence is not a duplicate
+        assert_eq!(hub.ingest(batch("b", 1, 1, 1)), Ok(IngestOutcome::Accepted { records: 1, acked: 1 }));
+        // a restarted agent starts again at 1
+        assert_eq!(hub.ingest(batch("a", 2, 1, 1)), Ok(IngestOutcome::Accepted { records: 1, acked: 1 }));
+        let a = hub.nodes().into_iter().find(|n| n.identity.name == "a").unwrap();
+        assert_eq!((a.batches, a.records, a.duplicates, a.gaps), (3, 4, 2, 0));
+    }
+
+    #[test]
+    fn one_batch_larger_than_the_buffer_is_not_slowness() {
+        let hub = Hub::new(100);
+        let mut sub = hub.subscribe(Filter::default(), 0);
+        hub.ingest(batch("a", 1, 1, 250)).unwrap();
+        assert!(!sub.lagged.load(Ordering::Acquire), "nothing was queued: the whole batch is taken");
+        let mut got = 0;
+        while sub.try_recv().is_some() {
+            got += 1;
+        }
+        assert_eq!(got, 250);
+        hub.ingest(batch("a", 1, 2, 100)).unwrap();
+        assert!(!sub.lagged.load(Ordering::Acquire));
+        let mut got = 0;
+        while sub.try_recv().is_some() {
+            got += 1;
+        }
+        assert_eq!(got, 100);
+        // taking records frees the buffer again
+        hub.ingest(batch("a", 1, 3, 100)).unwrap();
+        assert!(!sub.lagged.load(Ordering::Acquire));
+        assert_eq!(hub.consumers(), 1);
+    }
+
+    #[test]
+    fn gaps_are_counted() {
+        let hub = Hub::new(16);
+        hub.ingest(batch("a", 1, 1, 0)).unwrap();
+        assert_eq!(hub.ingest(batch("a", 1, 5, 0)).unwrap().acked(), 5);
+        assert_eq!(hub.nodes()[0].gaps, 3);
+    }
+
+    #[test]
+    fn invalid_batches_are_rejected() {
+        let hub = Hub::new(16);
+        assert_eq!(hub.ingest(pb::Batch::default()), Err(IngestError::NoNode));
+        assert_eq!(hub.ingest(batch("", 1, 1, 0)), Err(IngestError::EmptyNodeName));
+        assert_eq!(hub.ingest(batch("a", 1, 0, 0)), Err(IngestError::ZeroSequence));
+        assert_eq!(hub.stats.batches_rejected.load(Ordering::Relaxed), 3);
+        assert!(hub.nodes().is_empty());
+    }
+
+    #[test]
+    fn slow_consumer_is_dropped_without_blocking_ingest() {
+        let hub = Hub::new(4);
+        let mut slow = hub.subscribe(Filter::default(), 0);
+        let mut fast = hub.subscribe(Filter::default(), 0);
+        for seq in 1..=3 {
+            hub.ingest(batch("a", 1, seq, 2)).unwrap();
+            while fast.try_recv().is_some() {}
+        }
+        assert!(slow.lagged.load(Ordering::Acquire));
+        assert!(!fast.lagged.load(Ordering::Acquire));
+        assert_eq!(hub.consumers(), 1);
+        let mut got = 0;
+        while slow.try_recv().is_some() {
+            got += 1;
+        }
+        assert_eq!(got, 4, "the slow consumer keeps what was buffered");
+        assert_eq!(hub.stats.consumers_dropped.load(Ordering::Relaxed), 1);
+    }
+}
+
+#[cfg(test)]
+mod history_tests {
+    use super::*;
+
+    fn batch(seq: u64, n: usize) -> pb::Batch {
+        pb::Batch {
+            node: Some(pb::NodeIdentity { name: "a".into(), agent_epoch_unix_nano: 7, ..Default::default() }),
+            sequence: seq,
+            records: (0..n)
+                .map(|_| pb::Record {
+                    node: "a".into(),
+                    kind: Some(pb::record::Kind::Loss(Default::default())),
+                    ..Default::default()
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_late_consumer_gets_the_history_then_live_records_with_origins() {
+        let hub = Hub::with_history(1000, 5);
+        hub.ingest(batch(1, 3)).unwrap();
+        hub.ingest(batch(2, 3)).unwrap();
+        let mut late = hub.subscribe(Filter::default(), 1);
+        let mut live_only = hub.subscribe(Filter::default(), 0);
+        hub.ingest(batch(3, 1)).unwrap();
+        let seqs: Vec<u64> = std::iter::from_fn(|| late.try_recv()).map(|(_, o)| o.sequence).collect();
+        // history bounded to 5 records: batch 1 was evicted when batch 2 arrived
+        assert_eq!(seqs, [2, 2, 2, 3]);
+        let live: Vec<u64> = std::iter::from_fn(|| live_only.try_recv()).map(|(_, o)| o.sequence).collect();
+        assert_eq!(live, [3]);
+        let (_, origin) = hub.subscribe(Filter::default(), 1).try_recv().unwrap();
+        assert_eq!((origin.node.as_str(), origin.agent_epoch_unix_nano), ("a", 7));
+    }
+
+    #[test]
+    fn admission_without_publication_still_deduplicates() {
+        let hub = Hub::new(16);
+        let mut sub = hub.subscribe(Filter::default(), 0);
+        assert_eq!(hub.admit(&batch(1, 1)), Ok(IngestOutcome::Accepted { records: 1, acked: 1 }));
+        assert_eq!(hub.admit(&batch(1, 1)), Ok(IngestOutcome::Duplicate { acked: 1 }));
+        assert!(sub.try_recv().is_none(), "admitted, not yet published");
+        hub.publish(batch(1, 1));
+        assert!(sub.try_recv().is_some());
+    }
+
+    #[test]
+    fn restored_state_recognises_replays() {
+        let hub = Hub::new(16);
+        hub.restore(pb::NodeIdentity { name: "a".into(), agent_epoch_unix_nano: 7, ..Default::default() }, 5);
+        assert_eq!(hub.ingest(batch(5, 1)), Ok(IngestOutcome::Duplicate { acked: 5 }));
+        assert_eq!(hub.ingest(batch(6, 1)), Ok(IngestOutcome::Accepted { records: 1, acked: 6 }));
+    }
+}
