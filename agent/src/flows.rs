@@ -158,6 +158,7 @@ fn flow_record(key: &FlowKey, agg: &FlowAgg, clock: &Clock, ids: &mut WindowReso
         first_seen_unix_nano: clock.unix_nanos(agg.first_seen_ns),
         last_seen_unix_nano: last,
         overflow: agg.overflow,
+        local_index: 0,
     }
 }
 

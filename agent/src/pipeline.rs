@@ -196,7 +196,8 @@ impl Pipeline {
         while rest.peek().is_some() {
             let chunk: Vec<pb::Record> = rest.by_ref().take(MAX_RECORDS_PER_BATCH).collect();
             self.sequence += 1;
-            self.sink.publish(pb::Batch { node: Some(self.node.clone()), sequence: self.sequence, records: chunk });
+            // each pod's identity travels once per batch
+            self.sink.publish(podlens_proto::compact::compact(self.node.clone(), self.sequence, chunk));
         }
         n
     }

@@ -1,6 +1,9 @@
 //! Observe filters: which records a consumer asked for.
 
-use podlens_proto::v1::{self as pb, record::Kind, workload};
+use podlens_proto::{
+    compact::Tables,
+    v1::{self as pb, record::Kind, workload},
+};
 
 /// A parsed [`pb::ObserveRequest`]. Empty lists match everything.
 #[derive(Clone, Debug, Default)]
@@ -36,8 +39,14 @@ impl Filter {
         Ok(Self { nodes: req.nodes.clone(), namespaces: req.namespaces.clone(), pods: req.pods.clone(), kinds })
     }
 
+    /// Whether a standalone record matches.
     pub fn matches(&self, r: &pb::Record) -> bool {
-        if !self.nodes.is_empty() && !self.nodes.contains(&r.node) {
+        self.matches_in(r, &Tables::default())
+    }
+
+    /// Whether a record of a batch (with its identity tables) matches.
+    pub fn matches_in(&self, r: &pb::Record, t: &Tables<'_>) -> bool {
+        if !self.nodes.is_empty() && !self.nodes.iter().any(|n| n == t.node(r)) {
             return false;
         }
         if !self.kinds.is_empty() && !kind_of(r).is_some_and(|k| self.kinds.contains(&k)) {
@@ -46,7 +55,7 @@ impl Filter {
         if self.namespaces.is_empty() && self.pods.is_empty() {
             return true;
         }
-        let Some(pod) = local_pod(r) else {
+        let Some(pod) = local_pod(r, t) else {
             // Node-wide records (losses) are about every pod of the node.
             return matches!(r.kind, Some(Kind::Loss(_)));
         };
@@ -68,9 +77,9 @@ pub fn kind_of(r: &pb::Record) -> Option<pb::RecordKind> {
 }
 
 /// The pod a record belongs to (its local side), if any.
-pub fn local_pod(r: &pb::Record) -> Option<&pb::PodRef> {
+pub fn local_pod<'a>(r: &'a pb::Record, t: &Tables<'a>) -> Option<&'a pb::PodRef> {
     match r.kind.as_ref()? {
-        Kind::Flow(f) => match f.local.as_ref()?.kind.as_ref()? {
+        Kind::Flow(f) => match t.local(f)?.kind.as_ref()? {
             workload::Kind::Pod(p) => Some(p),
             workload::Kind::Host(_) => None,
         },

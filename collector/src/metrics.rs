@@ -162,6 +162,7 @@ mod tests {
                 })),
                 ..Default::default()
             }],
+            ..Default::default()
         })
         .unwrap();
         let text = render(&MetricsState { hub, listeners: vec![("ingest", Arc::new(ListenerStats::default()))] });

@@ -2,22 +2,31 @@
 //! protocol) in one-minute buckets kept for a bounded time, with a bounded
 //! number of entries per bucket (what does not fit is counted).
 
-use std::collections::{HashMap, VecDeque};
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::Arc,
+};
 
-use podlens_proto::v1::{self as pb, record::Kind};
+use podlens_proto::{
+    compact::Tables,
+    v1::{self as pb, record::Kind},
+};
 
 const BUCKET_NS: u64 = 60_000_000_000;
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+/// Copy-only, so a lookup allocates nothing: the node is interned, the
+/// address parsed (an unparsable one keys as unspecified, but keeps its text).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct Key {
-    node: String,
+    node: u32,
     cgroup_id: u64,
-    remote_ip: String,
+    remote_ip: std::net::IpAddr,
     protocol: u32,
 }
 
 #[derive(Clone, Debug)]
 struct Agg {
+    node: Arc<str>,
     local: pb::Workload,
     remote: pb::Peer,
     bytes: u64,
@@ -31,6 +40,7 @@ struct Bucket {
 }
 
 pub struct Talkers {
+    nodes: HashMap<Arc<str>, u32>,
     buckets: VecDeque<Bucket>,
     retention_buckets: usize,
     max_per_bucket: usize,
@@ -42,6 +52,7 @@ impl Talkers {
     /// Keeps `retention_minutes` one-minute buckets of at most `max_per_bucket` entries.
     pub fn new(retention_minutes: usize, max_per_bucket: usize) -> Self {
         Self {
+            nodes: HashMap::new(),
             buckets: VecDeque::new(),
             retention_buckets: retention_minutes.max(1),
             max_per_bucket: max_per_bucket.max(1),
@@ -50,7 +61,7 @@ impl Talkers {
     }
 
     /// Adds the flow records of a batch received at `now` (Unix ns).
-    pub fn add(&mut self, records: &[pb::Record], now: u64) {
+    pub fn add(&mut self, records: &[pb::Record], tables: &Tables<'_>, now: u64) {
         let start = now - now % BUCKET_NS;
         if self.buckets.back().is_none_or(|b| b.start < start) {
             self.buckets.push_back(Bucket { start, flows: HashMap::new() });
@@ -61,11 +72,17 @@ impl Talkers {
         let Some(bucket) = self.buckets.back_mut() else { return };
         for r in records {
             let Some(Kind::Flow(f)) = &r.kind else { continue };
-            let (Some(local), Some(remote)) = (&f.local, &f.remote) else { continue };
+            let (Some(local), Some(remote)) = (tables.local(f), &f.remote) else { continue };
+            let node_name = tables.node(r);
+            let next = self.nodes.len() as u32;
+            let node = match self.nodes.get(node_name) {
+                Some(n) => *n,
+                None => *self.nodes.entry(Arc::from(node_name)).or_insert(next),
+            };
             let key = Key {
-                node: r.node.clone(),
+                node,
                 cgroup_id: local.cgroup_id,
-                remote_ip: remote.ip.clone(),
+                remote_ip: remote.ip.parse().unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
                 protocol: f.protocol,
             };
             let bytes = f.egress.map_or(0, |c| c.bytes) + f.ingress.map_or(0, |c| c.bytes);
@@ -83,8 +100,11 @@ impl Talkers {
                 self.dropped += 1;
                 continue;
             }
-            let agg =
-                Agg { local: local.clone(), remote: remote.clone(), bytes, packets, last_seen: f.last_seen_unix_nano };
+            let mut remote = remote.clone();
+            remote.pod = tables.remote_pod(f).cloned();
+            remote.pod_index = 0;
+            let node = self.nodes.get_key_value(node_name).map_or_else(|| Arc::from(node_name), |(k, _)| k.clone());
+            let agg = Agg { node, local: local.clone(), remote, bytes, packets, last_seen: f.last_seen_unix_nano };
             bucket.flows.insert(key, agg);
         }
     }
@@ -92,7 +112,7 @@ impl Talkers {
     /// The `limit` largest by bytes since `since` (Unix ns), optionally only
     /// for local pods in `namespaces`; and the oldest time still retained.
     pub fn top(&self, limit: usize, namespaces: &[String], since: u64) -> (Vec<pb::TopTalker>, u64) {
-        let mut sum: HashMap<&Key, Agg> = HashMap::new();
+        let mut sum: HashMap<Key, Agg> = HashMap::new();
         for b in self.buckets.iter().filter(|b| b.start + BUCKET_NS > since) {
             for (k, a) in &b.flows {
                 match sum.get_mut(k) {
@@ -105,7 +125,7 @@ impl Talkers {
                         }
                     }
                     None => {
-                        sum.insert(k, a.clone());
+                        sum.insert(*k, a.clone());
                     }
                 }
             }
@@ -116,7 +136,7 @@ impl Talkers {
                 namespaces.is_empty() || record_namespace(&a.local).is_some_and(|n| namespaces.contains(n))
             })
             .map(|(k, a)| pb::TopTalker {
-                node: k.node.clone(),
+                node: a.node.to_string(),
                 local: Some(a.local),
                 remote: Some(a.remote),
                 protocol: k.protocol,
@@ -171,9 +191,10 @@ mod tests {
         let now = 10 * BUCKET_NS;
         t.add(
             &[flow("a", 1, "10.0.0.1", 80, 100), flow("a", 1, "10.0.0.1", 80, 50), flow("b", 2, "10.0.0.2", 443, 500)],
+            &Tables::default(),
             now,
         );
-        t.add(&[flow("a", 1, "10.0.0.1", 8080, 25)], now + BUCKET_NS);
+        t.add(&[flow("a", 1, "10.0.0.1", 8080, 25)], &Tables::default(), now + BUCKET_NS);
         let (top, since) = t.top(10, &[], 0);
         assert_eq!(since, now);
         assert_eq!(top.len(), 2);
@@ -188,12 +209,30 @@ mod tests {
     }
 
     #[test]
+    fn compacted_batches_resolve_their_references() {
+        let mut r = flow("a", 1, "10.0.0.1", 80, 100);
+        if let Some(Kind::Flow(f)) = &mut r.kind {
+            f.remote.as_mut().unwrap().pod =
+                Some(pb::PodRef { uid: "u".into(), name: "peer".into(), ..Default::default() });
+        }
+        let batch =
+            podlens_proto::compact::compact(pb::NodeIdentity { name: "n1".into(), ..Default::default() }, 1, vec![r]);
+        let mut t = Talkers::new(15, 100);
+        t.add(&batch.records, &Tables::of(&batch), 0);
+        let (top, _) = t.top(10, &["a".to_string()], 0);
+        assert_eq!(top.len(), 1);
+        assert_eq!(top[0].node, "n1");
+        assert_eq!(top[0].remote.as_ref().and_then(|p| p.pod.as_ref()).map(|p| p.name.as_str()), Some("peer"));
+        assert_eq!(top[0].local.as_ref().map(|w| w.cgroup_id), Some(1));
+    }
+
+    #[test]
     fn retention_and_bounds() {
         let mut t = Talkers::new(2, 1);
-        t.add(&[flow("a", 1, "x", 1, 1), flow("a", 2, "y", 1, 1)], 0);
+        t.add(&[flow("a", 1, "x", 1, 1), flow("a", 2, "y", 1, 1)], &Tables::default(), 0);
         assert_eq!(t.dropped, 1, "the second key did not fit");
-        t.add(&[flow("a", 3, "z", 1, 1)], BUCKET_NS);
-        t.add(&[flow("a", 4, "w", 1, 1)], 2 * BUCKET_NS);
+        t.add(&[flow("a", 3, "z", 1, 1)], &Tables::default(), BUCKET_NS);
+        t.add(&[flow("a", 4, "w", 1, 1)], &Tables::default(), 2 * BUCKET_NS);
         let (top, since) = t.top(10, &[], 0);
         assert_eq!(since, BUCKET_NS, "the first minute expired");
         assert_eq!(top.len(), 2);

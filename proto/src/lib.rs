@@ -9,10 +9,11 @@
 //! record kinds are new `oneof` members, which older readers skip. So a newer
 //! agent talks to an older collector and the reverse.
 
-#![allow(clippy::all, missing_docs)]
+pub mod compact;
 
 /// podlens.v1
 pub mod v1 {
+    #![allow(clippy::all, missing_docs)]
     include!("gen/podlens.v1.rs");
 
     /// Encoded FileDescriptorSet of the schema, for gRPC reflection.

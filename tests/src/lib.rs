@@ -9,4 +9,5 @@ pub mod kernel;
 pub mod packets;
 pub mod pki;
 pub mod privileged;
+pub mod raw;
 pub mod records;

@@ -384,6 +384,7 @@ fn fake_batch(node: &str, seq: u64, records: usize, pad: usize) -> pb::Batch {
                 ..Default::default()
             })
             .collect(),
+        ..Default::default()
     }
 }
 
@@ -454,54 +455,14 @@ fn bad_certificates_and_bad_messages_are_refused_and_others_keep_being_served() 
 
 /// A gRPC message whose bytes are not a Batch.
 async fn raw_garbage(c: &Collector, tls: podlens_collector::tls::ClientTlsFiles) -> Result<(), String> {
-    use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
-
-    #[derive(Default)]
-    struct Raw;
-    struct RawEnc;
-    struct RawDec;
-    impl Encoder for RawEnc {
-        type Item = Vec<u8>;
-        type Error = tonic::Status;
-        fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
-            use bytes::BufMut;
-            dst.put_slice(&item);
-            Ok(())
-        }
-    }
-    impl Decoder for RawDec {
-        type Item = Vec<u8>;
-        type Error = tonic::Status;
-        fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
-            use bytes::Buf;
-            let mut v = vec![0; src.remaining()];
-            src.copy_to_slice(&mut v);
-            Ok(Some(v))
-        }
-    }
-    impl Codec for Raw {
-        type Encode = Vec<u8>;
-        type Decode = Vec<u8>;
-        type Encoder = RawEnc;
-        type Decoder = RawDec;
-        fn encoder(&mut self) -> RawEnc {
-            RawEnc
-        }
-        fn decoder(&mut self) -> RawDec {
-            RawDec
-        }
-    }
     let endpoint = tonic::transport::Endpoint::from_shared(format!("https://localhost:{}", c.ingest.port()))
         .map_err(|e| e.to_string())?
         .tls_config(tls.tonic_config().map_err(|e| e.to_string())?)
         .map_err(|e| e.to_string())?;
     let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
-    let mut grpc = tonic::client::Grpc::new(channel);
-    grpc.ready().await.map_err(|e| e.to_string())?;
-    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/podlens.v1.Ingest/Stream");
     let garbage = vec![0xff, 0xff, 0xff, 0xff, 0x0f, 0x12, 0x34];
-    let req = tonic::Request::new(tokio_stream::iter(vec![garbage]));
-    let mut stream = grpc.streaming(req, path, Raw).await.map_err(|s| format!("{:?}", s.code()))?.into_inner();
+    let mut stream =
+        podlens_e2e::raw::ingest_stream(channel, vec![garbage]).await.map_err(|s| format!("{:?}", s.code()))?;
     match stream.message().await {
         Ok(Some(_)) => Ok(()),
         Ok(None) => Err("closed".into()),

@@ -47,7 +47,7 @@ enum Task {
     Test,
     /// Benchmarks (release build, root): ratios against a baseline measured in the same run.
     Bench {
-        /// Which benchmark: `flows`.
+        /// Which benchmark: `flows` or `stream`.
         which: String,
         /// Interleaved repetitions.
         #[arg(long, default_value_t = 7)]
@@ -147,10 +147,13 @@ fn demo(seconds: u64, output: &str) -> Result<()> {
 }
 
 fn bench(which: &str, reps: usize) -> Result<()> {
-    if which != "flows" {
-        bail!("unknown benchmark {which:?}: available: flows");
+    if !["flows", "stream"].contains(&which) {
+        bail!("unknown benchmark {which:?}: available: flows, stream");
     }
-    cargo(&["build", "--release", "-p", "podlens-agent", "-p", "podlens-e2e", "--bins"], &[])?;
+    cargo(
+        &["build", "--release", "-p", "podlens-agent", "-p", "podlens-collector", "-p", "podlens-e2e", "--bins"],
+        &[],
+    )?;
     let bin = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root().join("target"))

@@ -134,7 +134,12 @@ mod tests {
         };
         let mut records: Vec<pb::Record> = (0..flows).map(flow).collect();
         records.push(pb::Record { kind: Some(Kind::Loss(pb::LossReport::default())), ..Default::default() });
-        pb::Batch { node: Some(pb::NodeIdentity { name: "n".into(), ..Default::default() }), sequence: seq, records }
+        pb::Batch {
+            node: Some(pb::NodeIdentity { name: "n".into(), ..Default::default() }),
+            sequence: seq,
+            records,
+            ..Default::default()
+        }
     }
 
     #[test]

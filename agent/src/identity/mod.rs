@@ -189,6 +189,7 @@ impl WindowResolver<'_> {
             port: port.into(),
             pod: self.pods.pod_by_ip(ip, at).map(|p| pod_ref(p, None)),
             fqdn: String::new(),
+            pod_index: 0,
         }
     }
 }

@@ -269,6 +269,7 @@ mod tests {
                 first_seen_unix_nano: 5,
                 last_seen_unix_nano: 6,
                 overflow: false,
+                local_index: 0,
             })),
         }
     }

@@ -11,18 +11,27 @@ use std::{
     },
 };
 
-use podlens_proto::v1 as pb;
+use podlens_proto::{compact::Tables, v1 as pb};
 use tokio::sync::mpsc;
 
 use crate::filter::Filter;
 
-/// One published batch, shared.
+/// One published batch, shared: its records (which may refer to the
+/// batch's identity tables) and those tables.
 #[derive(Clone)]
 pub(crate) struct Published {
     pub records: Arc<Vec<pb::Record>>,
+    pub workloads: Arc<Vec<pb::Workload>>,
+    pub pods: Arc<Vec<pb::PodRef>>,
     pub origin: Arc<pb::Origin>,
     /// When the hub published it, Unix ns.
     pub at: u64,
+}
+
+impl Published {
+    pub(crate) fn tables(&self) -> Tables<'_> {
+        Tables { node: &self.origin.node, workloads: &self.workloads, pods: &self.pods }
+    }
 }
 
 struct Queued {
@@ -61,8 +70,14 @@ impl Subscriber {
     /// nothing queued always takes the next batch, however large: only falling
     /// behind counts as slowness.
     pub(crate) fn offer(&self, batch: &Published, bound: usize) -> Offer {
-        let selected: Vec<u32> =
-            batch.records.iter().enumerate().filter(|(_, r)| self.filter.matches(r)).map(|(i, _)| i as u32).collect();
+        let tables = batch.tables();
+        let selected: Vec<u32> = batch
+            .records
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| self.filter.matches_in(r, &tables))
+            .map(|(i, _)| i as u32)
+            .collect();
         if selected.is_empty() {
             return if self.tx.is_closed() { Offer::Closed } else { Offer::Queued(0) };
         }
@@ -113,11 +128,15 @@ impl Subscription {
         }
     }
 
+    /// A standalone copy of the next selected record: consumers never see
+    /// the batch's references.
     fn next_buffered(&mut self) -> Option<(pb::Record, Arc<pb::Origin>)> {
         let (batch, selected) = self.current.as_mut()?;
         let i = selected.next()?;
         self.buffered.fetch_sub(1, Ordering::AcqRel);
-        Some((batch.records.get(i as usize)?.clone(), batch.origin.clone()))
+        let mut record = batch.records.get(i as usize)?.clone();
+        batch.tables().resolve(&mut record);
+        Some((record, batch.origin.clone()))
     }
 }
 

@@ -18,7 +18,7 @@ use std::{
 
 pub use fanout::Subscription;
 use fanout::{History, Offer, Published, Subscriber};
-use podlens_proto::v1 as pb;
+use podlens_proto::{compact::Tables, v1 as pb};
 
 use crate::{filter::Filter, talkers::Talkers};
 
@@ -57,6 +57,8 @@ pub enum IngestError {
     EmptyNodeName,
     #[error("batch sequence 0 is invalid (sequences start at 1)")]
     ZeroSequence,
+    #[error("batch {sequence}: {source}")]
+    BadReference { sequence: u64, source: podlens_proto::compact::BadReference },
 }
 
 /// Per-node bookkeeping.
@@ -148,6 +150,9 @@ impl Hub {
         if batch.sequence == 0 {
             return Err(IngestError::ZeroSequence);
         }
+        Tables::of(batch)
+            .check(&batch.records)
+            .map_err(|source| IngestError::BadReference { sequence: batch.sequence, source })?;
         let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
         let state = nodes.entry(node.name.clone()).or_default();
         let same_run = state.identity.agent_epoch_unix_nano == node.agent_epoch_unix_nano
@@ -177,7 +182,7 @@ impl Hub {
     /// and every consumer.
     pub fn publish(&self, batch: pb::Batch) {
         let now = now_unix_nanos();
-        self.talkers.lock().unwrap_or_else(|e| e.into_inner()).add(&batch.records, now);
+        self.talkers.lock().unwrap_or_else(|e| e.into_inner()).add(&batch.records, &Tables::of(&batch), now);
         let node = batch.node.unwrap_or_default();
         let published = Published {
             origin: Arc::new(pb::Origin {
@@ -186,6 +191,8 @@ impl Hub {
                 sequence: batch.sequence,
             }),
             records: Arc::new(batch.records),
+            workloads: Arc::new(batch.workloads),
+            pods: Arc::new(batch.pods),
             at: now,
         };
         let mut delivery = self.delivery.lock().unwrap_or_else(|e| e.into_inner());
@@ -263,6 +270,7 @@ mod tests {
                     ..Default::default()
                 })
                 .collect(),
+            ..Default::default()
         }
     }
 
@@ -359,6 +367,7 @@ mod history_tests {
                     ..Default::default()
                 })
                 .collect(),
+            ..Default::default()
         }
     }
 

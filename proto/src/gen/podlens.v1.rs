@@ -87,6 +87,10 @@ pub struct Peer {
     /// Reserved for the DNS name the local pod resolved this IP from.
     #[prost(string, tag = "4")]
     pub fqdn: ::prost::alloc::string::String,
+    /// Within a Batch only: 1-based index into Batch.pods standing for `pod`
+    /// (0: `pod` is set, or unknown). Consumers always receive `pod` itself.
+    #[prost(uint32, tag = "5")]
+    pub pod_index: u32,
 }
 /// Kubernetes QoS class, from the pod's cgroup (and the pod status when known).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
@@ -204,6 +208,11 @@ pub struct FlowRecord {
     /// Part of the counts came through the overflow path (the kernel flow map was full).
     #[prost(bool, tag = "10")]
     pub overflow: bool,
+    /// Within a Batch only: 1-based index into Batch.workloads standing for
+    /// `local`, so a pod's identity travels once per batch (0: `local` is set).
+    /// Consumers always receive `local` itself.
+    #[prost(uint32, tag = "11")]
+    pub local_index: u32,
 }
 /// One loss or error counter. Counters are cumulative for one agent run
 /// (NodeIdentity.agent_epoch_unix_nano); delta is the increase in this window.
@@ -229,7 +238,7 @@ pub struct LossReport {
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct Record {
-    /// Node that produced the record.
+    /// Node that produced the record (empty inside a Batch: the batch's node).
     #[prost(string, tag = "1")]
     pub node: ::prost::alloc::string::String,
     /// The window the record covers, Unix nanoseconds.
@@ -290,8 +299,14 @@ pub struct Batch {
     /// counters (source "export").
     #[prost(uint64, tag = "2")]
     pub sequence: u64,
+    /// Records may leave `node` empty (it is this batch's node) and refer to the
+    /// identities below by index instead of repeating them.
     #[prost(message, repeated, tag = "3")]
     pub records: ::prost::alloc::vec::Vec<Record>,
+    #[prost(message, repeated, tag = "4")]
+    pub workloads: ::prost::alloc::vec::Vec<Workload>,
+    #[prost(message, repeated, tag = "5")]
+    pub pods: ::prost::alloc::vec::Vec<PodRef>,
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Ack {

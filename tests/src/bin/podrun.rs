@@ -65,6 +65,9 @@ enum Role {
         count: u64,
         #[arg(long, default_value_t = 10)]
         send: u64,
+        /// At most this many connections per second (0 = as fast as possible).
+        #[arg(long, default_value_t = 0)]
+        rate: u64,
     },
     /// Send `count` datagrams of `size` payload bytes.
     UdpSend {
@@ -217,9 +220,14 @@ fn tcp_client(connect: SocketAddr, send: u64, pace_ms: u64) -> Result<()> {
     Ok(())
 }
 
-fn tcp_churn(connect: SocketAddr, count: u64, send: u64) -> Result<()> {
+fn tcp_churn(connect: SocketAddr, count: u64, send: u64, rate: u64) -> Result<()> {
     let mut sum = [0u64; 4];
+    let start = Instant::now();
     for i in 0..count {
+        if rate > 0 {
+            let due = start + Duration::from_secs_f64(i as f64 / rate as f64);
+            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        }
         let mut s = TcpStream::connect(connect).with_context(|| format!("connection {i} to {connect}"))?;
         write_n(&mut s, send)?;
         s.shutdown(Shutdown::Write)?;
@@ -289,7 +297,7 @@ fn main() -> Result<()> {
         }
         Role::TcpServer { listen, conns, reply } => tcp_server(listen, conns, reply),
         Role::TcpClient { connect, send, pace_ms } => tcp_client(connect, send, pace_ms),
-        Role::TcpChurn { connect, count, send } => tcp_churn(connect, count, send),
+        Role::TcpChurn { connect, count, send, rate } => tcp_churn(connect, count, send, rate),
         Role::UdpSend { to, count, size, bind, gap_us } => udp_send(to, count, size, bind, gap_us),
         Role::UdpRecv { listen, count, timeout_ms } => udp_recv(listen, count, timeout_ms),
     }

@@ -41,6 +41,15 @@ enum Bench {
         #[arg(long)]
         programs_only: bool,
     },
+    /// Collector ingest rate, agent export CPU, bytes on the wire per record.
+    Stream {
+        /// Interleaved repetitions (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        /// Seconds per ingest measurement.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -177,9 +186,12 @@ fn throughput(reps: usize, seconds: u64) -> Result<()> {
     Ok(())
 }
 
+mod stream;
+
 fn main() -> Result<()> {
     require_root();
     match Cli::parse().bench {
+        Bench::Stream { reps, seconds } => stream::run(reps, seconds),
         Bench::Flows { reps, runs, iperf_seconds, programs_only } => {
             program_costs(reps, runs)?;
             if programs_only {
