@@ -99,6 +99,10 @@ fn bad_inputs_get_clear_errors_naming_the_input() {
         (vec!["--standalone".into(), "--flow-map-entries".into(), "12".into()], "--flow-map-entries"),
         (vec!["--standalone".into(), "--listen".into(), "localhost".into()], "--listen"),
         (vec!["--standalone".into(), "--log".into(), "podlens=[".into()], "--log"),
+        (vec!["--standalone".into(), "--listen".into(), "0.0.0.0:0".into()], "--consumer-token-file"),
+        (vec!["--collector".into(), "http://127.0.0.1:1".into()], "--insecure-plaintext"),
+        (vec!["--collector".into(), "https://127.0.0.1:1".into()], "--tls-ca"),
+        (vec!["--collector".into(), "ftp://x".into()], "https://"),
         (vec![], "--standalone"),
     ];
     for (args, needle) in cases {

@@ -524,3 +524,41 @@ fn collector_and_standalone_views_agree() {
     assert_eq!(packets(&r, &a, &t), packets(&lr, &a, &t));
     assert!(flows(&r).count() > 0);
 }
+
+/// The agent reads its certificate files at every connection attempt: an
+/// agent whose certificate is refused recovers once the files are replaced.
+#[test]
+fn the_agent_picks_up_a_rotated_certificate() {
+    let env = Env::new("agentrot");
+    let (_node, a, b, inventory) = two_pods(&env);
+    let collector = Collector::start_tls(&env.pki, &env.dir, &[]);
+    // the agent starts with a certificate the collector does not trust
+    let cert = env.dir.join("node.crt");
+    let key = env.dir.join("node.key");
+    std::fs::copy(&env.pki.rogue_agent.cert, &cert).unwrap();
+    std::fs::copy(&env.pki.rogue_agent.key, &key).unwrap();
+    let s = |p: &std::path::Path| p.display().to_string();
+    let flags = vec![
+        "--collector".to_string(),
+        format!("https://localhost:{}", collector.ingest.port()),
+        "--tls-ca".into(),
+        s(&env.pki.ca),
+        "--tls-cert".into(),
+        s(&cert),
+        "--tls-key".into(),
+        s(&key),
+        "--pods-file".into(),
+        s(&inventory),
+    ];
+    let _agent = start_agent(&env, "node-1", &flags);
+    let o = Observer::connect_with(env.consumer(&collector), pb::ObserveRequest::default());
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(o.records().is_empty(), "a refused certificate delivers nothing");
+    // the Secret is updated
+    std::fs::copy(&env.pki.agent.cert, &cert).unwrap();
+    std::fs::copy(&env.pki.agent.key, &key).unwrap();
+    let (local, out, inn) = transfer(&a, &b, 9800, 5_000);
+    let t = client_tuple(local, &b, 9800);
+    let records = o.wait_until(Duration::from_secs(45), |r| packets(r, &a, &t) == (out, inn));
+    assert_eq!(packets(&records, &a, &t), (out, inn), "after the rotation the stream carries everything, replayed");
+}
