@@ -41,21 +41,10 @@ pub struct AgentArgs {
     #[arg(long, env = "PODLENS_COLLECTOR")]
     pub collector: Option<String>,
 
-    /// CA bundle that signs the collector's certificate.
-    #[arg(long, env = "PODLENS_TLS_CA")]
-    pub tls_ca: Option<PathBuf>,
-
-    /// This agent's client certificate (PEM) for mTLS; reloaded when it changes.
-    #[arg(long, env = "PODLENS_TLS_CERT")]
-    pub tls_cert: Option<PathBuf>,
-
-    /// This agent's private key (PEM).
-    #[arg(long, env = "PODLENS_TLS_KEY")]
-    pub tls_key: Option<PathBuf>,
-
-    /// Name the collector's certificate must carry (default: the host of --collector).
-    #[arg(long, env = "PODLENS_TLS_SERVER_NAME")]
-    pub tls_server_name: Option<String>,
+    /// TLS towards the collector: its CA (--tls-ca), this agent's client
+    /// certificate and key (--tls-cert, --tls-key), the name to verify.
+    #[command(flatten)]
+    pub tls: podlens_collector::cli::connect::ClientTlsArgs,
 
     /// Allow an http:// collector (unencrypted, unauthenticated). Logged as a warning.
     #[arg(long, env = "PODLENS_INSECURE_PLAINTEXT")]

@@ -25,7 +25,6 @@ use podlens_collector::{
     hub::Hub,
     runtime::{init_logging, shutdown_signal},
     server::{Listener, ListenerStats},
-    tls::ClientTlsFiles,
 };
 use podlens_proto::v1 as pb;
 use tokio::sync::watch;
@@ -74,18 +73,13 @@ async fn start_pod_source(
 fn export_config(args: &AgentArgs) -> Result<Option<StreamConfig>> {
     let Some(url) = &args.collector else { return Ok(None) };
     let tls = if url.starts_with("https://") {
-        if args.tls_ca.is_none() {
+        if args.tls.tls_ca.is_none() {
             bail!("--collector {url}: --tls-ca is required to verify the collector's certificate");
         }
-        if args.tls_cert.is_some() != args.tls_key.is_some() {
+        if args.tls.tls_cert.is_some() != args.tls.tls_key.is_some() {
             bail!("--tls-cert and --tls-key go together");
         }
-        let files = ClientTlsFiles {
-            ca: args.tls_ca.clone(),
-            cert: args.tls_cert.clone(),
-            key: args.tls_key.clone(),
-            server_name: args.tls_server_name.clone(),
-        };
+        let files = args.tls.files();
         files.tonic_config()?;
         Some(files)
     } else if url.starts_with("http://") {

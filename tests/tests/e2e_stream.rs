@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use podlens_collector::cli::connect::ConnectArgs;
+use podlens_collector::cli::connect::{ClientTlsArgs, ConnectArgs};
 use podlens_e2e::{
     agent::{Agent, Observer},
     cluster::{write_inventory, Driver, Node, Pod, Qos},
@@ -37,9 +37,8 @@ impl Env {
     fn consumer(&self, c: &Collector) -> ConnectArgs {
         ConnectArgs {
             server: format!("https://localhost:{}", c.consumers.port()),
-            tls_ca: Some(self.pki.ca.clone()),
+            tls: ClientTlsArgs { tls_ca: Some(self.pki.ca.clone()), ..Default::default() },
             token_file: Some(self.pki.token_file.clone()),
-            ..Default::default()
         }
     }
 
@@ -436,12 +435,9 @@ fn bad_certificates_and_bad_messages_are_refused_and_others_keep_being_served() 
         })
     };
     assert_eq!(status(env.consumer(&collector)), Ok(()), "token");
-    let with_cert = ConnectArgs {
-        token_file: None,
-        tls_cert: Some(env.pki.consumer.cert.clone()),
-        tls_key: Some(env.pki.consumer.key.clone()),
-        ..env.consumer(&collector)
-    };
+    let mut with_cert = ConnectArgs { token_file: None, ..env.consumer(&collector) };
+    with_cert.tls.tls_cert = Some(env.pki.consumer.cert.clone());
+    with_cert.tls.tls_key = Some(env.pki.consumer.key.clone());
     assert_eq!(status(with_cert), Ok(()), "client certificate");
     let anonymous = ConnectArgs { token_file: None, ..env.consumer(&collector) };
     assert_eq!(status(anonymous), Err("Unauthenticated".into()));

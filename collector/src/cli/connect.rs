@@ -12,24 +12,46 @@ use tonic::{
 
 use crate::tls::ClientTlsFiles;
 
+/// TLS flags of a gRPC client (the CLI, and agents towards the collector).
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct ClientTlsArgs {
+    /// CA bundle that signs the server's certificate.
+    #[arg(long, env = "PODLENS_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mTLS; re-read at every connection.
+    #[arg(long, env = "PODLENS_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// Client private key (PEM).
+    #[arg(long, env = "PODLENS_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Name the server certificate must carry (default: the host of the address).
+    #[arg(long, env = "PODLENS_TLS_SERVER_NAME")]
+    pub tls_server_name: Option<String>,
+}
+
+impl ClientTlsArgs {
+    pub fn files(&self) -> ClientTlsFiles {
+        ClientTlsFiles {
+            ca: self.tls_ca.clone(),
+            cert: self.tls_cert.clone(),
+            key: self.tls_key.clone(),
+            server_name: self.tls_server_name.clone(),
+        }
+    }
+
+    pub fn any(&self) -> bool {
+        self.tls_ca.is_some() || self.tls_cert.is_some() || self.tls_key.is_some()
+    }
+}
+
 /// Connection flags shared by every subcommand.
 #[derive(Clone, Debug, Default, clap::Args)]
 pub struct ConnectArgs {
     /// Address of a standalone agent or a collector (https:// for TLS).
     #[arg(long, env = "PODLENS_SERVER", default_value = "http://127.0.0.1:7700")]
     pub server: String,
-    /// CA bundle that signs the server's certificate.
-    #[arg(long, env = "PODLENS_TLS_CA")]
-    pub tls_ca: Option<PathBuf>,
-    /// Client certificate (PEM), when the server authenticates consumers by certificate.
-    #[arg(long, env = "PODLENS_TLS_CERT")]
-    pub tls_cert: Option<PathBuf>,
-    /// Client private key (PEM).
-    #[arg(long, env = "PODLENS_TLS_KEY")]
-    pub tls_key: Option<PathBuf>,
-    /// Name the server certificate must carry (default: the host in --server).
-    #[arg(long, env = "PODLENS_TLS_SERVER_NAME")]
-    pub tls_server_name: Option<String>,
+    #[command(flatten)]
+    pub tls: ClientTlsArgs,
     /// File holding a bearer token to present.
     #[arg(long, env = "PODLENS_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
@@ -56,14 +78,8 @@ impl ConnectArgs {
         let mut endpoint = Endpoint::from_shared(self.server.clone())
             .with_context(|| format!("--server {:?} is not a URL", self.server))?;
         if self.server.starts_with("https://") {
-            let files = ClientTlsFiles {
-                ca: self.tls_ca.clone(),
-                cert: self.tls_cert.clone(),
-                key: self.tls_key.clone(),
-                server_name: self.tls_server_name.clone(),
-            };
-            endpoint = endpoint.tls_config(files.tonic_config()?)?;
-        } else if self.tls_ca.is_some() || self.tls_cert.is_some() {
+            endpoint = endpoint.tls_config(self.tls.files().tonic_config()?)?;
+        } else if self.tls.any() {
             bail!("--server {} is not https:// but TLS files were given", self.server);
         }
         let token = match &self.token_file {
