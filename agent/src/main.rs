@@ -32,18 +32,21 @@ use tokio::sync::watch;
 /// Deleted pods and cgroups stay resolvable this long, for late flows.
 const RETENTION: Duration = Duration::from_secs(600);
 
-fn node_identity(args: &AgentArgs) -> pb::NodeIdentity {
+fn node_identity(args: &AgentArgs) -> Result<pb::NodeIdentity> {
     let name = args.node_name.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| {
         std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default()
     });
-    pb::NodeIdentity {
+    if name.is_empty() {
+        bail!("no node name: set --node-name or NODE_NAME (the host name was empty or unreadable)");
+    }
+    Ok(pb::NodeIdentity {
         name,
         boot_id: std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
             .map(|b| b.trim().to_string())
             .unwrap_or_default(),
         agent_epoch_unix_nano: unix_nanos(SystemTime::now()),
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
-    }
+    })
 }
 
 async fn start_pod_source(
@@ -78,6 +81,9 @@ fn export_config(args: &AgentArgs) -> Result<Option<StreamConfig>> {
         }
         if args.tls.tls_cert.is_some() != args.tls.tls_key.is_some() {
             bail!("--tls-cert and --tls-key go together");
+        }
+        if args.tls.tls_cert.is_none() {
+            tracing::warn!("--collector is https:// but no --tls-cert/--tls-key: a collector requiring client certificates will refuse this agent");
         }
         let files = args.tls.files();
         files.tonic_config()?;
@@ -122,7 +128,7 @@ async fn main() -> Result<()> {
         );
     }
     let cgroup_root = preflight::run(args.cgroup_root.as_deref())?;
-    let node = node_identity(&args);
+    let node = node_identity(&args)?;
     // Inputs first: bad files or flags fail before anything is loaded into the kernel.
     let export = export_config(&args)?;
     let auth = if args.standalone { Some(consumer_auth(&args)?) } else { None };
@@ -159,10 +165,12 @@ async fn main() -> Result<()> {
         hub = Some(h);
     }
     let mut exporter_task = None;
+    // The exporter stops after the pipeline published its last window.
+    let (export_stop_tx, export_stop_rx) = watch::channel(false);
     if let Some(cfg) = export {
         let exporter = Exporter::new(args.export_buffer_bytes as usize);
         tracing::info!(collector = %cfg.url, buffer_bytes = args.export_buffer_bytes, "streaming to the collector");
-        exporter_task = Some(tokio::spawn(stream::run(cfg, exporter.clone(), stop_rx.clone())));
+        exporter_task = Some(tokio::spawn(stream::run(cfg, exporter.clone(), export_stop_rx)));
         sinks.push(exporter);
     }
 
@@ -172,6 +180,7 @@ async fn main() -> Result<()> {
     stop_tx.send_replace(true);
     let pipeline = run.await.context("pipeline task")?;
     drop(pipeline); // detaches the programs
+    export_stop_tx.send_replace(true);
     if let Some(task) = exporter_task {
         // The exporter gives itself --shutdown-grace to deliver the last window.
         let _ = tokio::time::timeout(args.shutdown_grace + Duration::from_secs(1), task).await;

@@ -43,15 +43,18 @@ impl TokenFile {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let stamp = std::fs::metadata(&self.path).and_then(|m| m.modified()).ok();
         if stamp != s.0 {
-            match std::fs::read_to_string(&self.path).map(|t| parse_tokens(&t)) {
-                Ok(tokens) if !tokens.is_empty() => *s = (stamp, tokens),
-                Ok(_) => {
-                    tracing::error!(file = %self.path.display(), "token file is empty; keeping the previous tokens")
-                }
+            // Fail closed: emptying or removing the file revokes every token.
+            let tokens = match std::fs::read_to_string(&self.path).map(|t| parse_tokens(&t)) {
+                Ok(tokens) => tokens,
                 Err(e) => {
-                    tracing::error!(file = %self.path.display(), error = %e, "token file unreadable; keeping the previous tokens")
+                    tracing::error!(file = %self.path.display(), error = %e, "token file unreadable; refusing all tokens");
+                    Vec::new()
                 }
+            };
+            if tokens.is_empty() {
+                tracing::error!(file = %self.path.display(), "token file holds no token; refusing all tokens");
             }
+            *s = (stamp, tokens);
         }
         s.1.clone()
     }
@@ -138,6 +141,13 @@ mod tests {
         f.set_modified(SystemTime::now() + std::time::Duration::from_secs(1)).unwrap();
         assert!(auth.check(&req(Some("Bearer gamma"))).is_ok());
         assert!(auth.check(&req(Some("Bearer alpha"))).is_err());
+        // emptying or deleting the file revokes everything
+        std::fs::write(&path, "# none\n").unwrap();
+        let f = std::fs::File::options().write(true).open(&path).unwrap();
+        f.set_modified(SystemTime::now() + std::time::Duration::from_secs(2)).unwrap();
+        assert!(auth.check(&req(Some("Bearer gamma"))).is_err());
+        std::fs::remove_file(&path).unwrap();
+        assert!(auth.check(&req(Some("Bearer gamma"))).is_err());
     }
 
     #[test]

@@ -1,8 +1,8 @@
-//! The collector's durable memory of what it admitted: per node, the agent
-//! run and the last sequence. Written (atomically, fsynced) before a batch is
-//! published or acknowledged, so a restarted collector recognises the replays
-//! of batches it already admitted. Writes are grouped: every batch admitted
-//! while a write is under way goes into the next one.
+//! The collector's durable memory of what it admitted: per agent run (node,
+//! boot id, epoch), the last sequence. Written (atomically, fsynced) before a
+//! batch is acknowledged, so a restarted collector recognises
+//! the replays of batches it already admitted. Writes are grouped: every batch
+//! admitted while a write is under way goes into the next one.
 
 use std::{
     collections::BTreeMap,
@@ -44,9 +44,20 @@ struct StateFile {
     nodes: Vec<Admitted>,
 }
 
+type RunKey = (String, String, u64);
+
+fn key(node: &pb::NodeIdentity) -> RunKey {
+    (node.name.clone(), node.boot_id.clone(), node.agent_epoch_unix_nano)
+}
+
+/// Runs kept per node.
+const RUNS_PER_NODE: usize = 4;
+
 pub struct DedupStore {
     dir: PathBuf,
-    table: Mutex<BTreeMap<String, Admitted>>,
+    table: Mutex<BTreeMap<RunKey, Admitted>>,
+    /// What the last successful write holds: acknowledgements never go beyond it.
+    durable: Mutex<BTreeMap<RunKey, u64>>,
     /// Bumped by every change; the writer publishes the highest it wrote.
     generation: AtomicU64,
     written: watch::Sender<u64>,
@@ -68,11 +79,14 @@ impl DedupStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(source) => return Err(DedupError::Read { path, source }),
         };
-        let table = nodes.iter().map(|a| (a.node.clone(), a.clone())).collect();
+        let table: BTreeMap<RunKey, Admitted> =
+            nodes.iter().map(|a| ((a.node.clone(), a.boot_id.clone(), a.agent_epoch_unix_nano), a.clone())).collect();
+        let durable = table.iter().map(|(k, a)| (k.clone(), a.last_sequence)).collect();
         let (written, _) = watch::channel(0);
         let store = Arc::new(Self {
             dir: dir.to_path_buf(),
             table: Mutex::new(table),
+            durable: Mutex::new(durable),
             generation: AtomicU64::new(0),
             written,
             dirty: Notify::new(),
@@ -88,15 +102,21 @@ impl DedupStore {
     pub async fn admitted(&self, node: &pb::NodeIdentity, sequence: u64) {
         let generation = {
             let mut t = self.table.lock().unwrap_or_else(|e| e.into_inner());
-            t.insert(
-                node.name.clone(),
-                Admitted {
-                    node: node.name.clone(),
-                    boot_id: node.boot_id.clone(),
-                    agent_epoch_unix_nano: node.agent_epoch_unix_nano,
-                    last_sequence: sequence,
-                },
-            );
+            let entry = t.entry(key(node)).or_insert_with(|| Admitted {
+                node: node.name.clone(),
+                boot_id: node.boot_id.clone(),
+                agent_epoch_unix_nano: node.agent_epoch_unix_nano,
+                last_sequence: 0,
+            });
+            entry.last_sequence = entry.last_sequence.max(sequence);
+            // keep the newest runs of this node
+            let mut runs: Vec<RunKey> = t.keys().filter(|k| k.0 == node.name).cloned().collect();
+            if runs.len() > RUNS_PER_NODE {
+                runs.sort_by_key(|k| k.2);
+                for old in &runs[..runs.len() - RUNS_PER_NODE] {
+                    t.remove(old);
+                }
+            }
             self.generation.fetch_add(1, Ordering::AcqRel) + 1
         };
         self.dirty.notify_one();
@@ -104,11 +124,14 @@ impl DedupStore {
         let _ = rx.wait_for(|w| *w >= generation).await;
     }
 
-    fn snapshot(&self) -> (u64, Vec<u8>) {
+    /// The highest sequence of this run known to be on disk.
+    pub fn durable(&self, node: &pb::NodeIdentity) -> u64 {
+        self.durable.lock().unwrap_or_else(|e| e.into_inner()).get(&key(node)).copied().unwrap_or(0)
+    }
+
+    fn snapshot(&self) -> (u64, Vec<Admitted>) {
         let t = self.table.lock().unwrap_or_else(|e| e.into_inner());
-        let generation = self.generation.load(Ordering::Acquire);
-        let file = StateFile { version: 1, nodes: t.values().cloned().collect() };
-        (generation, serde_json::to_vec(&file).unwrap_or_default())
+        (self.generation.load(Ordering::Acquire), t.values().cloned().collect())
     }
 }
 
@@ -116,11 +139,18 @@ impl DedupStore {
 async fn writer(store: Arc<DedupStore>) {
     loop {
         store.dirty.notified().await;
-        let (generation, bytes) = store.snapshot();
+        let (generation, nodes) = store.snapshot();
+        let bytes = serde_json::to_vec(&StateFile { version: 1, nodes: nodes.clone() }).unwrap_or_default();
         let dir = store.dir.clone();
         let result = tokio::task::spawn_blocking(move || write_atomically(&dir, &bytes)).await;
         match result {
-            Ok(Ok(())) => {}
+            Ok(Ok(())) => {
+                let mut durable = store.durable.lock().unwrap_or_else(|e| e.into_inner());
+                *durable = nodes
+                    .iter()
+                    .map(|a| ((a.node.clone(), a.boot_id.clone(), a.agent_epoch_unix_nano), a.last_sequence))
+                    .collect();
+            }
             Ok(Err(e)) => {
                 store.write_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(dir = %store.dir.display(), error = %e, "writing the admitted-batch state failed");
@@ -162,10 +192,23 @@ mod tests {
             store.admitted(&node("a", 1), 6).await;
         }
         let (_, mut loaded) = DedupStore::open(dir.path()).unwrap();
-        loaded.sort_by(|x, y| x.node.cmp(&y.node));
+        loaded.sort_by(|x, y| (&x.node, x.agent_epoch_unix_nano).cmp(&(&y.node, y.agent_epoch_unix_nano)));
         assert_eq!(loaded.len(), 2);
         assert_eq!((loaded[0].node.as_str(), loaded[0].last_sequence, loaded[0].agent_epoch_unix_nano), ("a", 6, 1));
         assert_eq!((loaded[1].node.as_str(), loaded[1].last_sequence), ("b", 9));
+    }
+
+    #[tokio::test]
+    async fn runs_are_kept_apart_and_sequences_never_go_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = DedupStore::open(dir.path()).unwrap();
+        store.admitted(&node("a", 1), 9).await;
+        store.admitted(&node("a", 2), 3).await;
+        store.admitted(&node("a", 1), 7).await;
+        assert_eq!((store.durable(&node("a", 1)), store.durable(&node("a", 2))), (9, 3));
+        assert_eq!(store.durable(&node("a", 3)), 0);
+        let (_, loaded) = DedupStore::open(dir.path()).unwrap();
+        assert_eq!(loaded.len(), 2);
     }
 
     #[tokio::test]

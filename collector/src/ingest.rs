@@ -1,12 +1,18 @@
 //! The Ingest gRPC service: agents stream batches, the collector answers with
 //! cumulative acknowledgements. A malformed or invalid batch ends that stream
-//! with an error status; other streams are unaffected.
+//! with an error status (naming the refused sequence, so the agent drops it
+//! instead of resending it); other streams are unaffected. At shutdown every
+//! stream ends with UNAVAILABLE and nothing more is acknowledged, so agents
+//! replay to the next collector.
 
-use std::{pin::Pin, sync::Arc};
+use std::{
+    pin::Pin,
+    sync::{atomic::Ordering, Arc},
+};
 
 use futures::Stream;
 use podlens_proto::v1::{self as pb, ingest_server::Ingest};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
@@ -16,21 +22,32 @@ use crate::{
 
 /// Largest batch accepted (encoded). Agents split windows well below this.
 pub const MAX_BATCH_BYTES: usize = 8 << 20;
+/// Metadata key naming a batch refused for good (see ingest.proto).
+pub const REJECTED_SEQUENCE: &str = "podlens-rejected-sequence";
 
 pub struct IngestService {
     hub: Arc<Hub>,
     store: Option<Arc<DedupStore>>,
+    shutdown: watch::Receiver<bool>,
 }
 
 impl IngestService {
     /// With a store, what is admitted is written to disk before it is
-    /// published or acknowledged.
-    pub fn new(hub: Arc<Hub>, store: Option<Arc<DedupStore>>) -> Self {
-        Self { hub, store }
+    /// acknowledged.
+    pub fn new(hub: Arc<Hub>, store: Option<Arc<DedupStore>>, shutdown: watch::Receiver<bool>) -> Self {
+        Self { hub, store, shutdown }
     }
 }
 
 type AckStream = Pin<Box<dyn Stream<Item = Result<pb::Ack, Status>> + Send>>;
+
+fn rejected(message: String, sequence: Option<u64>) -> Status {
+    let mut status = Status::invalid_argument(message);
+    if let Some(seq) = sequence.and_then(|s| s.to_string().parse().ok()) {
+        status.metadata_mut().insert(REJECTED_SEQUENCE, seq);
+    }
+    status
+}
 
 #[tonic::async_trait]
 impl Ingest for IngestService {
@@ -41,16 +58,24 @@ impl Ingest for IngestService {
         let mut inbound = request.into_inner();
         let hub = self.hub.clone();
         let store = self.store.clone();
+        let mut shutdown = self.shutdown.clone();
         let (tx, rx) = mpsc::channel::<Result<pb::Ack, Status>>(64);
         tokio::spawn(async move {
             let mut node = String::new();
             loop {
-                let batch = match inbound.message().await {
+                let message = tokio::select! {
+                    m = inbound.message() => m,
+                    _ = async { let _ = shutdown.wait_for(|s| *s).await; } => {
+                        let _ = tx.send(Err(Status::unavailable("collector shutting down; replay to the next one"))).await;
+                        break;
+                    }
+                };
+                let batch = match message {
                     Ok(Some(b)) => b,
                     Ok(None) => break,
                     Err(status) => {
                         // A decode error or a broken connection: this stream only.
-                        hub.stats.batches_rejected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        hub.stats.streams_failed.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(?peer, node = %node, error = %status, "ingest stream ended with an error");
                         let _ = tx.send(Err(status)).await;
                         break;
@@ -58,31 +83,43 @@ impl Ingest for IngestService {
                 };
                 let name = batch.node.as_ref().map(|n| n.name.clone()).unwrap_or_default();
                 if !node.is_empty() && name != node {
-                    let _ = tx
-                        .send(Err(Status::invalid_argument(format!(
-                            "batch for node {name:?} on a stream of node {node:?}: one stream per node"
-                        ))))
-                        .await;
+                    let message = format!("batch for node {name:?} on a stream of node {node:?}: one stream per node");
+                    let _ = tx.send(Err(rejected(message, Some(batch.sequence)))).await;
                     break;
                 }
-                match hub.admit(&batch) {
-                    Ok(outcome) => {
+                let ack = match hub.admit(&batch) {
+                    Ok(IngestOutcome::Accepted { acked }) => {
                         node = name;
-                        if let IngestOutcome::Accepted { .. } = outcome {
-                            if let (Some(store), Some(n)) = (&store, &batch.node) {
-                                store.admitted(n, batch.sequence).await;
-                            }
-                            hub.publish(batch);
+                        // Published before it is on disk: a crash in between
+                        // makes the agent replay it, which consumers see twice
+                        // under the same origin (and can drop), never zero times.
+                        let (origin, sequence) = (batch.node.clone(), batch.sequence);
+                        hub.publish(batch);
+                        if let (Some(store), Some(n)) = (&store, &origin) {
+                            store.admitted(n, sequence).await;
                         }
-                        if tx.send(Ok(pb::Ack { sequence: outcome.acked() })).await.is_err() {
-                            break;
+                        acked
+                    }
+                    Ok(IngestOutcome::Duplicate { acked }) => {
+                        node = name;
+                        // Not beyond what is on disk: the original may still be
+                        // on its way there on another stream.
+                        match (&store, &batch.node) {
+                            (Some(store), Some(n)) => acked.min(store.durable(n)),
+                            _ => acked,
                         }
                     }
                     Err(e) => {
-                        tracing::warn!(?peer, node = %name, error = %e, "batch rejected");
-                        let _ = tx.send(Err(Status::invalid_argument(e.to_string()))).await;
+                        tracing::warn!(?peer, node = %name, error = %e, "batch refused");
+                        let _ = tx.send(Err(rejected(e.to_string(), e.sequence()))).await;
                         break;
                     }
+                };
+                // Stop acknowledging once shutdown began: what the agent does
+                // not see acknowledged it replays to the next collector.
+                let stopping = *shutdown.borrow();
+                if stopping || tx.send(Ok(pb::Ack { sequence: ack })).await.is_err() {
+                    break;
                 }
             }
         });

@@ -29,7 +29,10 @@ impl Observe for ObserveService {
 
     async fn observe(&self, request: Request<pb::ObserveRequest>) -> Result<Response<Self::ObserveStream>, Status> {
         let filter = Filter::from_request(request.get_ref()).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let sub = self.hub.subscribe(filter, request.get_ref().since_unix_nano);
+        let sub = self
+            .hub
+            .subscribe(filter, request.get_ref().since_unix_nano)
+            .map_err(|e| Status::resource_exhausted(e.to_string()))?;
         let stream = futures::stream::unfold(Some(sub), |state| async move {
             let mut sub = state?;
             match sub.recv().await {

@@ -36,6 +36,9 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
+/// See `Server::max_connection_age`; the agent reconnects and replays.
+const MAX_CONNECTION_AGE: Duration = Duration::from_secs(3600);
+
 /// A bound listener, so callers learn the port (and bind errors) before serving.
 pub struct Listener {
     listener: TcpListener,
@@ -69,7 +72,10 @@ impl Listener {
             // Dead peers are found even when nothing is sent (half-open connections).
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-            .tcp_keepalive(Some(Duration::from_secs(30)));
+            .tcp_keepalive(Some(Duration::from_secs(30)))
+            // Revoked or expired certificates and rotated CAs apply to long-lived
+            // streams too: every connection re-handshakes at least this often.
+            .max_connection_age(MAX_CONNECTION_AGE);
         let router = server.add_routes(routes);
         match tls {
             Some(tls) => {
@@ -110,19 +116,26 @@ impl Listener {
 
     /// Serves Ingest (agents; TLS with required client certificates unless
     /// plaintext was chosen) plus health and reflection.
+    /// Ingest streams end (UNAVAILABLE, nothing more acknowledged) when
+    /// `shutdown` flips; the listener closes then too.
     pub async fn serve_ingest(
         self,
         hub: Arc<Hub>,
         store: Option<Arc<DedupStore>>,
         tls: Option<Arc<ReloadingServerTls>>,
         stats: Arc<ListenerStats>,
-        shutdown: impl std::future::Future<Output = ()> + Send,
+        shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> Result<(), ServeError> {
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<IngestServer<IngestService>>().await;
-        let ingest = IngestServer::new(IngestService::new(hub, store)).max_decoding_message_size(MAX_BATCH_BYTES);
+        let ingest = IngestServer::new(IngestService::new(hub, store, shutdown.clone()))
+            .max_decoding_message_size(MAX_BATCH_BYTES);
         let routes = Routes::new(health_service).add_service(reflection()?).add_service(ingest);
-        self.serve(routes, tls, stats, shutdown).await
+        let mut stop = shutdown;
+        self.serve(routes, tls, stats, async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await
     }
 }
 

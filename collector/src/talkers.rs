@@ -112,41 +112,51 @@ impl Talkers {
     /// The `limit` largest by bytes since `since` (Unix ns), optionally only
     /// for local pods in `namespaces`; and the oldest time still retained.
     pub fn top(&self, limit: usize, namespaces: &[String], since: u64) -> (Vec<pb::TopTalker>, u64) {
-        let mut sum: HashMap<Key, Agg> = HashMap::new();
+        // Sum by key over references; only the winners are cloned.
+        struct Sum<'a> {
+            bytes: u64,
+            packets: u64,
+            last_seen: u64,
+            mixed_ports: bool,
+            first: &'a Agg,
+        }
+        let mut sums: HashMap<Key, Sum<'_>> = HashMap::new();
         for b in self.buckets.iter().filter(|b| b.start + BUCKET_NS > since) {
             for (k, a) in &b.flows {
-                match sum.get_mut(k) {
-                    Some(s) => {
-                        s.bytes += a.bytes;
-                        s.packets += a.packets;
-                        s.last_seen = s.last_seen.max(a.last_seen);
-                        if s.remote.port != a.remote.port {
-                            s.remote.port = 0;
-                        }
-                    }
-                    None => {
-                        sum.insert(*k, a.clone());
-                    }
-                }
+                let s =
+                    sums.entry(*k).or_insert(Sum { bytes: 0, packets: 0, last_seen: 0, mixed_ports: false, first: a });
+                s.bytes += a.bytes;
+                s.packets += a.packets;
+                s.last_seen = s.last_seen.max(a.last_seen);
+                s.mixed_ports |= a.remote.port != s.first.remote.port;
             }
         }
-        let mut out: Vec<pb::TopTalker> = sum
+        let mut ranked: Vec<(Key, Sum<'_>)> = sums
             .into_iter()
-            .filter(|(_, a)| {
-                namespaces.is_empty() || record_namespace(&a.local).is_some_and(|n| namespaces.contains(n))
-            })
-            .map(|(k, a)| pb::TopTalker {
-                node: a.node.to_string(),
-                local: Some(a.local),
-                remote: Some(a.remote),
-                protocol: k.protocol,
-                bytes: a.bytes,
-                packets: a.packets,
-                last_seen_unix_nano: a.last_seen,
+            .filter(|(_, s)| {
+                namespaces.is_empty() || record_namespace(&s.first.local).is_some_and(|n| namespaces.contains(n))
             })
             .collect();
-        out.sort_by(|a, b| b.bytes.cmp(&a.bytes).then_with(|| a.node.cmp(&b.node)));
-        out.truncate(limit);
+        ranked.sort_by(|a, b| b.1.bytes.cmp(&a.1.bytes).then_with(|| a.1.first.node.cmp(&b.1.first.node)));
+        ranked.truncate(limit);
+        let out = ranked
+            .into_iter()
+            .map(|(k, s)| {
+                let mut remote = s.first.remote.clone();
+                if s.mixed_ports {
+                    remote.port = 0;
+                }
+                pb::TopTalker {
+                    node: s.first.node.to_string(),
+                    local: Some(s.first.local.clone()),
+                    remote: Some(remote),
+                    protocol: k.protocol,
+                    bytes: s.bytes,
+                    packets: s.packets,
+                    last_seen_unix_nano: s.last_seen,
+                }
+            })
+            .collect();
         (out, self.buckets.front().map_or(0, |b| b.start))
     }
 }

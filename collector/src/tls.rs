@@ -238,10 +238,23 @@ impl ClientTlsFiles {
             load_certs("CA", ca)?;
             c = c.ca_certificate(tonic::transport::Certificate::from_pem(read("CA", ca)?));
         }
-        if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
-            load_certs("certificate", cert)?;
-            load_key(key)?;
-            c = c.identity(tonic::transport::Identity::from_pem(read("certificate", cert)?, read("private key", key)?));
+        match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => {
+                load_certs("certificate", cert)?;
+                load_key(key)?;
+                c = c.identity(tonic::transport::Identity::from_pem(
+                    read("certificate", cert)?,
+                    read("private key", key)?,
+                ));
+            }
+            (None, None) => {}
+            (Some(path), None) | (None, Some(path)) => {
+                return Err(TlsError::Pem {
+                    what: "client identity",
+                    path: path.clone(),
+                    message: "a certificate and its key go together (--tls-cert and --tls-key)".into(),
+                })
+            }
         }
         if let Some(name) = &self.server_name {
             c = c.domain_name(name.clone());

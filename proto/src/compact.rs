@@ -12,7 +12,7 @@ pub fn compact(node: pb::NodeIdentity, sequence: u64, records: Vec<pb::Record>) 
     let mut workloads: Vec<pb::Workload> = Vec::new();
     let mut pods: Vec<pb::PodRef> = Vec::new();
     let mut workload_index: HashMap<(u64, String), u32> = HashMap::new();
-    let mut pod_index: HashMap<String, u32> = HashMap::new();
+    let mut pod_index: HashMap<(String, String, String, String), u32> = HashMap::new();
     let mut out = Vec::with_capacity(records.len());
     for mut r in records {
         if r.node == node.name {
@@ -29,7 +29,8 @@ pub fn compact(node: pb::NodeIdentity, sequence: u64, records: Vec<pb::Record>) 
             }
             if let Some(peer) = &mut f.remote {
                 if let Some(p) = peer.pod.take() {
-                    let i = *pod_index.entry(p.uid.clone()).or_insert_with(|| {
+                    let key = (p.uid.clone(), p.container_id.clone(), p.namespace.clone(), p.name.clone());
+                    let i = *pod_index.entry(key).or_insert_with(|| {
                         pods.push(p);
                         pods.len() as u32
                     });

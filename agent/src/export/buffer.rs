@@ -1,6 +1,8 @@
 //! Batches waiting for the collector's acknowledgement, bounded in bytes.
 //! When a new batch does not fit, the oldest ones are dropped, and exactly
-//! what they held is counted (and reported in-band by later batches).
+//! what they held is counted (and reported in-band by later batches): as
+//! "dropped" when it never left, as "unconfirmed" when it was sent on the
+//! current connection but not yet acknowledged (it may have arrived).
 
 use std::{collections::VecDeque, sync::Arc};
 
@@ -31,9 +33,9 @@ impl Contents {
     }
 }
 
-/// Batches and what they held: everything produced, or everything dropped.
+/// Batches and what they held.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Dropped {
+pub struct Tally {
     pub batches: u64,
     pub bytes: u64,
     pub contents: Contents,
@@ -43,6 +45,8 @@ struct Entry {
     batch: Arc<pb::Batch>,
     size: usize,
     contents: Contents,
+    /// Sent on the current connection.
+    sent: bool,
 }
 
 pub struct ExportBuffer {
@@ -50,11 +54,16 @@ pub struct ExportBuffer {
     bytes: usize,
     limit: usize,
     /// Everything ever pushed, so consumers can check produced = received + dropped.
-    pub produced: Dropped,
-    pub dropped: Dropped,
+    pub produced: Tally,
+    /// Evicted before being sent.
+    pub dropped: Tally,
+    /// Evicted after being sent, before its acknowledgement: maybe delivered.
+    pub unconfirmed: Tally,
+    /// Refused by the collector as invalid, for good.
+    pub rejected: Tally,
 }
 
-fn add(into: &mut Dropped, size: usize, c: Contents) {
+fn add(into: &mut Tally, size: usize, c: Contents) {
     into.batches += 1;
     into.bytes += size as u64;
     into.contents.records += c.records;
@@ -66,7 +75,15 @@ fn add(into: &mut Dropped, size: usize, c: Contents) {
 impl ExportBuffer {
     /// A buffer of at most `limit` encoded bytes.
     pub fn new(limit: usize) -> Self {
-        Self { entries: VecDeque::new(), bytes: 0, limit, produced: Dropped::default(), dropped: Dropped::default() }
+        Self {
+            entries: VecDeque::new(),
+            bytes: 0,
+            limit,
+            produced: Tally::default(),
+            dropped: Tally::default(),
+            unconfirmed: Tally::default(),
+            rejected: Tally::default(),
+        }
     }
 
     /// Queues a batch, dropping the oldest ones while it does not fit. A batch
@@ -82,10 +99,35 @@ impl ExportBuffer {
         while self.bytes + size > self.limit {
             let Some(old) = self.entries.pop_front() else { break };
             self.bytes -= old.size;
-            add(&mut self.dropped, old.size, old.contents);
+            let tally = if old.sent { &mut self.unconfirmed } else { &mut self.dropped };
+            add(tally, old.size, old.contents);
         }
         self.bytes += size;
-        self.entries.push_back(Entry { batch: Arc::new(batch), size, contents });
+        self.entries.push_back(Entry { batch: Arc::new(batch), size, contents, sent: false });
+    }
+
+    /// The batch with this sequence went out on the current connection.
+    pub fn mark_sent(&mut self, sequence: u64) {
+        if let Some(e) = self.entries.iter_mut().find(|e| e.batch.sequence == sequence) {
+            e.sent = true;
+        }
+    }
+
+    /// A new connection: nothing is in flight on it.
+    pub fn unmark_sent(&mut self) {
+        for e in &mut self.entries {
+            e.sent = false;
+        }
+    }
+
+    /// The collector refused this batch for good: drop it, count it.
+    pub fn reject(&mut self, sequence: u64) {
+        if let Some(i) = self.entries.iter().position(|e| e.batch.sequence == sequence) {
+            if let Some(e) = self.entries.remove(i) {
+                self.bytes -= e.size;
+                add(&mut self.rejected, e.size, e.contents);
+            }
+        }
     }
 
     /// Forgets every batch up to and including `sequence`; returns how many.
@@ -161,7 +203,7 @@ mod tests {
         assert_eq!(b.ack(3), 0, "acks are cumulative and idempotent");
         assert_eq!(b.ack(9), 2);
         assert!(b.is_empty() && b.bytes() == 0);
-        assert_eq!(b.dropped, Dropped::default());
+        assert_eq!(b.dropped, Tally::default());
     }
 
     #[test]
@@ -185,6 +227,22 @@ mod tests {
         assert_eq!(b.dropped.contents.flow_records, 35);
         assert_eq!(b.produced.contents.flow_packets, produced.flow_packets);
         assert_eq!(b.produced.batches, 10);
+    }
+
+    #[test]
+    fn evicting_a_sent_batch_counts_it_as_unconfirmed() {
+        let one = prost::Message::encoded_len(&batch(1, 5));
+        let mut b = ExportBuffer::new(one * 2 + one / 2);
+        b.push(batch(1, 5));
+        b.push(batch(2, 5));
+        b.mark_sent(1);
+        b.push(batch(3, 5));
+        b.push(batch(4, 5));
+        assert_eq!((b.unconfirmed.batches, b.dropped.batches), (1, 1), "1 was in flight, 2 never left");
+        b.unmark_sent();
+        b.reject(3);
+        assert_eq!((b.rejected.batches, b.len()), (1, 1));
+        assert_eq!(b.after(0)[0].sequence, 4);
     }
 
     #[test]

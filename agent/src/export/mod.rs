@@ -6,10 +6,7 @@ pub mod backoff;
 pub mod buffer;
 pub mod stream;
 
-use std::sync::{
-    atomic::{AtomicBool, AtomicU64, Ordering},
-    Arc, Mutex,
-};
+use std::sync::{Arc, Mutex};
 
 use podlens_proto::v1 as pb;
 use tokio::sync::Notify;
@@ -17,33 +14,20 @@ use tokio::sync::Notify;
 use self::buffer::ExportBuffer;
 use crate::pipeline::Sink;
 
-/// State shared between the pipeline (producer), the stream task and the
-/// status/metrics readers.
+/// State shared between the pipeline (producer) and the stream task.
 pub struct Exporter {
     pub buffer: Mutex<ExportBuffer>,
+    /// Something to send (a new batch, or room after an acknowledgement).
     pub notify: Notify,
-    pub connected: AtomicBool,
-    pub reconnects: AtomicU64,
-    pub acked: AtomicU64,
 }
 
 impl Exporter {
     pub fn new(buffer_bytes: usize) -> Arc<Self> {
-        Arc::new(Self {
-            buffer: Mutex::new(ExportBuffer::new(buffer_bytes)),
-            notify: Notify::new(),
-            connected: AtomicBool::new(false),
-            reconnects: AtomicU64::new(0),
-            acked: AtomicU64::new(0),
-        })
+        Arc::new(Self { buffer: Mutex::new(ExportBuffer::new(buffer_bytes)), notify: Notify::new() })
     }
 
     pub fn lock(&self) -> std::sync::MutexGuard<'_, ExportBuffer> {
         self.buffer.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub fn is_connected(&self) -> bool {
-        self.connected.load(Ordering::Acquire)
     }
 }
 
@@ -54,9 +38,9 @@ impl Sink for Exporter {
     }
 
     fn losses(&self) -> Vec<(&'static str, &'static str, u64)> {
-        let (d, p) = {
+        let (d, u, r, p) = {
             let b = self.lock();
-            (b.dropped, b.produced)
+            (b.dropped, b.unconfirmed, b.rejected, b.produced)
         };
         vec![
             ("export", "dropped_batches", d.batches),
@@ -64,6 +48,11 @@ impl Sink for Exporter {
             ("export", "dropped_flow_records", d.contents.flow_records),
             ("export", "dropped_flow_packets", d.contents.flow_packets),
             ("export", "dropped_flow_bytes", d.contents.flow_bytes),
+            // sent but evicted before the acknowledgement: maybe delivered
+            ("export", "unconfirmed_batches", u.batches),
+            ("export", "unconfirmed_flow_packets", u.contents.flow_packets),
+            ("export", "rejected_batches", r.batches),
+            ("export", "rejected_flow_packets", r.contents.flow_packets),
             // What was produced before this report, so a consumer can check
             // received + dropped = produced.
             ("export_activity", "produced_batches", p.batches),

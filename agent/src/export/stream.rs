@@ -1,15 +1,21 @@
 //! The connection to the collector: one Ingest stream at a time, replaying
 //! every unacknowledged batch after each (re)connect, with backoff and jitter
 //! between attempts, and a reconnect when the TLS files change.
+//!
+//! Acknowledgements are read by their own task, so a send that is waiting
+//! for room is never abandoned half-way (which would skip a batch).
 
 use std::{
-    sync::{atomic::Ordering, Arc},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
     time::{Duration, Instant},
 };
 
 use podlens_collector::tls::ClientTlsFiles;
 use podlens_proto::v1::{self as pb, ingest_client::IngestClient};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tonic::transport::Endpoint;
 
 use super::{backoff::Backoff, Exporter};
@@ -18,6 +24,7 @@ use super::{backoff::Backoff, Exporter};
 const MAX_MESSAGE_BYTES: usize = 8 << 20;
 /// How often TLS files are checked for a rotation while connected.
 const TLS_CHECK: Duration = Duration::from_secs(5);
+use podlens_collector::ingest::REJECTED_SEQUENCE;
 
 #[derive(Clone, Debug)]
 pub struct StreamConfig {
@@ -25,7 +32,7 @@ pub struct StreamConfig {
     pub url: String,
     /// None: plaintext.
     pub tls: Option<ClientTlsFiles>,
-    /// At shutdown, how long to keep trying to deliver what is buffered.
+    /// After shutdown is signalled, how long to keep trying to deliver what is buffered.
     pub shutdown_grace: Duration,
 }
 
@@ -39,6 +46,10 @@ enum StreamError {
     Connect(#[from] tonic::transport::Error),
     #[error("stream: {0}")]
     Status(#[from] tonic::Status),
+    #[error("collector acknowledged sequence {acked}, but only {sent} was sent")]
+    AckBeyondSent { acked: u64, sent: u64 },
+    #[error("shutdown grace over")]
+    GraceOver,
 }
 
 enum Ended {
@@ -48,8 +59,9 @@ enum Ended {
     Drained,
 }
 
-/// Runs until `shutdown` flips and the buffer is empty (or the grace period
-/// ends). Never returns early on errors: it logs, backs off and reconnects.
+/// Runs until `shutdown` flips (after the pipeline published its last
+/// window) and the buffer is empty, or the grace period ends. Errors never
+/// end it: it logs, backs off and reconnects.
 pub async fn run(cfg: StreamConfig, exporter: Arc<Exporter>, mut shutdown: watch::Receiver<bool>) {
     let mut backoff = Backoff::default();
     let mut deadline: Option<Instant> = None;
@@ -65,17 +77,25 @@ pub async fn run(cfg: StreamConfig, exporter: Arc<Exporter>, mut shutdown: watch
             tracing::warn!(batches = left, "shutdown grace over: batches not delivered");
             return;
         }
-        let result = connect_and_stream(&cfg, &exporter, &mut backoff, deadline).await;
-        exporter.connected.store(false, Ordering::Release);
+        let progress = Arc::new(AtomicBool::new(false));
+        let result = connect_and_stream(&cfg, &exporter, &progress, shutdown.clone(), deadline).await;
+        if progress.load(Ordering::Acquire) {
+            backoff.reset();
+        }
         match result {
             Ok(Ended::Drained) => return,
             Ok(Ended::Rotated) => {
                 tracing::info!("TLS files changed: reconnecting with the new certificates");
                 continue;
             }
+            Err(StreamError::Status(s)) if rejected_sequence(&s).is_some() => {
+                let seq = rejected_sequence(&s).unwrap_or(0);
+                exporter.lock().reject(seq);
+                tracing::error!(sequence = seq, error = %s.message(), "the collector refused a batch for good; dropped and counted");
+                continue;
+            }
             Err(e) => tracing::warn!(collector = %cfg.url, error = %e, "collector stream failed"),
         }
-        exporter.reconnects.fetch_add(1, Ordering::Relaxed);
         let delay = backoff.delay();
         let wait = match deadline {
             Some(d) => delay.min(d.saturating_duration_since(Instant::now())),
@@ -88,11 +108,28 @@ pub async fn run(cfg: StreamConfig, exporter: Arc<Exporter>, mut shutdown: watch
     }
 }
 
+fn rejected_sequence(s: &tonic::Status) -> Option<u64> {
+    if s.code() != tonic::Code::InvalidArgument {
+        return None;
+    }
+    s.metadata().get(REJECTED_SEQUENCE)?.to_str().ok()?.parse().ok()
+}
+
+/// Aborts the ack reader when the connection attempt ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 async fn connect_and_stream(
     cfg: &StreamConfig,
     exporter: &Arc<Exporter>,
-    backoff: &mut Backoff,
-    deadline: Option<Instant>,
+    progress: &Arc<AtomicBool>,
+    mut shutdown: watch::Receiver<bool>,
+    mut deadline: Option<Instant>,
 ) -> Result<Ended, StreamError> {
     let mut endpoint = Endpoint::from_shared(cfg.url.clone())
         .map_err(|e| StreamError::Url(cfg.url.clone(), e.to_string()))?
@@ -110,23 +147,49 @@ async fn connect_and_stream(
 
     let (tx, rx) = mpsc::channel::<pb::Batch>(8);
     let mut acks = client.stream(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
-    exporter.connected.store(true, Ordering::Release);
+    // A new connection: nothing buffered has been sent on it yet.
+    exporter.lock().unmark_sent();
     tracing::info!(collector = %cfg.url, buffered = exporter.lock().len(), "collector stream open; replaying what is unacknowledged");
 
-    // Everything still buffered is unacknowledged: send it all, then follow.
+    let sent = Arc::new(AtomicU64::new(0));
+    let (done_tx, mut done) = oneshot::channel::<StreamError>();
+    let _reader = AbortOnDrop(tokio::spawn({
+        let (exporter, sent, progress) = (exporter.clone(), sent.clone(), progress.clone());
+        async move {
+            let error = loop {
+                match acks.message().await {
+                    Ok(Some(ack)) => {
+                        let max_sent = sent.load(Ordering::Acquire);
+                        if ack.sequence > max_sent {
+                            break StreamError::AckBeyondSent { acked: ack.sequence, sent: max_sent };
+                        }
+                        exporter.lock().ack(ack.sequence);
+                        progress.store(true, Ordering::Release);
+                        exporter.notify.notify_one();
+                    }
+                    Ok(None) => break StreamError::Status(tonic::Status::unavailable("collector closed the stream")),
+                    Err(status) => break StreamError::Status(status),
+                }
+            };
+            let _ = done_tx.send(error);
+        }
+    }));
+
     let mut sent_up_to = 0u64;
     let mut tls_check = tokio::time::interval(TLS_CHECK);
     loop {
         let pending = exporter.lock().after(sent_up_to);
         for batch in pending {
-            sent_up_to = batch.sequence;
             tokio::select! {
                 r = tx.send((*batch).clone()) => {
                     if r.is_err() {
                         return Err(StreamError::Status(tonic::Status::unavailable("request stream closed")));
                     }
+                    sent_up_to = batch.sequence;
+                    sent.fetch_max(batch.sequence, Ordering::AcqRel);
+                    exporter.lock().mark_sent(batch.sequence);
                 }
-                ack = acks.message() => handle_ack(ack?, exporter, backoff)?,
+                e = &mut done => return Err(e.unwrap_or(StreamError::GraceOver)),
             }
         }
         if deadline.is_some() && exporter.lock().is_empty() {
@@ -134,7 +197,10 @@ async fn connect_and_stream(
         }
         tokio::select! {
             _ = exporter.notify.notified() => {}
-            ack = acks.message() => handle_ack(ack?, exporter, backoff)?,
+            e = &mut done => return Err(e.unwrap_or(StreamError::GraceOver)),
+            _ = shutdown.changed(), if deadline.is_none() => {
+                deadline = Some(Instant::now() + cfg.shutdown_grace);
+            }
             _ = tls_check.tick() => {
                 if let (Some(tls), Some(stamp)) = (&cfg.tls, &tls_stamp) {
                     if tls.stamp() != *stamp {
@@ -144,19 +210,9 @@ async fn connect_and_stream(
             }
             _ = tokio::time::sleep(Duration::from_millis(100)), if deadline.is_some() => {
                 if deadline.is_some_and(|d| Instant::now() >= d) {
-                    return Err(StreamError::Status(tonic::Status::deadline_exceeded("shutdown grace over")));
+                    return Err(StreamError::GraceOver);
                 }
             }
         }
     }
-}
-
-fn handle_ack(ack: Option<pb::Ack>, exporter: &Exporter, backoff: &mut Backoff) -> Result<(), StreamError> {
-    let Some(ack) = ack else {
-        return Err(StreamError::Status(tonic::Status::unavailable("collector closed the stream")));
-    };
-    exporter.lock().ack(ack.sequence);
-    exporter.acked.store(ack.sequence, Ordering::Relaxed);
-    backoff.reset();
-    Ok(())
 }

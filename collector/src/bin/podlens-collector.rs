@@ -7,7 +7,7 @@ use clap::{Parser, ValueEnum};
 use podlens_collector::{
     auth::{ConsumerAuth, TokenFile},
     dedup::DedupStore,
-    hub::{Hub, DEFAULT_CONSUMER_BUFFER, DEFAULT_HISTORY_RECORDS},
+    hub::{Hub, DEFAULT_CONSUMER_BUFFER, DEFAULT_HISTORY_RECORDS, DEFAULT_MAX_CONSUMERS},
     metrics::{self, MetricsState},
     runtime::{init_logging, shutdown_signal},
     server::{Listener, ListenerStats},
@@ -39,10 +39,10 @@ struct Args {
     #[arg(long, env = "PODLENS_METRICS_LISTEN", default_value = "0.0.0.0:9090")]
     metrics_listen: SocketAddr,
     /// Server certificate (PEM), for both gRPC listeners; reloaded when it changes.
-    #[arg(long, env = "PODLENS_TLS_CERT")]
+    #[arg(long, env = "PODLENS_SERVER_TLS_CERT")]
     tls_cert: Option<PathBuf>,
     /// Server private key (PEM).
-    #[arg(long, env = "PODLENS_TLS_KEY")]
+    #[arg(long, env = "PODLENS_SERVER_TLS_KEY")]
     tls_key: Option<PathBuf>,
     /// CA bundle that signs agent client certificates (mTLS on the ingest listener).
     #[arg(long, env = "PODLENS_AGENT_CA")]
@@ -63,6 +63,9 @@ struct Args {
     /// Records kept for consumers that ask for recent history (Observe since).
     #[arg(long, env = "PODLENS_HISTORY_RECORDS", default_value_t = DEFAULT_HISTORY_RECORDS)]
     history_records: usize,
+    /// Observe consumers connected at once.
+    #[arg(long, env = "PODLENS_MAX_CONSUMERS", default_value_t = DEFAULT_MAX_CONSUMERS)]
+    max_consumers: usize,
     /// Records buffered per Observe consumer before it is disconnected as too slow.
     #[arg(long, env = "PODLENS_CONSUMER_BUFFER", default_value_t = DEFAULT_CONSUMER_BUFFER)]
     consumer_buffer: usize,
@@ -133,7 +136,14 @@ async fn main() -> Result<()> {
     let args = Args::parse();
     init_logging(&args.log, args.log_format == LogFormat::Json)?;
     let sec = security(&args)?;
-    let hub = Arc::new(Hub::with_history(args.consumer_buffer, args.history_records));
+    if args.history_records > args.consumer_buffer {
+        bail!(
+            "--history-records {} is larger than --consumer-buffer {}: a consumer asking for the history would be dropped at once",
+            args.history_records,
+            args.consumer_buffer
+        );
+    }
+    let hub = Arc::new(Hub::with_limits(args.consumer_buffer, args.history_records, args.max_consumers));
     let store = match &args.state_dir {
         Some(dir) => {
             let (store, admitted) = DedupStore::open(dir)?;
@@ -156,6 +166,9 @@ async fn main() -> Result<()> {
             None
         }
     };
+    // Ingest stops first (agents keep what was not acknowledged and replay it
+    // to the next collector), then consumers get what was published.
+    let (ingest_stop_tx, ingest_stop_rx) = watch::channel(false);
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
@@ -174,7 +187,7 @@ async fn main() -> Result<()> {
     };
     let metrics_task = tokio::spawn(metrics::serve(args.metrics_listen, metrics_state, stopped(stop_rx.clone())));
     let mut ingest_task =
-        tokio::spawn(ingest.serve_ingest(hub.clone(), store, sec.ingest_tls, ingest_stats, stopped(stop_rx.clone())));
+        tokio::spawn(ingest.serve_ingest(hub.clone(), store, sec.ingest_tls, ingest_stats, ingest_stop_rx));
     let mut consumer_task = tokio::spawn(consumers.serve_consumers(
         hub.clone(),
         sec.consumer_auth,
@@ -188,14 +201,17 @@ async fn main() -> Result<()> {
         r = &mut ingest_task => bail!("the ingest server stopped: {:?}", r),
         r = &mut consumer_task => bail!("the consumer server stopped: {:?}", r),
     }
+    let grace = Duration::from_secs(args.shutdown_grace);
+    ingest_stop_tx.send_replace(true);
+    if tokio::time::timeout(grace, ingest_task).await.is_err() {
+        tracing::warn!(?grace, "ingest streams still open at the end of the grace period");
+    }
     stop_tx.send_replace(true);
     hub.close_consumers();
-    let grace = Duration::from_secs(args.shutdown_grace);
     match tokio::time::timeout(grace, consumer_task).await {
         Ok(r) => r.context("consumer server")??,
         Err(_) => tracing::warn!(?grace, "consumers still connected at the end of the grace period"),
     }
-    let _ = tokio::time::timeout(grace, ingest_task).await;
     let _ = tokio::time::timeout(grace, metrics_task).await;
     tracing::info!("stopped");
     Ok(())

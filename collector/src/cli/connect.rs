@@ -80,7 +80,7 @@ impl ConnectArgs {
         if self.server.starts_with("https://") {
             endpoint = endpoint.tls_config(self.tls.files().tonic_config()?)?;
         } else if self.tls.any() {
-            bail!("--server {} is not https:// but TLS files were given", self.server);
+            eprintln!("warning: --server {} is not https://; the TLS files given are not used", self.server);
         }
         let token = match &self.token_file {
             Some(p) => {

@@ -64,8 +64,9 @@ fn counts_json(c: Option<&pb::FlowCounts>) -> Value {
     json!({"bytes": c.bytes, "packets": c.packets, "syn": c.syn, "fin": c.fin, "rst": c.rst, "tcp_flags": tcp_flags(c.tcp_flags)})
 }
 
-/// One record as a JSON object (one line of `podlens observe -o json`).
-pub fn record_json(r: &pb::Record) -> Value {
+/// One record as a JSON object (one line of `podlens observe -o json`), with
+/// the batch it came from when known.
+pub fn record_json(r: &pb::Record, origin: Option<&pb::Origin>) -> Value {
     let mut v = match &r.kind {
         Some(Kind::Flow(f)) => flow_json(f),
         Some(Kind::Loss(l)) => json!({
@@ -77,6 +78,9 @@ pub fn record_json(r: &pb::Record) -> Value {
     v["node"] = json!(r.node);
     v["window_start_unix_nano"] = json!(r.window_start_unix_nano);
     v["window_end_unix_nano"] = json!(r.window_end_unix_nano);
+    v["origin"] = origin.map_or(Value::Null, |o| {
+        json!({"node": o.node, "boot_id": o.boot_id, "agent_epoch_unix_nano": o.agent_epoch_unix_nano, "sequence": o.sequence})
+    });
     v
 }
 
@@ -276,7 +280,10 @@ mod tests {
 
     #[test]
     fn json_fields_are_the_documented_ones() {
-        let v = record_json(&sample());
+        let origin = pb::Origin { node: "node-1".into(), boot_id: "b".into(), agent_epoch_unix_nano: 9, sequence: 4 };
+        let v = record_json(&sample(), Some(&origin));
+        assert_eq!(v["origin"]["sequence"], 4);
+        assert_eq!(v["origin"]["agent_epoch_unix_nano"], 9);
         assert_eq!(v["kind"], "flow");
         assert_eq!(v["node"], "node-1");
         assert_eq!(v["local"]["pod"]["namespace"], "shop");

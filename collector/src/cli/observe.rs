@@ -76,7 +76,7 @@ pub async fn run(args: ObserveArgs) -> Result<()> {
     while let Some(msg) = stream.message().await.context("reading the Observe stream")? {
         let Some(record) = msg.record else { continue };
         let line = match args.output {
-            Output::Json => Some(format::record_json(&record).to_string()),
+            Output::Json => Some(format::record_json(&record, msg.origin.as_ref()).to_string()),
             Output::Table => format::record_line(&record),
         };
         let Some(line) = line else { continue };

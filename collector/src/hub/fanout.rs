@@ -1,7 +1,8 @@
-//! Delivery to Observe consumers: one batch's records are shared by every
-//! consumer (each gets the positions its filter selected), each consumer's
-//! queue is bounded in records, and a bounded history lets a new consumer
-//! start with what arrived recently.
+//! Delivery to Observe consumers. A published batch is shared (`Arc`) by
+//! every consumer; the hub only queues a reference, and each consumer's own
+//! task filters and copies the records it wants, so ingest does constant work
+//! per consumer. Each queue is bounded in records queued; a bounded history
+//! lets a new consumer start with what arrived recently.
 
 use std::{
     collections::VecDeque,
@@ -34,23 +35,16 @@ impl Published {
     }
 }
 
-struct Queued {
-    batch: Published,
-    selected: Vec<u32>,
-}
-
 pub(crate) struct Subscriber {
-    filter: Filter,
-    tx: mpsc::UnboundedSender<Queued>,
-    /// Records queued and not yet taken by the consumer (the bound).
+    tx: mpsc::UnboundedSender<Published>,
+    /// Records queued (before filtering) and not yet gone through: the bound.
     buffered: Arc<AtomicUsize>,
     lagged: Arc<AtomicBool>,
 }
 
 /// What happened when a batch was offered to a subscriber.
 pub(crate) enum Offer {
-    /// Queued this many records (possibly 0: nothing matched).
-    Queued(usize),
+    Queued,
     /// The consumer is gone.
     Closed,
     /// The consumer fell behind its bound and is dropped.
@@ -58,85 +52,84 @@ pub(crate) enum Offer {
 }
 
 impl Subscriber {
-    pub(crate) fn new(filter: Filter) -> (Self, Subscription) {
+    pub(crate) fn new(filter: Filter) -> (Arc<Self>, Subscription) {
         let (tx, rx) = mpsc::unbounded_channel();
         let lagged = Arc::new(AtomicBool::new(false));
         let buffered = Arc::new(AtomicUsize::new(0));
-        let sub = Subscriber { filter, tx, buffered: buffered.clone(), lagged: lagged.clone() };
-        (sub, Subscription { rx, buffered, current: None, lagged })
+        let sub = Arc::new(Subscriber { tx, buffered: buffered.clone(), lagged: lagged.clone() });
+        (sub, Subscription { rx, buffered, filter, current: None, lagged })
     }
 
-    /// Queues the records of `batch` this consumer selects. A consumer with
-    /// nothing queued always takes the next batch, however large: only falling
-    /// behind counts as slowness.
+    /// Queues a batch. A consumer with nothing queued always takes the next
+    /// batch, however large: only falling behind counts as slowness.
     pub(crate) fn offer(&self, batch: &Published, bound: usize) -> Offer {
-        let tables = batch.tables();
-        let selected: Vec<u32> = batch
-            .records
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| self.filter.matches_in(r, &tables))
-            .map(|(i, _)| i as u32)
-            .collect();
-        if selected.is_empty() {
-            return if self.tx.is_closed() { Offer::Closed } else { Offer::Queued(0) };
-        }
-        let n = selected.len();
+        let n = batch.records.len();
         let buffered = self.buffered.load(Ordering::Acquire);
         if buffered > 0 && buffered + n > bound {
             self.lagged.store(true, Ordering::Release);
             return Offer::Lagged;
         }
         self.buffered.fetch_add(n, Ordering::AcqRel);
-        match self.tx.send(Queued { batch: batch.clone(), selected }) {
-            Ok(()) => Offer::Queued(n),
+        match self.tx.send(batch.clone()) {
+            Ok(()) => Offer::Queued,
             Err(_) => Offer::Closed,
         }
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.tx.is_closed()
     }
 }
 
 /// The receiving side of one consumer.
 pub struct Subscription {
-    rx: mpsc::UnboundedReceiver<Queued>,
+    rx: mpsc::UnboundedReceiver<Published>,
     buffered: Arc<AtomicUsize>,
-    current: Option<(Published, std::vec::IntoIter<u32>)>,
+    filter: Filter,
+    current: Option<(Published, usize)>,
     /// Set when the hub dropped this consumer for falling behind.
     pub lagged: Arc<AtomicBool>,
 }
 
 impl Subscription {
-    /// The next record and its origin; `None` once the hub dropped this
-    /// consumer (see `lagged`) and everything queued before was taken.
+    /// The next record that passes the filter, standalone (references
+    /// resolved), with its origin; `None` once the hub dropped this consumer
+    /// (see `lagged`) and everything queued before was gone through.
     pub async fn recv(&mut self) -> Option<(pb::Record, Arc<pb::Origin>)> {
         loop {
-            if let Some(r) = self.next_buffered() {
+            if let Some(r) = self.next_queued() {
                 return Some(r);
             }
-            let q = self.rx.recv().await?;
-            self.current = Some((q.batch, q.selected.into_iter()));
+            let batch = self.rx.recv().await?;
+            self.current = Some((batch, 0));
         }
     }
 
     /// The next record if one is queued, without waiting.
     pub fn try_recv(&mut self) -> Option<(pb::Record, Arc<pb::Origin>)> {
         loop {
-            if let Some(r) = self.next_buffered() {
+            if let Some(r) = self.next_queued() {
                 return Some(r);
             }
-            let q = self.rx.try_recv().ok()?;
-            self.current = Some((q.batch, q.selected.into_iter()));
+            let batch = self.rx.try_recv().ok()?;
+            self.current = Some((batch, 0));
         }
     }
 
-    /// A standalone copy of the next selected record: consumers never see
-    /// the batch's references.
-    fn next_buffered(&mut self) -> Option<(pb::Record, Arc<pb::Origin>)> {
-        let (batch, selected) = self.current.as_mut()?;
-        let i = selected.next()?;
-        self.buffered.fetch_sub(1, Ordering::AcqRel);
-        let mut record = batch.records.get(i as usize)?.clone();
-        batch.tables().resolve(&mut record);
-        Some((record, batch.origin.clone()))
+    fn next_queued(&mut self) -> Option<(pb::Record, Arc<pb::Origin>)> {
+        let (batch, next) = self.current.as_mut()?;
+        let tables = batch.tables();
+        while let Some(record) = batch.records.get(*next) {
+            *next += 1;
+            self.buffered.fetch_sub(1, Ordering::AcqRel);
+            if self.filter.matches_in(record, &tables) {
+                let mut record = record.clone();
+                tables.resolve(&mut record);
+                return Some((record, batch.origin.clone()));
+            }
+        }
+        self.current = None;
+        None
     }
 }
 

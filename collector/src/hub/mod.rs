@@ -1,4 +1,4 @@
-//! The collector's core: admits node batches (deduplicated by node run and
+//! The collector's core: admits node batches (deduplicated by agent run and
 //! sequence), keeps per-node state, and publishes records to Observe
 //! consumers (see [`fanout`]) and to the top-talker view. Ingest never waits
 //! for a consumer.
@@ -22,17 +22,20 @@ use podlens_proto::{compact::Tables, v1 as pb};
 
 use crate::{filter::Filter, talkers::Talkers};
 
-/// Records buffered per consumer before it counts as too slow.
+/// Records queued per consumer before it counts as too slow.
 pub const DEFAULT_CONSUMER_BUFFER: usize = 131_072;
 /// Records kept for consumers that ask for recent history.
 pub const DEFAULT_HISTORY_RECORDS: usize = 100_000;
+/// Consumers connected at once.
+pub const DEFAULT_MAX_CONSUMERS: usize = 256;
+/// Agent runs remembered per node (rollouts briefly overlap two).
+const RUNS_PER_NODE: usize = 4;
 
-/// What admission decided about one batch. `acked` is the node's cumulative
-/// acknowledgement: every sequence up to it is admitted.
+/// What admission decided about one batch. `acked` is the cumulative
+/// acknowledgement of the batch's agent run: every sequence up to it is admitted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IngestOutcome {
     Accepted {
-        records: usize,
         acked: u64,
     },
     /// Already seen (a replay after reconnect): not applied again.
@@ -44,7 +47,7 @@ pub enum IngestOutcome {
 impl IngestOutcome {
     pub fn acked(&self) -> u64 {
         match self {
-            IngestOutcome::Accepted { acked, .. } | IngestOutcome::Duplicate { acked } => *acked,
+            IngestOutcome::Accepted { acked } | IngestOutcome::Duplicate { acked } => *acked,
         }
     }
 }
@@ -59,18 +62,46 @@ pub enum IngestError {
     ZeroSequence,
     #[error("batch {sequence}: {source}")]
     BadReference { sequence: u64, source: podlens_proto::compact::BadReference },
+    #[error("batch {sequence}: records[{record}] claims node {claimed:?} in a batch of node {node:?}")]
+    ForeignNode { sequence: u64, record: usize, claimed: String, node: String },
+}
+
+impl IngestError {
+    /// The sequence of the refused batch, when it has one.
+    pub fn sequence(&self) -> Option<u64> {
+        match self {
+            IngestError::BadReference { sequence, .. } | IngestError::ForeignNode { sequence, .. } => Some(*sequence),
+            IngestError::ZeroSequence => Some(0),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{0} Observe consumers are connected already (--max-consumers)")]
+pub struct TooManyConsumers(pub usize);
+
+/// One agent run of a node: (boot_id, epoch) and how far it got.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Run {
+    pub boot_id: String,
+    pub agent_epoch_unix_nano: u64,
+    pub last_sequence: u64,
 }
 
 /// Per-node bookkeeping.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct NodeState {
+    /// The identity of the node's newest agent run.
     pub identity: pb::NodeIdentity,
-    /// Highest sequence admitted for the current agent run.
+    /// Highest sequence admitted for the newest run.
     pub last_sequence: u64,
+    /// Recent runs, newest last.
+    pub runs: Vec<Run>,
     pub batches: u64,
     pub records: u64,
     pub duplicates: u64,
-    /// Sequences skipped (the agent reports what it dropped in-band).
+    /// Sequences skipped within a run (the agent reports what it dropped in-band).
     pub gaps: u64,
     /// When the last batch arrived, Unix ns.
     pub last_batch_unix_nano: u64,
@@ -78,21 +109,51 @@ pub struct NodeState {
     pub losses: Option<pb::LossReport>,
 }
 
+impl NodeState {
+    fn run_mut(&mut self, id: &pb::NodeIdentity) -> Option<&mut Run> {
+        self.runs.iter_mut().find(|r| r.boot_id == id.boot_id && r.agent_epoch_unix_nano == id.agent_epoch_unix_nano)
+    }
+
+    fn add_run(&mut self, id: &pb::NodeIdentity, last_sequence: u64) {
+        self.runs.push(Run {
+            boot_id: id.boot_id.clone(),
+            agent_epoch_unix_nano: id.agent_epoch_unix_nano,
+            last_sequence,
+        });
+        self.runs.sort_by_key(|r| r.agent_epoch_unix_nano);
+        if self.runs.len() > RUNS_PER_NODE {
+            self.runs.remove(0);
+        }
+    }
+
+    fn refresh_identity(&mut self, id: &pb::NodeIdentity) {
+        if id.agent_epoch_unix_nano >= self.identity.agent_epoch_unix_nano {
+            self.identity = id.clone();
+        }
+        let newest = self.runs.last().map_or(0, |r| r.last_sequence);
+        self.last_sequence = newest;
+    }
+}
+
 /// Counters of the hub itself.
 #[derive(Debug, Default)]
 pub struct HubStats {
     pub consumers_dropped: AtomicU64,
     pub records_fanned_out: AtomicU64,
+    /// Batches refused as invalid.
     pub batches_rejected: AtomicU64,
+    /// Ingest streams that ended with an error (disconnects, undecodable messages).
+    pub streams_failed: AtomicU64,
 }
 
 pub struct Hub {
     nodes: Mutex<HashMap<String, NodeState>>,
     /// Consumers and the history, under one lock: a new consumer gets the
     /// history and then every later batch, with no gap and no repeat.
-    delivery: Mutex<(Vec<Subscriber>, History)>,
+    delivery: Mutex<(Vec<Arc<Subscriber>>, History)>,
     talkers: Mutex<Talkers>,
     consumer_buffer: usize,
+    max_consumers: usize,
     pub stats: HubStats,
 }
 
@@ -102,26 +163,29 @@ fn now_unix_nanos() -> u64 {
 
 impl Hub {
     pub fn new(consumer_buffer: usize) -> Self {
-        Self::with_history(consumer_buffer, DEFAULT_HISTORY_RECORDS)
+        Self::with_limits(consumer_buffer, DEFAULT_HISTORY_RECORDS.min(consumer_buffer), DEFAULT_MAX_CONSUMERS)
     }
 
-    pub fn with_history(consumer_buffer: usize, history_records: usize) -> Self {
+    /// A hub whose history is at most `consumer_buffer` records, so a new
+    /// consumer always has room for it.
+    pub fn with_limits(consumer_buffer: usize, history_records: usize, max_consumers: usize) -> Self {
         Self {
             nodes: Mutex::new(HashMap::new()),
-            delivery: Mutex::new((Vec::new(), History::new(history_records))),
+            delivery: Mutex::new((Vec::new(), History::new(history_records.min(consumer_buffer)))),
             // 15 minutes, 50 000 talkers a minute
             talkers: Mutex::new(Talkers::new(15, 50_000)),
             consumer_buffer: consumer_buffer.max(1),
+            max_consumers,
             stats: HubStats::default(),
         }
     }
 
-    /// Restores what a previous run admitted, so its replays are recognised.
+    /// Restores what a previous collector run admitted, so replays are recognised.
     pub fn restore(&self, node: pb::NodeIdentity, last_sequence: u64) {
         let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
         let state = nodes.entry(node.name.clone()).or_default();
-        state.identity = node;
-        state.last_sequence = last_sequence;
+        state.add_run(&node, last_sequence);
+        state.refresh_identity(&node);
     }
 
     /// Admits and publishes a batch (for callers that persist nothing).
@@ -153,18 +217,37 @@ impl Hub {
         Tables::of(batch)
             .check(&batch.records)
             .map_err(|source| IngestError::BadReference { sequence: batch.sequence, source })?;
+        if let Some((i, r)) = batch.records.iter().enumerate().find(|(_, r)| !r.node.is_empty() && r.node != node.name)
+        {
+            return Err(IngestError::ForeignNode {
+                sequence: batch.sequence,
+                record: i,
+                claimed: r.node.clone(),
+                node: node.name.clone(),
+            });
+        }
         let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
         let state = nodes.entry(node.name.clone()).or_default();
-        let same_run = state.identity.agent_epoch_unix_nano == node.agent_epoch_unix_nano
-            && state.identity.boot_id == node.boot_id;
-        if same_run && batch.sequence <= state.last_sequence {
-            state.duplicates += 1;
-            return Ok(IngestOutcome::Duplicate { acked: state.last_sequence });
-        }
-        let expected = if same_run { state.last_sequence + 1 } else { 1 };
-        state.gaps += batch.sequence.saturating_sub(expected);
-        state.identity = node.clone();
-        state.last_sequence = batch.sequence;
+        let acked = match state.run_mut(node) {
+            Some(run) if batch.sequence <= run.last_sequence => {
+                let acked = run.last_sequence;
+                state.duplicates += 1;
+                return Ok(IngestOutcome::Duplicate { acked });
+            }
+            Some(run) => {
+                let gaps = batch.sequence - run.last_sequence - 1;
+                run.last_sequence = batch.sequence;
+                state.gaps += gaps;
+                batch.sequence
+            }
+            // A run never seen: a new agent (starting at 1), or one whose
+            // start this collector did not see; either way no gap is known.
+            None => {
+                state.add_run(node, batch.sequence);
+                batch.sequence
+            }
+        };
+        state.refresh_identity(node);
         state.batches += 1;
         state.records += batch.records.len() as u64;
         state.last_batch_unix_nano = now_unix_nanos();
@@ -175,7 +258,7 @@ impl Hub {
         if latest_loss.is_some() {
             state.losses = latest_loss;
         }
-        Ok(IngestOutcome::Accepted { records: batch.records.len(), acked: state.last_sequence })
+        Ok(IngestOutcome::Accepted { acked })
     }
 
     /// Hands an admitted batch's records to the top-talker view, the history
@@ -187,6 +270,7 @@ impl Hub {
         let published = Published {
             origin: Arc::new(pb::Origin {
                 node: node.name,
+                boot_id: node.boot_id,
                 agent_epoch_unix_nano: node.agent_epoch_unix_nano,
                 sequence: batch.sequence,
             }),
@@ -195,21 +279,31 @@ impl Hub {
             pods: Arc::new(batch.pods),
             at: now,
         };
-        let mut delivery = self.delivery.lock().unwrap_or_else(|e| e.into_inner());
-        let (subs, history) = &mut *delivery;
-        history.push(&published);
-        subs.retain(|s| match s.offer(&published, self.consumer_buffer) {
-            Offer::Queued(n) => {
-                self.stats.records_fanned_out.fetch_add(n as u64, Ordering::Relaxed);
-                true
+        // Only the history push and the snapshot of consumers happen under
+        // the lock; offering (constant work per consumer) happens outside.
+        let subs: Vec<Arc<Subscriber>> = {
+            let mut delivery = self.delivery.lock().unwrap_or_else(|e| e.into_inner());
+            delivery.1.push(&published);
+            delivery.0.clone()
+        };
+        let mut gone: Vec<*const Subscriber> = Vec::new();
+        for s in &subs {
+            match s.offer(&published, self.consumer_buffer) {
+                Offer::Queued => {
+                    self.stats.records_fanned_out.fetch_add(published.records.len() as u64, Ordering::Relaxed);
+                }
+                Offer::Closed => gone.push(Arc::as_ptr(s)),
+                Offer::Lagged => {
+                    self.stats.consumers_dropped.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(buffer = self.consumer_buffer, "observe consumer too slow; disconnecting it");
+                    gone.push(Arc::as_ptr(s));
+                }
             }
-            Offer::Closed => false,
-            Offer::Lagged => {
-                self.stats.consumers_dropped.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(buffer = self.consumer_buffer, "observe consumer too slow; disconnecting it");
-                false
-            }
-        });
+        }
+        if !gone.is_empty() {
+            let mut delivery = self.delivery.lock().unwrap_or_else(|e| e.into_inner());
+            delivery.0.retain(|s| !gone.contains(&Arc::as_ptr(s)));
+        }
     }
 
     /// The `limit` top talkers (see [`Talkers::top`]).
@@ -222,32 +316,35 @@ impl Hub {
         self.talkers.lock().unwrap_or_else(|e| e.into_inner()).dropped
     }
 
-    /// A new consumer; with `since` > 0 it first gets the retained records
+    /// A new consumer; with `since` > 0 it first gets the retained batches
     /// published since then (Unix ns).
-    pub fn subscribe(&self, filter: Filter, since: u64) -> Subscription {
+    pub fn subscribe(&self, filter: Filter, since: u64) -> Result<Subscription, TooManyConsumers> {
         let (sub, subscription) = Subscriber::new(filter);
         let mut delivery = self.delivery.lock().unwrap_or_else(|e| e.into_inner());
         let (subs, history) = &mut *delivery;
+        subs.retain(|s| !s.is_closed());
+        if subs.len() >= self.max_consumers {
+            return Err(TooManyConsumers(subs.len()));
+        }
         if since > 0 {
+            // references only: the history is at most the consumer bound
             for b in history.since(since) {
-                // The history is bounded, so it fits any sane buffer; an
-                // over-long history is cut by the usual bound.
-                if let Offer::Lagged | Offer::Closed = sub.offer(b, usize::MAX) {
-                    break;
-                }
+                let _ = sub.offer(b, usize::MAX);
             }
         }
         subs.push(sub);
-        subscription
+        Ok(subscription)
     }
 
-    /// Ends every consumer's stream once it has taken what is queued (shutdown).
+    /// Ends every consumer's stream once it has gone through what is queued.
     pub fn close_consumers(&self) {
         self.delivery.lock().unwrap_or_else(|e| e.into_inner()).0.clear();
     }
 
     pub fn consumers(&self) -> usize {
-        self.delivery.lock().unwrap_or_else(|e| e.into_inner()).0.len()
+        let mut delivery = self.delivery.lock().unwrap_or_else(|e| e.into_inner());
+        delivery.0.retain(|s| !s.is_closed());
+        delivery.0.len()
     }
 
     pub fn nodes(&self) -> Vec<NodeState> {
@@ -277,14 +374,14 @@ mod tests {
     #[test]
     fn duplicates_are_discarded_per_node_run() {
         let hub = Hub::new(16);
-        assert_eq!(hub.ingest(batch("a", 1, 1, 2)), Ok(IngestOutcome::Accepted { records: 2, acked: 1 }));
-        assert_eq!(hub.ingest(batch("a", 1, 2, 1)), Ok(IngestOutcome::Accepted { records: 1, acked: 2 }));
+        assert_eq!(hub.ingest(batch("a", 1, 1, 2)), Ok(IngestOutcome::Accepted { acked: 1 }));
+        assert_eq!(hub.ingest(batch("a", 1, 2, 1)), Ok(IngestOutcome::Accepted { acked: 2 }));
         assert_eq!(hub.ingest(batch("a", 1, 2, 1)), Ok(IngestOutcome::Duplicate { acked: 2 }));
         assert_eq!(hub.ingest(batch("a", 1, 1, 2)), Ok(IngestOutcome::Duplicate { acked: 2 }));
         // another node with the same sequence is not a duplicate
-        assert_eq!(hub.ingest(batch("b", 1, 1, 1)), Ok(IngestOutcome::Accepted { records: 1, acked: 1 }));
+        assert_eq!(hub.ingest(batch("b", 1, 1, 1)), Ok(IngestOutcome::Accepted { acked: 1 }));
         // a restarted agent starts again at 1
-        assert_eq!(hub.ingest(batch("a", 2, 1, 1)), Ok(IngestOutcome::Accepted { records: 1, acked: 1 }));
+        assert_eq!(hub.ingest(batch("a", 2, 1, 1)), Ok(IngestOutcome::Accepted { acked: 1 }));
         let a = hub.nodes().into_iter().find(|n| n.identity.name == "a").unwrap();
         assert_eq!((a.batches, a.records, a.duplicates, a.gaps), (3, 4, 2, 0));
     }
@@ -292,7 +389,7 @@ mod tests {
     #[test]
     fn one_batch_larger_than_the_buffer_is_not_slowness() {
         let hub = Hub::new(100);
-        let mut sub = hub.subscribe(Filter::default(), 0);
+        let mut sub = hub.subscribe(Filter::default(), 0).unwrap();
         hub.ingest(batch("a", 1, 1, 250)).unwrap();
         assert!(!sub.lagged.load(Ordering::Acquire), "nothing was queued: the whole batch is taken");
         let mut got = 0;
@@ -311,6 +408,49 @@ mod tests {
         hub.ingest(batch("a", 1, 3, 100)).unwrap();
         assert!(!sub.lagged.load(Ordering::Acquire));
         assert_eq!(hub.consumers(), 1);
+    }
+
+    fn run(node: &str, epoch: u64, seq: u64) -> pb::Batch {
+        batch(node, epoch, seq, 1)
+    }
+
+    #[test]
+    fn two_runs_of_one_node_interleave_without_losing_deduplication() {
+        let hub = Hub::new(16);
+        assert_eq!(hub.ingest(run("a", 1, 1)), Ok(IngestOutcome::Accepted { acked: 1 }));
+        assert_eq!(hub.ingest(run("a", 2, 1)), Ok(IngestOutcome::Accepted { acked: 1 }), "a new run during a rollout");
+        assert_eq!(hub.ingest(run("a", 1, 2)), Ok(IngestOutcome::Accepted { acked: 2 }), "the old run is still going");
+        assert_eq!(hub.ingest(run("a", 1, 2)), Ok(IngestOutcome::Duplicate { acked: 2 }));
+        assert_eq!(hub.ingest(run("a", 2, 1)), Ok(IngestOutcome::Duplicate { acked: 1 }));
+        let n = &hub.nodes()[0];
+        assert_eq!((n.identity.agent_epoch_unix_nano, n.gaps, n.duplicates, n.runs.len()), (2, 0, 2, 2));
+    }
+
+    #[test]
+    fn a_run_first_seen_mid_way_counts_no_gap() {
+        let hub = Hub::new(16);
+        assert_eq!(hub.ingest(run("a", 1, 40)), Ok(IngestOutcome::Accepted { acked: 40 }));
+        assert_eq!(hub.nodes()[0].gaps, 0, "a collector without state cannot know what came before");
+    }
+
+    #[test]
+    fn records_claiming_another_node_are_refused() {
+        let hub = Hub::new(16);
+        let mut b = run("a", 1, 1);
+        b.records[0].node = "b".into();
+        let err = hub.ingest(b).unwrap_err();
+        assert_eq!(err.sequence(), Some(1));
+        assert!(err.to_string().contains("\"b\""), "{err}");
+    }
+
+    #[test]
+    fn the_number_of_consumers_is_bounded() {
+        let hub = Hub::with_limits(16, 16, 2);
+        let _a = hub.subscribe(Filter::default(), 0).unwrap();
+        let b = hub.subscribe(Filter::default(), 0).unwrap();
+        assert_eq!(hub.subscribe(Filter::default(), 0).err(), Some(TooManyConsumers(2)));
+        drop(b);
+        assert!(hub.subscribe(Filter::default(), 0).is_ok(), "a closed consumer frees its place");
     }
 
     #[test]
@@ -334,8 +474,8 @@ mod tests {
     #[test]
     fn slow_consumer_is_dropped_without_blocking_ingest() {
         let hub = Hub::new(4);
-        let mut slow = hub.subscribe(Filter::default(), 0);
-        let mut fast = hub.subscribe(Filter::default(), 0);
+        let mut slow = hub.subscribe(Filter::default(), 0).unwrap();
+        let mut fast = hub.subscribe(Filter::default(), 0).unwrap();
         for seq in 1..=3 {
             hub.ingest(batch("a", 1, seq, 2)).unwrap();
             while fast.try_recv().is_some() {}
@@ -373,26 +513,26 @@ mod history_tests {
 
     #[test]
     fn a_late_consumer_gets_the_history_then_live_records_with_origins() {
-        let hub = Hub::with_history(1000, 5);
+        let hub = Hub::with_limits(1000, 5, 10);
         hub.ingest(batch(1, 3)).unwrap();
         hub.ingest(batch(2, 3)).unwrap();
-        let mut late = hub.subscribe(Filter::default(), 1);
-        let mut live_only = hub.subscribe(Filter::default(), 0);
+        let mut late = hub.subscribe(Filter::default(), 1).unwrap();
+        let mut live_only = hub.subscribe(Filter::default(), 0).unwrap();
         hub.ingest(batch(3, 1)).unwrap();
         let seqs: Vec<u64> = std::iter::from_fn(|| late.try_recv()).map(|(_, o)| o.sequence).collect();
         // history bounded to 5 records: batch 1 was evicted when batch 2 arrived
         assert_eq!(seqs, [2, 2, 2, 3]);
         let live: Vec<u64> = std::iter::from_fn(|| live_only.try_recv()).map(|(_, o)| o.sequence).collect();
         assert_eq!(live, [3]);
-        let (_, origin) = hub.subscribe(Filter::default(), 1).try_recv().unwrap();
+        let (_, origin) = hub.subscribe(Filter::default(), 1).unwrap().try_recv().unwrap();
         assert_eq!((origin.node.as_str(), origin.agent_epoch_unix_nano), ("a", 7));
     }
 
     #[test]
     fn admission_without_publication_still_deduplicates() {
         let hub = Hub::new(16);
-        let mut sub = hub.subscribe(Filter::default(), 0);
-        assert_eq!(hub.admit(&batch(1, 1)), Ok(IngestOutcome::Accepted { records: 1, acked: 1 }));
+        let mut sub = hub.subscribe(Filter::default(), 0).unwrap();
+        assert_eq!(hub.admit(&batch(1, 1)), Ok(IngestOutcome::Accepted { acked: 1 }));
         assert_eq!(hub.admit(&batch(1, 1)), Ok(IngestOutcome::Duplicate { acked: 1 }));
         assert!(sub.try_recv().is_none(), "admitted, not yet published");
         hub.publish(batch(1, 1));
@@ -404,6 +544,6 @@ mod history_tests {
         let hub = Hub::new(16);
         hub.restore(pb::NodeIdentity { name: "a".into(), agent_epoch_unix_nano: 7, ..Default::default() }, 5);
         assert_eq!(hub.ingest(batch(5, 1)), Ok(IngestOutcome::Duplicate { acked: 5 }));
-        assert_eq!(hub.ingest(batch(6, 1)), Ok(IngestOutcome::Accepted { records: 1, acked: 6 }));
+        assert_eq!(hub.ingest(batch(6, 1)), Ok(IngestOutcome::Accepted { acked: 6 }));
     }
 }

@@ -310,8 +310,11 @@ pub struct Batch {
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Ack {
-    /// Every batch of this agent run up to and including this sequence has been
-    /// applied (or was a duplicate): the agent may forget them.
+    /// Every batch of this agent run up to and including this sequence that the
+    /// agent sent has been admitted (or was a duplicate): it may forget them.
+    /// A batch the collector refuses for good ends the stream with
+    /// INVALID_ARGUMENT and its sequence in the "podlens-rejected-sequence"
+    /// metadata, so the agent can drop it (and count it) instead of resending.
     #[prost(uint64, tag = "1")]
     pub sequence: u64,
 }
@@ -642,7 +645,8 @@ pub struct ObserveRequest {
     #[prost(uint64, tag = "5")]
     pub since_unix_nano: u64,
 }
-/// Where a record came from: one batch of one agent run.
+/// Where a record came from: one batch of one agent run, the run being
+/// (node, boot_id, agent_epoch_unix_nano).
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Origin {
     #[prost(string, tag = "1")]
@@ -651,6 +655,8 @@ pub struct Origin {
     pub agent_epoch_unix_nano: u64,
     #[prost(uint64, tag = "3")]
     pub sequence: u64,
+    #[prost(string, tag = "4")]
+    pub boot_id: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct ObserveResponse {
