@@ -16,12 +16,30 @@
 #define PL_IPV6_MAX_EXT_HDRS 8
 /* Bytes of a cgroup path carried in a cgroup event (longer paths are truncated). */
 #define PL_CGROUP_PATH_LEN 256
+/* Ports treated as DNS (set at load time; 0 marks an unused slot). */
+#define PL_DNS_PORTS 4
+/*
+ * DNS payload copied per packet. Messages up to PL_DNS_SMALL_PAYLOAD bytes
+ * (nearly all queries and most answers) take a small ring-buffer slot, larger
+ * ones a PL_DNS_MAX_PAYLOAD slot; beyond that the copy is cut (counted).
+ */
+#define PL_DNS_SMALL_PAYLOAD 256
+#define PL_DNS_MAX_PAYLOAD 1536
 
 #define PL_FAMILY_IPV4 4
 #define PL_FAMILY_IPV6 6
 
 #define PL_DIR_EGRESS 0
 #define PL_DIR_INGRESS 1
+
+/* The limits above as an enum, so the object's BTF carries them for the Rust mirror's tests. */
+enum pl_limits {
+	PL_LIMIT_FLOW_MAP_ENTRIES = PL_FLOW_MAP_ENTRIES,
+	PL_LIMIT_CGROUP_PATH_LEN = PL_CGROUP_PATH_LEN,
+	PL_LIMIT_DNS_PORTS = PL_DNS_PORTS,
+	PL_LIMIT_DNS_SMALL_PAYLOAD = PL_DNS_SMALL_PAYLOAD,
+	PL_LIMIT_DNS_MAX_PAYLOAD = PL_DNS_MAX_PAYLOAD,
+};
 
 /*
  * Per-CPU counter slots. Every place a program can lose or reject data has a
@@ -46,6 +64,10 @@ enum pl_counter {
 	PL_CTR_CGROUP_EVENTS_LOST = 11, /* cgroup events lost (ring full) */
 	PL_CTR_MALFORMED_BYTES = 12, /* bytes of truncated/malformed/ext-limit packets */
 	PL_CTR_NON_IP_BYTES = 13,
+	PL_CTR_DNS_MESSAGES = 14,    /* DNS-port packets with payload copied to the DNS ring */
+	PL_CTR_DNS_LOST = 15,        /* ... lost because the DNS ring was full */
+	PL_CTR_DNS_CUT = 16,         /* ... copied only up to PL_DNS_MAX_PAYLOAD bytes */
+	PL_CTR_DNS_COPY_ERR = 17,    /* ... lost because the payload could not be read */
 	PL_CTR_SLOTS = 32,
 };
 
@@ -54,6 +76,7 @@ enum pl_event_kind {
 	PL_EVENT_FLOW_OVERFLOW = 1,
 	PL_EVENT_CGROUP_MKDIR = 2,
 	PL_EVENT_CGROUP_RMDIR = 3,
+	PL_EVENT_DNS = 4, /* on the "dns_events" ring */
 };
 
 /*
@@ -131,6 +154,24 @@ struct cgroup_event {
 	__u32 path_len; /* bytes copied, including the NUL; PL_CGROUP_PATH_LEN = maybe truncated */
 	__u32 _pad;
 	char path[PL_CGROUP_PATH_LEN]; /* relative to the cgroup2 root, starts with '/' */
+};
+
+/*
+ * The transport payload of one packet to or from a DNS port: a whole DNS
+ * message over UDP, a segment of the length-prefixed stream over TCP. ts_ns is
+ * when the program saw the packet (egress: leaving the socket's cgroup;
+ * ingress: about to be delivered to the socket), so a query/response pair
+ * measures what the pod waited for.
+ */
+struct dns_event {
+	struct pl_event_header hdr;
+	struct flow_key key;  /* oriented like flows: local = the socket's end */
+	__u32 tcp_seq;        /* TCP: sequence number of payload[0]; UDP: 0 */
+	__u32 payload_len;    /* transport payload bytes in the packet (GSO: all segments) */
+	__u16 captured;       /* bytes of it in payload[] */
+	__u8 direction;       /* PL_DIR_* */
+	__u8 _pad[5];
+	__u8 payload[];       /* PL_DNS_SMALL_PAYLOAD or PL_DNS_MAX_PAYLOAD bytes reserved */
 };
 
 #endif /* PODLENS_H */

@@ -51,6 +51,14 @@ pub mod maps {
     pub const COUNTERS: &str = "counters";
     /// Ring buffer of rare events ([`crate::EventKind`]).
     pub const EVENTS: &str = "events";
+    /// Ring buffer of [`crate::DnsEvent`]s.
+    pub const DNS_EVENTS: &str = "dns_events";
+}
+
+/// Global variables the agent sets at load time.
+pub mod globals {
+    /// `__u16[PL_DNS_PORTS]`: ports treated as DNS, 0 for an unused slot.
+    pub const DNS_PORTS: &str = "pl_dns_ports";
 }
 
 /// Default capacity of each flow map (`PL_FLOW_MAP_ENTRIES`).
@@ -63,6 +71,12 @@ pub const CGROUP_PATH_LEN: usize = 256;
 pub const FAMILY_IPV4: u8 = 4;
 /// `flow_key.family` for IPv6.
 pub const FAMILY_IPV6: u8 = 6;
+/// Slots of `pl_dns_ports` (`PL_DNS_PORTS`).
+pub const DNS_PORTS: usize = 4;
+/// Payload reserved for a small DNS message (`PL_DNS_SMALL_PAYLOAD`).
+pub const DNS_SMALL_PAYLOAD: usize = 256;
+/// Most payload copied per DNS packet (`PL_DNS_MAX_PAYLOAD`).
+pub const DNS_MAX_PAYLOAD: usize = 1536;
 /// Index of the egress direction in `flow_value.dir`.
 pub const DIR_EGRESS: usize = 0;
 /// Index of the ingress direction in `flow_value.dir`.
@@ -100,11 +114,19 @@ pub enum Counter {
     MalformedBytes = 12,
     /// Bytes of non-IP packets.
     NonIpBytes = 13,
+    /// DNS-port packets whose payload went to the DNS ring.
+    DnsMessages = 14,
+    /// DNS-port packets lost because the DNS ring was full.
+    DnsLost = 15,
+    /// DNS-port packets copied only up to [`DNS_MAX_PAYLOAD`] bytes.
+    DnsCut = 16,
+    /// DNS-port packets lost because their payload could not be read.
+    DnsCopyErr = 17,
 }
 
 impl Counter {
     /// Every counter, in slot order.
-    pub const ALL: [Counter; 14] = [
+    pub const ALL: [Counter; 18] = [
         Counter::NonIp,
         Counter::Truncated,
         Counter::Malformed,
@@ -119,14 +141,27 @@ impl Counter {
         Counter::CgroupEventsLost,
         Counter::MalformedBytes,
         Counter::NonIpBytes,
+        Counter::DnsMessages,
+        Counter::DnsLost,
+        Counter::DnsCut,
+        Counter::DnsCopyErr,
     ];
 
     /// Whether the counter records data that did not reach a flow record (or
     /// identity events that were lost), as opposed to activity: a full flow
     /// map or an insert error still delivers the packet through the overflow
-    /// ring, and fragments and cgroup events are recorded.
+    /// ring, and fragments and cgroup events are recorded. A DNS message cut
+    /// at [`DNS_MAX_PAYLOAD`] still arrives (its header and question first).
     pub fn is_loss(self) -> bool {
-        !matches!(self, Counter::Fragments | Counter::CgroupEvents | Counter::FlowMapFull | Counter::FlowUpdateErr)
+        !matches!(
+            self,
+            Counter::Fragments
+                | Counter::CgroupEvents
+                | Counter::FlowMapFull
+                | Counter::FlowUpdateErr
+                | Counter::DnsMessages
+                | Counter::DnsCut
+        )
     }
 
     /// The loss report's source for this counter: "kernel" for losses,
@@ -156,6 +191,10 @@ impl Counter {
             Counter::CgroupEventsLost => "cgroup_events_lost",
             Counter::MalformedBytes => "malformed_bytes",
             Counter::NonIpBytes => "non_ip_bytes",
+            Counter::DnsMessages => "dns_messages",
+            Counter::DnsLost => "dns_lost",
+            Counter::DnsCut => "dns_cut",
+            Counter::DnsCopyErr => "dns_copy_err",
         }
     }
 }
@@ -170,6 +209,8 @@ pub enum EventKind {
     CgroupMkdir = 2,
     /// [`CgroupEvent`], cgroup removed.
     CgroupRmdir = 3,
+    /// [`DnsEvent`] (on the DNS ring).
+    Dns = 4,
 }
 
 impl EventKind {
@@ -179,6 +220,7 @@ impl EventKind {
             1 => Some(EventKind::FlowOverflow),
             2 => Some(EventKind::CgroupMkdir),
             3 => Some(EventKind::CgroupRmdir),
+            4 => Some(EventKind::Dns),
             _ => None,
         }
     }
@@ -296,6 +338,26 @@ pub struct CgroupEvent {
     pub path: [u8; CGROUP_PATH_LEN],
 }
 
+/// `struct dns_event` without its payload, which follows it in the ring record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DnsEvent {
+    /// Common header; `ts_ns` is when the program saw the packet.
+    pub hdr: EventHeader,
+    /// The flow, oriented like flow records (local = the socket's end).
+    pub key: FlowKey,
+    /// TCP: sequence number of the first payload byte; UDP: 0.
+    pub tcp_seq: u32,
+    /// Transport payload bytes in the packet.
+    pub payload_len: u32,
+    /// Bytes of the payload that follow this header.
+    pub captured: u16,
+    /// [`DIR_EGRESS`] or [`DIR_INGRESS`].
+    pub direction: u8,
+    /// Always zero.
+    pub _pad: [u8; 5],
+}
+
 // SAFETY: all of these are plain `#[repr(C)]` data with no padding the kernel
 // leaves uninitialised (explicit `_pad` fields) and any bit pattern is valid.
 unsafe impl aya::Pod for FlowKey {}
@@ -387,6 +449,25 @@ mod layout_tests {
     }
 
     #[test]
+    fn dns_event_matches_c() {
+        let l = layout("dns_event");
+        assert_eq!(l.size, size_of::<DnsEvent>(), "sizeof(struct dns_event)");
+        assert_eq!(l.offset_of("payload"), Some(size_of::<DnsEvent>()), "payload follows the header");
+        for (field, offset) in [
+            ("hdr", offset_of!(DnsEvent, hdr)),
+            ("key", offset_of!(DnsEvent, key)),
+            ("tcp_seq", offset_of!(DnsEvent, tcp_seq)),
+            ("payload_len", offset_of!(DnsEvent, payload_len)),
+            ("captured", offset_of!(DnsEvent, captured)),
+            ("direction", offset_of!(DnsEvent, direction)),
+            ("_pad", offset_of!(DnsEvent, _pad)),
+        ] {
+            assert_eq!(l.offset_of(field), Some(offset), "offsetof(struct dns_event, {field})");
+        }
+        assert_eq!(l.members.len(), 8, "fields of struct dns_event");
+    }
+
+    #[test]
     fn counter_numbers_match_c() {
         let btf = BtfLayout::from_elf(layout_obj()).unwrap();
         let c: Vec<(String, i64)> = btf
@@ -411,9 +492,26 @@ mod layout_tests {
                 EventKind::FlowOverflow => "PL_EVENT_FLOW_OVERFLOW",
                 EventKind::CgroupMkdir => "PL_EVENT_CGROUP_MKDIR",
                 EventKind::CgroupRmdir => "PL_EVENT_CGROUP_RMDIR",
+                EventKind::Dns => "PL_EVENT_DNS",
             };
             assert_eq!(name, want);
         }
+    }
+
+    #[test]
+    fn limits_match_c() {
+        let btf = BtfLayout::from_elf(layout_obj()).unwrap();
+        let mut c = btf.enum_values("pl_limits").unwrap();
+        c.sort();
+        let mut rust = vec![
+            ("PL_LIMIT_CGROUP_PATH_LEN".to_string(), CGROUP_PATH_LEN as i64),
+            ("PL_LIMIT_DNS_MAX_PAYLOAD".to_string(), DNS_MAX_PAYLOAD as i64),
+            ("PL_LIMIT_DNS_PORTS".to_string(), DNS_PORTS as i64),
+            ("PL_LIMIT_DNS_SMALL_PAYLOAD".to_string(), DNS_SMALL_PAYLOAD as i64),
+            ("PL_LIMIT_FLOW_MAP_ENTRIES".to_string(), i64::from(FLOW_MAP_ENTRIES)),
+        ];
+        rust.sort();
+        assert_eq!(rust, c);
     }
 
     #[test]

@@ -136,7 +136,11 @@ async fn main() -> Result<()> {
     let pods: SharedPods = Arc::new(RwLock::new(PodStore::new(RETENTION)));
     start_pod_source(&args, &node.name, &pods, &stop_rx).await?;
 
-    let opts = LoadOptions { flow_map_entries: args.flow_map_entries, events_ring_bytes: args.events_ring_bytes };
+    let opts = LoadOptions {
+        flow_map_entries: args.flow_map_entries,
+        events_ring_bytes: args.events_ring_bytes,
+        ..Default::default()
+    };
     let mut kernel = Kernel::load(&opts)?;
     let mut cgroups = CgroupTable::new(&cgroup_root, RETENTION);
     let features = kernel.attach(&cgroup_root)?;

@@ -140,6 +140,11 @@ impl Pipeline {
                         Instant::now(),
                     );
                 }
+                Ok(events::Event::Dns(_)) => {
+                    // the kernel writes DNS only to its own ring
+                    self.user.event_decode_errors += 1;
+                    tracing::warn!("DNS event on the events ring");
+                }
                 Err(e) => {
                     self.user.event_decode_errors += 1;
                     tracing::warn!(error = %e, "undecodable kernel event");

@@ -22,15 +22,20 @@ pub enum Dir {
 pub struct FlowProgs {
     pub kernel: Kernel,
     pub ring: RingBuf<MapData>,
+    pub dns_ring: RingBuf<MapData>,
 }
 
 impl FlowProgs {
     pub fn load(flow_map_entries: u32, events_ring_bytes: u32) -> Self {
+        Self::load_with(LoadOptions { flow_map_entries, events_ring_bytes, ..Default::default() })
+    }
+
+    pub fn load_with(opts: LoadOptions) -> Self {
         crate::privileged::require_root();
-        let mut kernel =
-            Kernel::load(&LoadOptions { flow_map_entries, events_ring_bytes }).expect("load the eBPF object");
+        let mut kernel = Kernel::load(&opts).expect("load the eBPF object");
         let ring = kernel.take_events().expect("events ring");
-        Self { kernel, ring }
+        let dns_ring = kernel.take_dns_events().expect("DNS ring");
+        Self { kernel, ring, dns_ring }
     }
 
     /// Runs the program for `dir` on an Ethernet frame; returns the verdict.
@@ -80,6 +85,18 @@ impl FlowProgs {
     /// Every counter, for messages.
     pub fn counters(&self) -> Vec<(Counter, u64)> {
         self.kernel.counters().expect("counters")
+    }
+
+    /// Every DNS packet in the DNS ring.
+    pub fn dns(&mut self) -> Vec<events::DnsPacket> {
+        let mut out = Vec::new();
+        while let Some(item) = self.dns_ring.next() {
+            match events::decode(&item).expect("decodable DNS event") {
+                events::Event::Dns(p) => out.push(p),
+                other => panic!("non-DNS event on the DNS ring: {other:?}"),
+            }
+        }
+        out
     }
 
     pub fn events(&mut self) -> Vec<events::Event> {

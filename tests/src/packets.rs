@@ -24,6 +24,11 @@ pub fn eth(ethertype: u16, l3: &[u8]) -> Vec<u8> {
 
 /// A TCP header (20 bytes + `options`, padded to 4) followed by `payload`.
 pub fn tcp(sport: u16, dport: u16, flags: u8, options: &[u8], payload: &[u8]) -> Vec<u8> {
+    tcp_seq(sport, dport, flags, 1, options, payload)
+}
+
+/// [`tcp`] with a chosen sequence number.
+pub fn tcp_seq(sport: u16, dport: u16, flags: u8, seq: u32, options: &[u8], payload: &[u8]) -> Vec<u8> {
     let mut opts = options.to_vec();
     while !opts.len().is_multiple_of(4) {
         opts.push(1); // NOP
@@ -32,7 +37,7 @@ pub fn tcp(sport: u16, dport: u16, flags: u8, options: &[u8], payload: &[u8]) ->
     let mut h = Vec::with_capacity(20 + opts.len() + payload.len());
     h.extend_from_slice(&sport.to_be_bytes());
     h.extend_from_slice(&dport.to_be_bytes());
-    h.extend_from_slice(&1u32.to_be_bytes()); // seq
+    h.extend_from_slice(&seq.to_be_bytes());
     h.extend_from_slice(&0u32.to_be_bytes()); // ack
     h.push(doff << 4);
     h.push(flags);

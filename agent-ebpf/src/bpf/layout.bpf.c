@@ -16,3 +16,5 @@ struct cgroup_event pl_layout_cgroup_event;
 struct clock_sample pl_layout_clock_sample;
 enum pl_counter pl_layout_counter;
 enum pl_event_kind pl_layout_event_kind;
+struct dns_event pl_layout_dns_event;
+enum pl_limits pl_layout_limits;

@@ -47,6 +47,7 @@ enum parse_result {
 /* What a packet adds besides its key. */
 struct pkt_info {
 	__u32 hdr_len; /* network + transport header bytes, repeated per GSO segment */
+	__u32 tcp_seq; /* network byte order */
 	__u8 tcp_flags;
 	__u8 fragment; /* non-first fragment: no transport header */
 };
@@ -106,6 +107,7 @@ static __always_inline int parse_l4(struct __sk_buff *skb, struct flow_key *k, s
 			return PARSE_TRUNCATED;
 		raw = (const __u8 *)th;
 		pi->tcp_flags = raw[13];
+		pi->tcp_seq = th->seq;
 		pi->hdr_len += doff;
 		set_ports(k, dir, bpf_ntohs(th->source), bpf_ntohs(th->dest));
 		return PARSE_OK;

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0-only OR MIT
 /*
- * Per-cgroup flow accounting (cgroup_skb ingress/egress on the cgroup2 root)
- * and cgroup lifecycle events (tp_btf cgroup_mkdir/rmdir) for identity.
+ * Per-cgroup flow accounting (cgroup_skb ingress/egress on the cgroup2 root),
+ * DNS capture in the same pass (dns.h), and cgroup lifecycle events (tp_btf
+ * cgroup_mkdir/rmdir) for identity.
  *
  * Lossless drain. Flows are aggregated in one of two hash maps, flows_0 and
  * flows_1; flow_active says which. To drain, the agent points flow_active at
@@ -18,6 +19,7 @@
  */
 #include "common.h"
 #include "parse.h"
+#include "dns.h"
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_tracing.h>
 
@@ -185,6 +187,7 @@ static __always_inline int handle_skb(struct __sk_buff *skb, int dir)
 		account(&flows_1, &key, dir, bytes, segs, pi.tcp_flags);
 	else
 		account(&flows_0, &key, dir, bytes, segs, pi.tcp_flags);
+	dns_capture(skb, &key, &pi, dir);
 	return 1;
 }
 

@@ -2,7 +2,9 @@
 //! the decoder still checks every length: a short or unknown record is an error
 //! that is counted, never a panic or an out-of-bounds read.
 
-use podlens_agent_ebpf::{CgroupEvent, EventHeader, EventKind, FlowOverflowEvent, CGROUP_PATH_LEN};
+use podlens_agent_ebpf::{
+    CgroupEvent, DnsEvent, EventHeader, EventKind, FlowOverflowEvent, CGROUP_PATH_LEN, DNS_MAX_PAYLOAD,
+};
 
 /// One decoded event.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -10,6 +12,14 @@ pub enum Event {
     FlowOverflow(FlowOverflowEvent),
     CgroupMkdir { id: u64, path: String },
     CgroupRmdir { id: u64, path: String },
+    Dns(DnsPacket),
+}
+
+/// A DNS-port packet's payload (or its first [`DNS_MAX_PAYLOAD`] bytes).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DnsPacket {
+    pub event: DnsEvent,
+    pub payload: Vec<u8>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -20,6 +30,8 @@ pub enum DecodeError {
     UnknownKind(u32),
     #[error("cgroup event path length {0} exceeds {CGROUP_PATH_LEN}")]
     BadPathLen(u32),
+    #[error("DNS event claims {captured} payload bytes (payload {payload_len}, record holds {available})")]
+    BadCapture { captured: u16, payload_len: u32, available: usize },
 }
 
 fn read<T: Copy>(bytes: &[u8], what: &'static str) -> Result<T, DecodeError> {
@@ -50,6 +62,19 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
             } else {
                 Event::CgroupRmdir { id: e.cgroup_id, path }
             })
+        }
+        Some(EventKind::Dns) => {
+            let event: DnsEvent = read(bytes, "DNS event")?;
+            let captured = usize::from(event.captured);
+            let rest = &bytes[std::mem::size_of::<DnsEvent>()..];
+            if captured > rest.len() || captured > DNS_MAX_PAYLOAD || captured as u64 > u64::from(event.payload_len) {
+                return Err(DecodeError::BadCapture {
+                    captured: event.captured,
+                    payload_len: event.payload_len,
+                    available: rest.len(),
+                });
+            }
+            Ok(Event::Dns(DnsPacket { event, payload: rest[..captured].to_vec() }))
         }
         None => Err(DecodeError::UnknownKind(hdr.kind)),
     }
@@ -116,6 +141,42 @@ mod tests {
         assert_eq!(decode(&b), Err(DecodeError::UnknownKind(99)));
         let b = cgroup_event(EventKind::CgroupMkdir, b"/x\0", 9999);
         assert_eq!(decode(&b), Err(DecodeError::BadPathLen(9999)));
+    }
+
+    fn dns_event(captured: u16, payload_len: u32, payload: &[u8]) -> Vec<u8> {
+        let e = DnsEvent {
+            hdr: EventHeader { kind: EventKind::Dns as u32, _pad: 0, ts_ns: 11 },
+            key: FlowKey { cgroup_id: 3, remote_port: 53, protocol: 17, family: 4, ..Default::default() },
+            tcp_seq: 0,
+            payload_len,
+            captured,
+            direction: 0,
+            _pad: [0; 5],
+        };
+        let mut b = bytes_of(&e);
+        b.extend_from_slice(payload);
+        b
+    }
+
+    #[test]
+    fn decodes_dns_packets_and_checks_their_lengths() {
+        // the ring record is the reserved slot: longer than what was captured
+        let mut slot = vec![0xab; 5];
+        slot.resize(256, 0);
+        let Ok(Event::Dns(p)) = decode(&dns_event(5, 5, &slot)) else { panic!("decodes") };
+        assert_eq!((p.payload, p.event.hdr.ts_ns, p.event.key.remote_port), (vec![0xab; 5], 11, 53));
+        let cut = decode(&dns_event(4, 3000, &[1, 2, 3, 4])).unwrap();
+        assert!(matches!(cut, Event::Dns(p) if p.payload == [1, 2, 3, 4] && p.event.payload_len == 3000));
+        for (captured, len, payload) in [(9u16, 9u32, &[0u8; 4][..]), (6, 5, &[0; 8]), (2000, 2000, &[0; 2000])] {
+            assert!(
+                matches!(decode(&dns_event(captured, len, payload)), Err(DecodeError::BadCapture { .. })),
+                "captured {captured} of {len} with {} bytes",
+                payload.len()
+            );
+        }
+        let mut short = dns_event(0, 0, &[]);
+        short.truncate(40);
+        assert!(matches!(decode(&short), Err(DecodeError::Short { what: "DNS event", .. })));
     }
 
     #[test]

@@ -17,7 +17,7 @@ use aya::{
     },
     Btf, Ebpf, EbpfLoader,
 };
-use podlens_agent_ebpf::{maps, programs, ClockSample, Counter};
+use podlens_agent_ebpf::{globals, maps, programs, ClockSample, Counter, DNS_PORTS};
 
 use self::flow_maps::{FlowMapError, FlowMaps};
 
@@ -28,11 +28,20 @@ pub struct LoadOptions {
     pub flow_map_entries: u32,
     /// Size of the events ring buffer in bytes (power of two, multiple of the page size).
     pub events_ring_bytes: u32,
+    /// Ports whose TCP/UDP payload is captured as DNS (0: unused slot; all 0: no capture).
+    pub dns_ports: [u16; DNS_PORTS],
+    /// Size of the DNS ring buffer in bytes (power of two, multiple of the page size).
+    pub dns_ring_bytes: u32,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { flow_map_entries: podlens_agent_ebpf::FLOW_MAP_ENTRIES, events_ring_bytes: 256 * 1024 }
+        Self {
+            flow_map_entries: podlens_agent_ebpf::FLOW_MAP_ENTRIES,
+            events_ring_bytes: 256 * 1024,
+            dns_ports: [53, 0, 0, 0],
+            dns_ring_bytes: 4 << 20,
+        }
     }
 }
 
@@ -77,6 +86,7 @@ pub struct Kernel {
     ebpf: Ebpf,
     pub flow_maps: FlowMaps,
     events: Option<RingBuf<MapData>>,
+    dns_events: Option<RingBuf<MapData>>,
     counters: PerCpuArray<MapData, u64>,
     clock_samples: Array<MapData, ClockSample>,
 }
@@ -93,6 +103,8 @@ impl Kernel {
     pub fn load(opts: &LoadOptions) -> Result<Self, LoadError> {
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(maps::EVENTS, opts.events_ring_bytes)
+            .map_max_entries(maps::DNS_EVENTS, opts.dns_ring_bytes)
+            .override_global(globals::DNS_PORTS, &opts.dns_ports, true)
             .map_max_entries(maps::FLOWS[0], opts.flow_map_entries)
             .map_max_entries(maps::FLOWS[1], opts.flow_map_entries)
             .load(podlens_agent_ebpf::podlens_object())
@@ -116,9 +128,10 @@ impl Kernel {
         let barrier = take_map(&mut ebpf, maps::DRAIN_BARRIER)?;
         let flow_maps = FlowMaps::new(flows, active, barrier)?;
         let events = take_map(&mut ebpf, maps::EVENTS)?;
+        let dns_events = take_map(&mut ebpf, maps::DNS_EVENTS)?;
         let counters = take_map(&mut ebpf, maps::COUNTERS)?;
         let clock_samples = take_map(&mut ebpf, maps::CLOCK_SAMPLES)?;
-        Ok(Self { ebpf, flow_maps, events: Some(events), counters, clock_samples })
+        Ok(Self { ebpf, flow_maps, events: Some(events), dns_events: Some(dns_events), counters, clock_samples })
     }
 
     /// Attaches the flow programs to the cgroup2 root in multi mode (other
@@ -165,6 +178,11 @@ impl Kernel {
     /// The events ring buffer, for the one reader.
     pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
         self.events.take()
+    }
+
+    /// The DNS ring buffer, for the one reader.
+    pub fn take_dns_events(&mut self) -> Option<RingBuf<MapData>> {
+        self.dns_events.take()
     }
 
     /// A loaded program, for BPF_PROG_TEST_RUN in tests and benchmarks.
