@@ -6,6 +6,7 @@
 //! batches to a [`pipeline::Sink`]: the embedded collector in standalone mode.
 
 pub mod config;
+pub mod dns;
 pub mod ebpf;
 pub mod export;
 pub mod flows;

@@ -43,8 +43,16 @@ enum Task {
         /// Only tests whose name contains this.
         filter: Option<String>,
     },
-    /// Every test: unit tests, then the privileged ones (`e2e`).
+    /// Every test: unit tests, the privileged ones (`e2e`), then a bounded fuzz run.
     Test,
+    /// Fuzz the parsers of untrusted bytes (agent/fuzz) for a bounded time per target.
+    Fuzz {
+        /// Only this target (`cargo fuzz list` in agent/fuzz).
+        target: Option<String>,
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
     /// Benchmarks (release build, root): ratios against a baseline measured in the same run.
     Bench {
         /// Which benchmark: `flows` or `stream`.
@@ -63,9 +71,11 @@ fn main() -> Result<()> {
         Task::Demo { seconds, output } => demo(seconds, &output),
         Task::E2e { filter } => e2e(filter.as_deref()),
         Task::Bench { which, reps } => bench(&which, reps),
+        Task::Fuzz { target, seconds } => fuzz(target.as_deref(), seconds),
         Task::Test => {
             cargo(&["test", "--workspace", "--exclude", "podlens-e2e"], &[])?;
-            e2e(None)
+            e2e(None)?;
+            fuzz(None, 30)
         }
     }
 }
@@ -115,7 +125,8 @@ fn deps() -> Result<()> {
     let mut args: Vec<String> = vec!["install".into(), "-y".into(), "--no-install-recommends".into()];
     args.extend(clang.iter().map(|s| s.to_string()));
     args.extend(
-        ["libbpf-dev", "iproute2", "util-linux", "iperf3", "dnsmasq-base", "ca-certificates"].map(String::from),
+        ["libbpf-dev", "iproute2", "util-linux", "iperf3", "dnsmasq-base", "bind9-dnsutils", "ca-certificates"]
+            .map(String::from),
     );
     let apt = Path::new("/usr/bin/apt-get");
     if !apt.exists() {
@@ -179,6 +190,40 @@ fn e2e(filter: Option<&str>) -> Result<()> {
     // One at a time: each test runs its own agent, and 2 cores are not many.
     args.push("--test-threads=1");
     cargo(&args, &env)
+}
+
+/// Runs every fuzz target (or one) for `seconds`. cargo-fuzz passes nightly
+/// flags to rustc; RUSTC_BOOTSTRAP lets the stable toolchain accept them, so
+/// no second toolchain is needed. Installs cargo-fuzz when it is missing.
+fn fuzz(only: Option<&str>, seconds: u64) -> Result<()> {
+    let cargo_bin = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let has_fuzz = Command::new(&cargo_bin).args(["fuzz", "--version"]).output().is_ok_and(|o| o.status.success());
+    if !has_fuzz {
+        cargo(&["install", "cargo-fuzz", "--locked"], &[])?;
+    }
+    let dir = root().join("agent/fuzz");
+    let list = Command::new(&cargo_bin).args(["fuzz", "list"]).current_dir(&dir).output().context("cargo fuzz list")?;
+    let targets: Vec<String> = String::from_utf8_lossy(&list.stdout).lines().map(str::to_string).collect();
+    if targets.is_empty() {
+        bail!("cargo fuzz list found no targets in {}", dir.display());
+    }
+    if let Some(t) = only.filter(|t| !targets.iter().any(|x| x == t)) {
+        bail!("unknown fuzz target {t:?}: available: {}", targets.join(", "));
+    }
+    for t in targets.iter().filter(|t| only.is_none_or(|o| o == t.as_str())) {
+        println!("fuzzing {t} for {seconds} s");
+        std::fs::create_dir_all(dir.join("corpus").join(t)).context("creating the corpus directory")?;
+        let status = Command::new(&cargo_bin)
+            .args(["fuzz", "run", t, "--", &format!("-max_total_time={seconds}")])
+            .env("RUSTC_BOOTSTRAP", "1")
+            .current_dir(&dir)
+            .status()
+            .context("running cargo fuzz")?;
+        if !status.success() {
+            bail!("fuzz target {t} failed ({status}); the crashing input is in agent/fuzz/artifacts/{t}");
+        }
+    }
+    Ok(())
 }
 
 fn root() -> PathBuf {
