@@ -73,17 +73,15 @@ pub fn kind_of(r: &pb::Record) -> Option<pb::RecordKind> {
     match r.kind.as_ref()? {
         Kind::Flow(_) => Some(pb::RecordKind::Flow),
         Kind::Loss(_) => Some(pb::RecordKind::Loss),
+        Kind::Dns(_) => Some(pb::RecordKind::Dns),
     }
 }
 
 /// The pod a record belongs to (its local side), if any.
 pub fn local_pod<'a>(r: &'a pb::Record, t: &Tables<'a>) -> Option<&'a pb::PodRef> {
-    match r.kind.as_ref()? {
-        Kind::Flow(f) => match t.local(f)?.kind.as_ref()? {
-            workload::Kind::Pod(p) => Some(p),
-            workload::Kind::Host(_) => None,
-        },
-        Kind::Loss(_) => None,
+    match t.record_local(r)?.kind.as_ref()? {
+        workload::Kind::Pod(p) => Some(p),
+        workload::Kind::Host(_) => None,
     }
 }
 

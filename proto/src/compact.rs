@@ -18,15 +18,16 @@ pub fn compact(node: pb::NodeIdentity, sequence: u64, records: Vec<pb::Record>) 
         if r.node == node.name {
             r.node.clear();
         }
-        if let Some(Kind::Flow(f)) = &mut r.kind {
-            if let Some(w) = f.local.take() {
+        if let Some((local, index)) = r.kind.as_mut().and_then(local_slot) {
+            if let Some(w) = local.take() {
                 let key = (w.cgroup_id, w.cgroup_path.clone());
-                let i = *workload_index.entry(key).or_insert_with(|| {
+                *index = *workload_index.entry(key).or_insert_with(|| {
                     workloads.push(w);
                     workloads.len() as u32
                 });
-                f.local_index = i;
             }
+        }
+        if let Some(Kind::Flow(f)) = &mut r.kind {
             if let Some(peer) = &mut f.remote {
                 if let Some(p) = peer.pod.take() {
                     let key = (p.uid.clone(), p.container_id.clone(), p.namespace.clone(), p.name.clone());
@@ -41,6 +42,23 @@ pub fn compact(node: pb::NodeIdentity, sequence: u64, records: Vec<pb::Record>) 
         out.push(r);
     }
     pb::Batch { node: Some(node), sequence, records: out, workloads, pods }
+}
+
+/// The local workload of the record kinds that have one, and its index.
+fn local_slot(kind: &mut Kind) -> Option<(&mut Option<pb::Workload>, &mut u32)> {
+    match kind {
+        Kind::Flow(f) => Some((&mut f.local, &mut f.local_index)),
+        Kind::Dns(d) => Some((&mut d.local, &mut d.local_index)),
+        Kind::Loss(_) => None,
+    }
+}
+
+fn local_ref(kind: &Kind) -> Option<(Option<&pb::Workload>, u32)> {
+    match kind {
+        Kind::Flow(f) => Some((f.local.as_ref(), f.local_index)),
+        Kind::Dns(d) => Some((d.local.as_ref(), d.local_index)),
+        Kind::Loss(_) => None,
+    }
 }
 
 /// A batch's identity tables.
@@ -77,15 +95,17 @@ impl<'a> Tables<'a> {
     /// Checks that every reference of `records` points into the tables.
     pub fn check(&self, records: &[pb::Record]) -> Result<(), BadReference> {
         for (i, r) in records.iter().enumerate() {
-            let Some(Kind::Flow(f)) = &r.kind else { continue };
-            if f.local_index > 0 && at(self.workloads, f.local_index).is_none() {
+            let Some(kind) = &r.kind else { continue };
+            let local_index = local_ref(kind).map_or(0, |(_, index)| index);
+            if local_index > 0 && at(self.workloads, local_index).is_none() {
                 return Err(BadReference {
                     record: i,
                     field: "local_index",
-                    index: f.local_index,
+                    index: local_index,
                     len: self.workloads.len(),
                 });
             }
+            let Kind::Flow(f) = kind else { continue };
             let pod_index = f.remote.as_ref().map_or(0, |p| p.pod_index);
             if pod_index > 0 && at(self.pods, pod_index).is_none() {
                 return Err(BadReference {
@@ -104,6 +124,14 @@ impl<'a> Tables<'a> {
         match &f.local {
             Some(w) => Some(w),
             None => at(self.workloads, f.local_index),
+        }
+    }
+
+    /// The local workload of any record that has one (flows, DNS).
+    pub fn record_local(&self, r: &'a pb::Record) -> Option<&'a pb::Workload> {
+        match local_ref(r.kind.as_ref()?)? {
+            (Some(w), _) => Some(w),
+            (None, index) => at(self.workloads, index),
         }
     }
 
@@ -130,11 +158,13 @@ impl<'a> Tables<'a> {
         if r.node.is_empty() {
             r.node = self.node.to_string();
         }
-        let Some(Kind::Flow(f)) = &mut r.kind else { return };
-        if f.local.is_none() {
-            f.local = at(self.workloads, f.local_index).cloned();
+        if let Some((local, index)) = r.kind.as_mut().and_then(local_slot) {
+            if local.is_none() {
+                *local = at(self.workloads, *index).cloned();
+            }
+            *index = 0;
         }
-        f.local_index = 0;
+        let Some(Kind::Flow(f)) = &mut r.kind else { return };
         if let Some(peer) = &mut f.remote {
             if peer.pod.is_none() {
                 peer.pod = at(self.pods, peer.pod_index).cloned();
@@ -173,12 +203,22 @@ mod tests {
         }
     }
 
+    fn dns(cgroup: u64, pod: &str) -> pb::Record {
+        let Some(Kind::Flow(f)) = flow(cgroup, pod, None).kind else { unreachable!() };
+        pb::Record {
+            node: "n1".into(),
+            kind: Some(Kind::Dns(pb::DnsRecord { local: f.local, role: 1, ..Default::default() })),
+            ..Default::default()
+        }
+    }
+
     #[test]
     fn compacting_and_resolving_round_trips() {
-        let records = vec![flow(1, "a", Some("r")), flow(1, "a", Some("r")), flow(2, "b", None)];
+        let records =
+            vec![flow(1, "a", Some("r")), flow(1, "a", Some("r")), flow(2, "b", None), dns(1, "a"), dns(3, "c")];
         let node = pb::NodeIdentity { name: "n1".into(), ..Default::default() };
         let batch = compact(node, 3, records.clone());
-        assert_eq!((batch.workloads.len(), batch.pods.len()), (2, 1), "each identity once");
+        assert_eq!((batch.workloads.len(), batch.pods.len()), (3, 1), "each identity once");
         assert!(batch.records.iter().all(|r| r.node.is_empty()));
         let tables = Tables::of(&batch);
         assert_eq!(tables.check(&batch.records), Ok(()));

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 /// The schema files, in dependency order.
 pub const FILES: &[&str] = &[
     "podlens/v1/common.proto",
+    "podlens/v1/dns.proto",
     "podlens/v1/flow.proto",
     "podlens/v1/record.proto",
     "podlens/v1/ingest.proto",

@@ -16,6 +16,7 @@ pub enum Output {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Kind {
     Flow,
+    Dns,
     Loss,
 }
 
@@ -23,6 +24,7 @@ impl Kind {
     fn to_pb(self) -> pb::RecordKind {
         match self {
             Kind::Flow => pb::RecordKind::Flow,
+            Kind::Dns => pb::RecordKind::Dns,
             Kind::Loss => pb::RecordKind::Loss,
         }
     }

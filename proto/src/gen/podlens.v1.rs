@@ -84,7 +84,8 @@ pub struct Peer {
     /// The pod that had this IP when the flow was seen, when known to this agent.
     #[prost(message, optional, tag = "3")]
     pub pod: ::core::option::Option<PodRef>,
-    /// Reserved for the DNS name the local pod resolved this IP from.
+    /// The name the local workload last resolved to this IP (from its DNS
+    /// answers, kept for the record's TTL plus a grace period); empty if none.
     #[prost(string, tag = "4")]
     pub fqdn: ::prost::alloc::string::String,
     /// Within a Batch only: 1-based index into Batch.pods standing for `pod`
@@ -154,6 +155,178 @@ impl ContainerRuntime {
             "CONTAINER_RUNTIME_CONTAINERD" => Some(Self::Containerd),
             "CONTAINER_RUNTIME_CRIO" => Some(Self::Crio),
             "CONTAINER_RUNTIME_DOCKER" => Some(Self::Docker),
+            _ => None,
+        }
+    }
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DnsCounts {
+    /// Query messages, retries included.
+    #[prost(uint64, tag = "1")]
+    pub queries: u64,
+    /// Queries that repeat one still unanswered: the same id on the same socket,
+    /// or the same name and type on another socket or resolver.
+    #[prost(uint64, tag = "2")]
+    pub retries: u64,
+    /// Responses matched to a query of this workload.
+    #[prost(uint64, tag = "3")]
+    pub responses: u64,
+    /// Matched responses by outcome: NOERROR with at least one answer record,
+    /// NOERROR without (NODATA), NXDOMAIN, SERVFAIL, REFUSED, any other rcode.
+    #[prost(uint64, tag = "4")]
+    pub noerror: u64,
+    #[prost(uint64, tag = "5")]
+    pub nodata: u64,
+    #[prost(uint64, tag = "6")]
+    pub nxdomain: u64,
+    #[prost(uint64, tag = "7")]
+    pub servfail: u64,
+    #[prost(uint64, tag = "8")]
+    pub refused: u64,
+    #[prost(uint64, tag = "9")]
+    pub other_rcode: u64,
+    /// Queries that saw no response within the agent's DNS timeout.
+    #[prost(uint64, tag = "10")]
+    pub timeouts: u64,
+    /// Matched responses with the TC (truncated) bit set.
+    #[prost(uint64, tag = "11")]
+    pub truncated: u64,
+    /// Responses to no pending query: late (after the timeout), duplicated, or
+    /// to a query sent before the agent started.
+    #[prost(uint64, tag = "12")]
+    pub unmatched_responses: u64,
+    /// Messages that did not decode (truncated, bad names, counts that lie,
+    /// garbage on a DNS port); counted here, otherwise ignored.
+    #[prost(uint64, tag = "13")]
+    pub malformed: u64,
+    /// Search-path amplification: NXDOMAIN queries for expansions of a name
+    /// (resolv.conf search domains, ndots) made before the lookup that answered.
+    #[prost(uint64, tag = "14")]
+    pub search_expansions: u64,
+    /// Lookups that needed at least one such expansion.
+    #[prost(uint64, tag = "15")]
+    pub expanded_lookups: u64,
+}
+/// Response latency for one (resolver, protocol, qtype, rcode): from the first
+/// query message to the response, as the workload's socket saw them (the
+/// kernel timestamps both where they leave and reach the workload).
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DnsLatency {
+    /// CLIENT: the server queried. SERVER: the workload's own address.
+    #[prost(string, tag = "1")]
+    pub resolver_ip: ::prost::alloc::string::String,
+    #[prost(uint32, tag = "2")]
+    pub resolver_port: u32,
+    /// 17 UDP, 6 TCP.
+    #[prost(uint32, tag = "3")]
+    pub protocol: u32,
+    #[prost(uint32, tag = "4")]
+    pub qtype: u32,
+    #[prost(uint32, tag = "5")]
+    pub rcode: u32,
+    #[prost(uint64, tag = "6")]
+    pub count: u64,
+    #[prost(uint64, tag = "7")]
+    pub sum_ns: u64,
+    #[prost(uint64, tag = "8")]
+    pub min_ns: u64,
+    #[prost(uint64, tag = "9")]
+    pub max_ns: u64,
+    /// Responses per bucket of DnsRecord.latency_bounds_ns (upper bounds,
+    /// inclusive), then one more for everything above the last bound.
+    #[prost(uint64, repeated, tag = "10")]
+    pub buckets: ::prost::alloc::vec::Vec<u64>,
+}
+/// Timeouts for one (resolver, protocol, qtype).
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DnsTimeouts {
+    #[prost(string, tag = "1")]
+    pub resolver_ip: ::prost::alloc::string::String,
+    #[prost(uint32, tag = "2")]
+    pub resolver_port: u32,
+    #[prost(uint32, tag = "3")]
+    pub protocol: u32,
+    #[prost(uint32, tag = "4")]
+    pub qtype: u32,
+    #[prost(uint64, tag = "5")]
+    pub count: u64,
+}
+/// One queried name (lower case, no final dot).
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DnsName {
+    /// Empty in DnsRecord.other_names, which sums every name beyond the top.
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "2")]
+    pub queries: u64,
+    #[prost(uint64, tag = "3")]
+    pub nxdomain: u64,
+    /// SERVFAIL, REFUSED and other error rcodes.
+    #[prost(uint64, tag = "4")]
+    pub errors: u64,
+    #[prost(uint64, tag = "5")]
+    pub timeouts: u64,
+    /// NXDOMAIN search-path expansions that preceded this name's answer.
+    #[prost(uint64, tag = "6")]
+    pub search_expansions: u64,
+    /// In other_names: how many distinct names it sums (a lower bound when the
+    /// agent's per-workload name table was full).
+    #[prost(uint64, tag = "7")]
+    pub distinct_names: u64,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct DnsRecord {
+    #[prost(message, optional, tag = "1")]
+    pub local: ::core::option::Option<Workload>,
+    /// Within a Batch only: 1-based index into Batch.workloads standing for
+    /// `local` (0: `local` is set). Consumers always receive `local` itself.
+    #[prost(uint32, tag = "2")]
+    pub local_index: u32,
+    #[prost(enumeration = "DnsRole", tag = "3")]
+    pub role: i32,
+    #[prost(message, optional, tag = "4")]
+    pub counts: ::core::option::Option<DnsCounts>,
+    /// Upper bounds of the latency buckets, ascending, in ns.
+    #[prost(uint64, repeated, tag = "5")]
+    pub latency_bounds_ns: ::prost::alloc::vec::Vec<u64>,
+    #[prost(message, repeated, tag = "6")]
+    pub latency: ::prost::alloc::vec::Vec<DnsLatency>,
+    #[prost(message, repeated, tag = "7")]
+    pub timeouts: ::prost::alloc::vec::Vec<DnsTimeouts>,
+    /// The most queried names, most first.
+    #[prost(message, repeated, tag = "8")]
+    pub top_names: ::prost::alloc::vec::Vec<DnsName>,
+    #[prost(message, optional, tag = "9")]
+    pub other_names: ::core::option::Option<DnsName>,
+}
+/// Which side of the DNS exchange the workload was on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum DnsRole {
+    Unspecified = 0,
+    /// It sent the queries: a resolver client (most pods).
+    Client = 1,
+    /// It answered them: a DNS server (CoreDNS, a node-local cache).
+    Server = 2,
+}
+impl DnsRole {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "DNS_ROLE_UNSPECIFIED",
+            Self::Client => "DNS_ROLE_CLIENT",
+            Self::Server => "DNS_ROLE_SERVER",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "DNS_ROLE_UNSPECIFIED" => Some(Self::Unspecified),
+            "DNS_ROLE_CLIENT" => Some(Self::Client),
+            "DNS_ROLE_SERVER" => Some(Self::Server),
             _ => None,
         }
     }
@@ -246,7 +419,7 @@ pub struct Record {
     pub window_start_unix_nano: u64,
     #[prost(uint64, tag = "3")]
     pub window_end_unix_nano: u64,
-    #[prost(oneof = "record::Kind", tags = "10, 11")]
+    #[prost(oneof = "record::Kind", tags = "10, 11, 12")]
     pub kind: ::core::option::Option<record::Kind>,
 }
 /// Nested message and enum types in `Record`.
@@ -257,6 +430,8 @@ pub mod record {
         Flow(super::FlowRecord),
         #[prost(message, tag = "11")]
         Loss(super::LossReport),
+        #[prost(message, tag = "12")]
+        Dns(super::DnsRecord),
     }
 }
 /// Kinds of record, for filtering.
@@ -266,6 +441,7 @@ pub enum RecordKind {
     Unspecified = 0,
     Flow = 1,
     Loss = 2,
+    Dns = 3,
 }
 impl RecordKind {
     /// String value of the enum field names used in the ProtoBuf definition.
@@ -277,6 +453,7 @@ impl RecordKind {
             Self::Unspecified => "RECORD_KIND_UNSPECIFIED",
             Self::Flow => "RECORD_KIND_FLOW",
             Self::Loss => "RECORD_KIND_LOSS",
+            Self::Dns => "RECORD_KIND_DNS",
         }
     }
     /// Creates an enum from field names used in the ProtoBuf definition.
@@ -285,6 +462,7 @@ impl RecordKind {
             "RECORD_KIND_UNSPECIFIED" => Some(Self::Unspecified),
             "RECORD_KIND_FLOW" => Some(Self::Flow),
             "RECORD_KIND_LOSS" => Some(Self::Loss),
+            "RECORD_KIND_DNS" => Some(Self::Dns),
             _ => None,
         }
     }

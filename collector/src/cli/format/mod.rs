@@ -1,6 +1,8 @@
 //! How the CLI prints records: JSON lines (stable, documented in the README)
 //! or a table for people.
 
+mod dns;
+
 use std::net::IpAddr;
 
 use podlens_proto::v1::{self as pb, record::Kind, workload};
@@ -69,6 +71,7 @@ fn counts_json(c: Option<&pb::FlowCounts>) -> Value {
 pub fn record_json(r: &pb::Record, origin: Option<&pb::Origin>) -> Value {
     let mut v = match &r.kind {
         Some(Kind::Flow(f)) => flow_json(f),
+        Some(Kind::Dns(d)) => dns::record_json(d),
         Some(Kind::Loss(l)) => json!({
             "kind": "loss",
             "counters": l.counters.iter().map(|c| json!({"source": c.source, "reason": c.reason, "total": c.total, "delta": c.delta})).collect::<Vec<_>>(),
@@ -84,21 +87,28 @@ pub fn record_json(r: &pb::Record, origin: Option<&pb::Origin>) -> Value {
     v
 }
 
-fn flow_json(f: &pb::FlowRecord) -> Value {
-    let local = f.local.clone().unwrap_or_default();
+/// The local workload: cgroup, and pod or host unit.
+fn local_json(local: Option<&pb::Workload>) -> Value {
+    let local = local.cloned().unwrap_or_default();
     let (pod, host_unit) = match &local.kind {
         Some(workload::Kind::Pod(p)) => (pod_json(p), Value::Null),
         Some(workload::Kind::Host(h)) => (Value::Null, json!(h.unit)),
         None => (Value::Null, Value::Null),
     };
+    json!({
+        "cgroup_id": local.cgroup_id, "cgroup_path": local.cgroup_path,
+        "pod": pod, "host_unit": host_unit, "unknown_layout": local.unknown_layout,
+    })
+}
+
+fn flow_json(f: &pb::FlowRecord) -> Value {
+    let mut local = local_json(f.local.as_ref());
+    local["ip"] = json!(f.local_ip);
+    local["port"] = json!(f.local_port);
     let remote = f.remote.clone().unwrap_or_default();
     json!({
         "kind": "flow",
-        "local": {
-            "cgroup_id": local.cgroup_id, "cgroup_path": local.cgroup_path,
-            "pod": pod, "host_unit": host_unit, "unknown_layout": local.unknown_layout,
-            "ip": f.local_ip, "port": f.local_port,
-        },
+        "local": local,
         "remote": {
             "ip": remote.ip, "port": remote.port,
             "pod": remote.pod.as_ref().map(pod_json).unwrap_or(Value::Null),
@@ -213,6 +223,8 @@ pub fn record_line(r: &pb::Record) -> Option<String> {
             let mut peer = endpoint(&remote.ip, remote.port, f.protocol);
             if let Some(p) = &remote.pod {
                 peer.push_str(&format!(" ({}/{})", p.namespace, p.name));
+            } else if !remote.fqdn.is_empty() {
+                peer.push_str(&format!(" ({})", remote.fqdn));
             }
             let flags =
                 tcp_flags(f.egress.as_ref().map_or(0, |c| c.tcp_flags) | f.ingress.as_ref().map_or(0, |c| c.tcp_flags));
@@ -228,6 +240,12 @@ pub fn record_line(r: &pb::Record) -> Option<String> {
                 flags
             ))
         }
+        Some(Kind::Dns(d)) => Some(format!(
+            "{} {} {}",
+            clip(&r.node, 12),
+            clip(&who(&d.local.clone().unwrap_or_default()), 34),
+            dns::summary(d)
+        )),
         Some(Kind::Loss(l)) => {
             let lost: Vec<String> = l
                 .counters
