@@ -89,6 +89,9 @@ pub struct AgentArgs {
     #[arg(long, env = "PODLENS_EVENTS_RING_BYTES", default_value_t = 262_144, value_parser = parse_ring_bytes)]
     pub events_ring_bytes: u32,
 
+    #[command(flatten)]
+    pub dns: DnsArgs,
+
     /// Log format.
     #[arg(long, env = "PODLENS_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -96,6 +99,105 @@ pub struct AgentArgs {
     /// Log filter (tracing EnvFilter syntax), e.g. "info" or "podlens_agent=debug".
     #[arg(long, env = "PODLENS_LOG", default_value = "info")]
     pub log: String,
+}
+
+/// DNS capture and analysis.
+#[derive(Debug, clap::Args)]
+pub struct DnsArgs {
+    /// Ports whose TCP and UDP payload is decoded as DNS: comma-separated, at
+    /// most 4, or "none" to turn DNS off.
+    #[arg(long = "dns-ports", env = "PODLENS_DNS_PORTS", default_value = "53", value_parser = parse_dns_ports)]
+    pub ports: DnsPorts,
+
+    /// A query without a response this long after its last send is a timeout (100ms..60s).
+    #[arg(long = "dns-timeout", env = "PODLENS_DNS_TIMEOUT", default_value = "5s", value_parser = parse_dns_timeout)]
+    pub timeout: Duration,
+
+    /// Size of the kernel DNS ring buffer in bytes (power of two, 4KiB..256MiB).
+    #[arg(long = "dns-ring-bytes", env = "PODLENS_DNS_RING_BYTES", default_value_t = 4 << 20, value_parser = parse_ring_bytes)]
+    pub ring_bytes: u32,
+
+    /// Names reported per workload and window; the rest are summed as "other".
+    #[arg(long = "dns-top-names", env = "PODLENS_DNS_TOP_NAMES", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub top_names: u32,
+
+    /// Distinct names tracked per workload and window (a memory bound; beyond it, "other").
+    #[arg(long = "dns-max-names", env = "PODLENS_DNS_MAX_NAMES", default_value_t = 256,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_names: u32,
+
+    /// IP -> name entries kept to name flows (a memory bound; 0 turns naming off).
+    #[arg(long = "dns-fqdn-entries", env = "PODLENS_DNS_FQDN_ENTRIES", default_value_t = 100_000,
+          value_parser = clap::value_parser!(u32).range(0..=10_000_000))]
+    pub fqdn_entries: u32,
+
+    /// How long past its TTL a resolved address keeps naming flows to it.
+    #[arg(long = "dns-fqdn-grace", env = "PODLENS_DNS_FQDN_GRACE", default_value = "2m", value_parser = parse_duration)]
+    pub fqdn_grace: Duration,
+}
+
+/// The DNS ports (empty: DNS off).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DnsPorts(pub Vec<u16>);
+
+fn parse_dns_ports(s: &str) -> Result<DnsPorts, String> {
+    if s.trim() == "none" {
+        return Ok(DnsPorts(Vec::new()));
+    }
+    let mut ports = Vec::new();
+    for part in s.split(',').map(str::trim) {
+        let port: u16 = part.parse().map_err(|_| format!("{part:?} is not a port number (1..65535)"))?;
+        if port == 0 {
+            return Err("port 0 is not a DNS port".into());
+        }
+        if !ports.contains(&port) {
+            ports.push(port);
+        }
+    }
+    if ports.len() > podlens_agent_ebpf::DNS_PORTS {
+        return Err(format!("{} ports given; the kernel program takes at most {}", ports.len(), podlens_agent_ebpf::DNS_PORTS));
+    }
+    Ok(DnsPorts(ports))
+}
+
+fn parse_dns_timeout(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_millis(100) || d > Duration::from_secs(60) {
+        return Err(format!("{s:?} is out of range: the DNS timeout must be between 100ms and 60s"));
+    }
+    Ok(d)
+}
+
+impl DnsArgs {
+    /// The kernel's port table (0 marks unused slots).
+    pub fn kernel_ports(&self) -> [u16; podlens_agent_ebpf::DNS_PORTS] {
+        let mut out = [0; podlens_agent_ebpf::DNS_PORTS];
+        for (slot, port) in out.iter_mut().zip(&self.ports.0) {
+            *slot = *port;
+        }
+        out
+    }
+
+    /// The analysis settings, or None when DNS is off.
+    pub fn config(&self) -> Option<crate::dns::Config> {
+        if self.ports.0.is_empty() {
+            return None;
+        }
+        let d = crate::dns::Config::default();
+        Some(crate::dns::Config {
+            ports: self.ports.0.clone(),
+            timeout: self.timeout,
+            limits: crate::dns::window::Limits {
+                top_names: self.top_names as usize,
+                max_names: self.max_names as usize,
+                ..d.limits
+            },
+            fqdn_entries: self.fqdn_entries as usize,
+            fqdn_grace: self.fqdn_grace,
+            ..d
+        })
+    }
 }
 
 fn parse_interval(s: &str) -> Result<Duration, String> {
@@ -137,5 +239,28 @@ mod tests {
         assert!(err.contains("power of two"), "{err}");
         let err = AgentArgs::try_parse_from(["podlens-agent", "--listen", "nowhere"]).unwrap_err().to_string();
         assert!(err.contains("--listen"), "{err}");
+    }
+
+    #[test]
+    fn dns_flags() {
+        let a = AgentArgs::try_parse_from(["podlens-agent"]).unwrap();
+        assert_eq!(a.dns.kernel_ports(), [53, 0, 0, 0]);
+        assert_eq!(a.dns.config().unwrap().timeout, Duration::from_secs(5));
+        let a = AgentArgs::try_parse_from(["podlens-agent", "--dns-ports", "53, 5353,53"]).unwrap();
+        assert_eq!(a.dns.ports, DnsPorts(vec![53, 5353]));
+        let a = AgentArgs::try_parse_from(["podlens-agent", "--dns-ports", "none"]).unwrap();
+        assert!(a.dns.config().is_none());
+        assert_eq!(a.dns.kernel_ports(), [0; 4]);
+        for (flag, value, want) in [
+            ("--dns-ports", "1,2,3,4,5", "at most 4"),
+            ("--dns-ports", "dns", "not a port number"),
+            ("--dns-ports", "0", "port 0"),
+            ("--dns-timeout", "10ms", "between 100ms and 60s"),
+            ("--dns-ring-bytes", "1000", "power of two"),
+            ("--dns-top-names", "0", "--dns-top-names"),
+        ] {
+            let err = AgentArgs::try_parse_from(["podlens-agent", flag, value]).unwrap_err().to_string();
+            assert!(err.contains(want) && err.contains(flag), "{flag} {value}: {err}");
+        }
     }
 }

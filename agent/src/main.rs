@@ -139,7 +139,8 @@ async fn main() -> Result<()> {
     let opts = LoadOptions {
         flow_map_entries: args.flow_map_entries,
         events_ring_bytes: args.events_ring_bytes,
-        ..Default::default()
+        dns_ports: args.dns.kernel_ports(),
+        dns_ring_bytes: args.dns.ring_bytes,
     };
     let mut kernel = Kernel::load(&opts)?;
     let mut cgroups = CgroupTable::new(&cgroup_root, RETENTION);
@@ -178,7 +179,9 @@ async fn main() -> Result<()> {
         sinks.push(exporter);
     }
 
-    let pipeline = Pipeline::new(kernel, Resolver::new(cgroups, pods), node, Arc::new(Fanout(sinks)))?;
+    let dns = args.dns.config();
+    tracing::info!(dns_ports = ?args.dns.ports.0, dns_timeout = ?args.dns.timeout, "DNS capture");
+    let pipeline = Pipeline::new(kernel, Resolver::new(cgroups, pods), node, Arc::new(Fanout(sinks)), dns)?;
     let run = tokio::spawn(pipeline.run(args.interval, stop_rx));
     shutdown_signal().await?;
     stop_tx.send_replace(true);

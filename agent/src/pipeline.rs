@@ -1,6 +1,7 @@
 //! The agent's data path in userspace: every interval, drain the kernel flow
-//! maps, merge overflow events, resolve identities, attach the loss report and
-//! publish one batch. Kernel events are read continuously in between.
+//! maps, merge overflow events, resolve identities, add the window's DNS
+//! records and name flows from DNS answers, attach the loss report and publish
+//! one batch. Kernel events and DNS packets are read continuously in between.
 
 use std::{
     sync::Arc,
@@ -12,8 +13,9 @@ use podlens_proto::v1 as pb;
 use tokio::{io::unix::AsyncFd, sync::watch};
 
 use crate::{
+    dns::{self, fqdn::Owner, DnsSource},
     ebpf::{clock::TickClock, events, Kernel},
-    flows::{unix_nanos, Clock, FlowWindow},
+    flows::{monotonic_ns, unix_nanos, Clock, FlowWindow},
     identity::Resolver,
     losses::LossTracker,
 };
@@ -63,9 +65,16 @@ const EVENT_POLL: Duration = Duration::from_millis(200);
 /// Earliest a map-full overflow may force an extra drain after the last one.
 const MIN_EARLY_DRAIN: Duration = Duration::from_secs(1);
 
+/// The DNS ring and what reads it.
+struct DnsPath {
+    ring: AsyncFd<RingBuf<MapData>>,
+    source: DnsSource,
+}
+
 pub struct Pipeline {
     kernel: Kernel,
     events: AsyncFd<RingBuf<MapData>>,
+    dns: Option<DnsPath>,
     pub resolver: Resolver,
     window: FlowWindow,
     window_start: u64,
@@ -81,21 +90,28 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
+    /// `dns`: the DNS analysis settings, None when DNS is off.
     pub fn new(
         mut kernel: Kernel,
         resolver: Resolver,
         node: pb::NodeIdentity,
         sink: Arc<dyn Sink>,
+        dns: Option<dns::Config>,
     ) -> std::io::Result<Self> {
         let ring = kernel.take_events().ok_or_else(|| std::io::Error::other("events ring buffer already taken"))?;
         let first_clock = kernel.clock_sample().map_err(std::io::Error::other)?;
-        // SAFETY: the ring buffer owns its map fd, which stays open and the
-        // same for as long as the AsyncFd owns the ring buffer.
-        let events = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let events = readable(ring)?;
+        let dns = match dns {
+            Some(cfg) => {
+                let ring = kernel.take_dns_events().ok_or_else(|| std::io::Error::other("DNS ring already taken"))?;
+                Some(DnsPath { ring: readable(ring)?, source: DnsSource::new(cfg) })
+            }
+            None => None,
+        };
         Ok(Self {
             kernel,
             events,
+            dns,
             resolver,
             window: FlowWindow::default(),
             window_start: unix_nanos(std::time::SystemTime::now()),
@@ -108,6 +124,29 @@ impl Pipeline {
             first_clock,
             sink,
         })
+    }
+
+    /// Reads every pending DNS packet; returns how many.
+    pub fn poll_dns(&mut self) -> usize {
+        let Some(dns) = &mut self.dns else { return 0 };
+        let resolver = &self.resolver;
+        let ring = dns.ring.get_mut();
+        let mut n = 0;
+        while let Some(item) = ring.next() {
+            n += 1;
+            match events::decode(&item) {
+                Ok(events::Event::Dns(p)) => dns.source.packet(&p, |id| resolver.fqdn_owner(id)),
+                Ok(other) => {
+                    self.user.event_decode_errors += 1;
+                    tracing::warn!(event = ?other, "non-DNS event on the DNS ring");
+                }
+                Err(e) => {
+                    self.user.event_decode_errors += 1;
+                    tracing::warn!(error = %e, "undecodable DNS event");
+                }
+            }
+        }
+        n
     }
 
     /// Reads every pending kernel event; returns how many.
@@ -165,6 +204,12 @@ impl Pipeline {
         }
         // Overflow events submitted before the swap are already in the ring.
         self.poll_events();
+        self.poll_dns();
+        let now_mono = monotonic_ns();
+        let dns_window = self.dns.as_mut().map(|d| {
+            d.source.tick(now_mono);
+            d.source.take_window(now_mono)
+        });
         let ticks = match self.kernel.clock_sample() {
             Ok(now) => TickClock::calibrate(self.first_clock, now),
             Err(e) => {
@@ -184,10 +229,25 @@ impl Pipeline {
         let flows = std::mem::take(&mut self.window);
         let bad_direction = flows.bad_overflow_events;
         let clock = Clock::now();
+        let dns_ids: Vec<u64> = dns_window.iter().flat_map(|w| w.cgroup_ids()).collect();
         let mut records = {
-            let mut ids = self.resolver.window(flows.cgroup_ids().collect::<Vec<_>>());
-            flows.into_records(&self.node.name, window, &clock, &mut ids)
+            let mut ids = self.resolver.window(flows.cgroup_ids().chain(dns_ids).collect::<Vec<_>>());
+            let mut records = flows.into_records(&self.node.name, window, &clock, &mut ids);
+            if let (Some(w), Some(d)) = (dns_window, &self.dns) {
+                records.extend(w.into_records(&d.source.config().limits, |id| ids.workload(id)).into_iter().map(
+                    |r| pb::Record {
+                        node: self.node.name.clone(),
+                        window_start_unix_nano: window.0,
+                        window_end_unix_nano: window.1,
+                        kind: Some(pb::record::Kind::Dns(r)),
+                    },
+                ));
+            }
+            records
         };
+        if let Some(d) = &self.dns {
+            name_flows(&mut records, &d.source, now_mono);
+        }
         let n = records.len();
         self.user.event_decode_errors += bad_direction;
         records.push(pb::Record {
@@ -222,6 +282,9 @@ impl Pipeline {
             ("identity", "pod_without_metadata", id.pods_without_metadata),
             ("agent", "drain_error", self.user.drain_errors),
         ]);
+        if let Some(d) = &self.dns {
+            totals.extend(d.source.losses());
+        }
         totals.extend(self.sink.losses());
         self.losses.report(totals)
     }
@@ -242,7 +305,19 @@ impl Pipeline {
                     }
                     self.poll_events();
                 }
-                _ = poll.tick() => { self.poll_events(); }
+                ready = dns_readable(&mut self.dns) => {
+                    if let Ok(mut guard) = ready {
+                        guard.clear_ready();
+                    }
+                    self.poll_dns();
+                }
+                _ = poll.tick() => {
+                    self.poll_events();
+                    self.poll_dns();
+                    if let Some(d) = &mut self.dns {
+                        d.source.tick(monotonic_ns());
+                    }
+                }
             }
             if self.overflow_pending && self.last_drain.elapsed() >= MIN_EARLY_DRAIN {
                 tracing::info!("flow map full: draining early");
@@ -257,5 +332,40 @@ impl Pipeline {
     fn drain_logged(&mut self) {
         let n = self.end_window();
         tracing::debug!(flows = n, sequence = self.sequence, "window published");
+    }
+}
+
+fn readable(ring: RingBuf<MapData>) -> std::io::Result<AsyncFd<RingBuf<MapData>>> {
+    // SAFETY: the ring buffer owns its map fd, which stays open and the same
+    // for as long as the AsyncFd owns the ring buffer.
+    unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+        .map_err(|e| std::io::Error::other(e.to_string()))
+}
+
+/// Readiness of the DNS ring; never ready when DNS is off.
+async fn dns_readable(
+    dns: &mut Option<DnsPath>,
+) -> std::io::Result<tokio::io::unix::AsyncFdReadyMutGuard<'_, RingBuf<MapData>>> {
+    match dns {
+        Some(d) => d.ring.readable_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Stamps each flow's remote end with the name its workload resolved the
+/// address from, when the DNS answers gave one.
+fn name_flows(records: &mut [pb::Record], dns: &DnsSource, now_mono: u64) {
+    for r in records {
+        let Some(pb::record::Kind::Flow(f)) = &mut r.kind else { continue };
+        let Some(local) = &f.local else { continue };
+        let owner = match &local.kind {
+            Some(pb::workload::Kind::Pod(p)) => Owner::Pod(p.uid.clone()),
+            _ => Owner::Cgroup(local.cgroup_id),
+        };
+        let Some(remote) = &mut f.remote else { continue };
+        let Ok(ip) = remote.ip.parse() else { continue };
+        if let Some(name) = dns.fqdn(&owner, ip, now_mono) {
+            remote.fqdn = name.to_string();
+        }
     }
 }

@@ -123,6 +123,16 @@ impl Resolver {
         self.stats
     }
 
+    /// Whose DNS answers name flows: the pod of a cgroup (its containers share
+    /// one network namespace), or the cgroup itself. Flow records map their
+    /// local workload the same way.
+    pub fn fqdn_owner(&self, cgroup_id: u64) -> crate::dns::fqdn::Owner {
+        match self.cgroups.path(cgroup_id).map(parse_cgroup_path) {
+            Some(CgroupOwner::Pod(p)) => crate::dns::fqdn::Owner::Pod(p.uid),
+            _ => crate::dns::fqdn::Owner::Cgroup(cgroup_id),
+        }
+    }
+
     /// Starts resolving one window. Ids unknown to the table trigger at most
     /// one rescan per second, and an id a rescan did not find is not looked
     /// for again for a minute (a cgroup that vanished unseen stays vanished).
