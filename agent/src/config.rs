@@ -156,7 +156,11 @@ fn parse_dns_ports(s: &str) -> Result<DnsPorts, String> {
         }
     }
     if ports.len() > podlens_agent_ebpf::DNS_PORTS {
-        return Err(format!("{} ports given; the kernel program takes at most {}", ports.len(), podlens_agent_ebpf::DNS_PORTS));
+        return Err(format!(
+            "{} ports given; the kernel program takes at most {}",
+            ports.len(),
+            podlens_agent_ebpf::DNS_PORTS
+        ));
     }
     Ok(DnsPorts(ports))
 }

@@ -234,14 +234,14 @@ impl Pipeline {
             let mut ids = self.resolver.window(flows.cgroup_ids().chain(dns_ids).collect::<Vec<_>>());
             let mut records = flows.into_records(&self.node.name, window, &clock, &mut ids);
             if let (Some(w), Some(d)) = (dns_window, &self.dns) {
-                records.extend(w.into_records(&d.source.config().limits, |id| ids.workload(id)).into_iter().map(
-                    |r| pb::Record {
+                records.extend(w.into_records(&d.source.config().limits, |id| ids.workload(id)).into_iter().map(|r| {
+                    pb::Record {
                         node: self.node.name.clone(),
                         window_start_unix_nano: window.0,
                         window_end_unix_nano: window.1,
                         kind: Some(pb::record::Kind::Dns(r)),
-                    },
-                ));
+                    }
+                }));
             }
             records
         };

@@ -261,6 +261,14 @@ impl Pod {
         Proc::spawn(cmd)
     }
 
+    /// Runs a command in the pod with `resolv_conf` as its /etc/resolv.conf.
+    pub fn spawn_with_resolv_conf(&self, resolv_conf: &Path, argv: &[&str]) -> Proc {
+        let mut cmd = Command::new(&self.podrun);
+        cmd.arg("--cgroup").arg(&self.container_cgroup).arg("--netns").arg(&self.netns);
+        cmd.arg("--resolv-conf").arg(resolv_conf).arg("exec").arg("--").args(argv);
+        Proc::spawn(cmd)
+    }
+
     /// Runs a role to completion and returns its JSON lines.
     pub fn run(&self, args: &[&str]) -> Vec<serde_json::Value> {
         self.spawn(args).wait_json(Duration::from_secs(120))
@@ -394,7 +402,15 @@ impl Proc {
     }
 
     /// Waits for exit (bounded), asserts success, returns stdout.
-    pub fn wait_stdout(mut self, timeout: Duration) -> String {
+    pub fn wait_stdout(self, timeout: Duration) -> String {
+        let what = self.what.clone();
+        let (status, out, err) = self.wait_output(timeout);
+        assert!(status.success(), "{what} failed ({status}): {out}{err}");
+        out
+    }
+
+    /// Waits for exit (bounded); returns the status, stdout and stderr.
+    pub fn wait_output(mut self, timeout: Duration) -> (std::process::ExitStatus, String, String) {
         use std::io::Read;
         let mut child = self.child.take().expect("running");
         // Drain the pipes while waiting, so a chatty child never blocks on a full pipe.
@@ -421,9 +437,7 @@ impl Proc {
             }
             std::thread::sleep(Duration::from_millis(10));
         };
-        let (out, err) = (out.join().unwrap_or_default(), err.join().unwrap_or_default());
-        assert!(status.success(), "{} failed ({status}): {out}{err}", self.what);
-        out
+        (status, out.join().unwrap_or_default(), err.join().unwrap_or_default())
     }
 
     /// Reads the first stdout line (e.g. a server's "listening").
@@ -438,6 +452,22 @@ impl Proc {
         }
         let line = String::from_utf8_lossy(&line);
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("{}: {line:?}: {e}", self.what))
+    }
+
+    /// Kills a long-running role and returns the JSON lines it printed
+    /// (after any read with [`Proc::first_line`]).
+    pub fn kill_and_collect(mut self) -> Vec<serde_json::Value> {
+        use std::io::Read;
+        let mut child = self.child.take().expect("running");
+        let _ = child.kill();
+        let _ = child.wait();
+        let mut out = String::new();
+        if let Some(mut s) = child.stdout.take() {
+            let _ = s.read_to_string(&mut out);
+        }
+        out.lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{}: bad output line {l:?}: {e}", self.what)))
+            .collect()
     }
 
     pub fn kill(&mut self) {

@@ -5,6 +5,8 @@
 //! Roles print one JSON object per connection or run on stdout, with the
 //! kernel's own TCP_INFO counters for exact comparisons.
 
+mod dns;
+
 use std::{
     io::{Read, Write},
     net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket},
@@ -25,6 +27,10 @@ struct Cli {
     /// Network namespace (ip netns name) to join.
     #[arg(long)]
     netns: Option<String>,
+    /// Seen as /etc/resolv.conf by this process (a private mount namespace),
+    /// as a pod's own resolv.conf is.
+    #[arg(long)]
+    resolv_conf: Option<PathBuf>,
     #[command(subcommand)]
     role: Role,
 }
@@ -82,6 +88,41 @@ enum Role {
         /// Pause between datagrams, microseconds (keeps receivers from dropping).
         #[arg(long, default_value_t = 200)]
         gap_us: u64,
+    },
+    /// A DNS server on UDP and TCP that answers after `delay_ms`.
+    DnsServer {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long, default_value_t = 0)]
+        delay_ms: u64,
+        /// Ignore this many queries first (clients time out, retry).
+        #[arg(long, default_value_t = 0)]
+        drop: u64,
+        /// name=ip answers (repeatable); other names are NXDOMAIN.
+        #[arg(long = "record")]
+        records: Vec<String>,
+    },
+    /// Send raw bytes (hex) to a DNS port.
+    DnsRaw {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long)]
+        hex: String,
+        #[arg(long)]
+        tcp: bool,
+    },
+    /// A queries at a fixed rate; prints sent and answered.
+    DnsLoad {
+        #[arg(long)]
+        server: SocketAddr,
+        #[arg(long = "name", required = true)]
+        names: Vec<String>,
+        #[arg(long)]
+        rate: u64,
+        #[arg(long)]
+        seconds: u64,
+        #[arg(long, default_value_t = 16)]
+        sockets: usize,
     },
     /// Receive datagrams until `count` arrived or `timeout_ms` passed.
     UdpRecv {
@@ -286,9 +327,48 @@ fn udp_recv(listen: SocketAddr, count: u64, timeout_ms: u64) -> Result<()> {
     Ok(())
 }
 
+/// Bind-mounts `file` over /etc/resolv.conf in a mount namespace of our own.
+fn private_resolv_conf(file: &std::path::Path) -> Result<()> {
+    use std::ffi::CString;
+    let c = |s: &str| CString::new(s).expect("no NUL");
+    let src = c(&file.display().to_string());
+    let (root, target) = (c("/"), c("/etc/resolv.conf"));
+    // SAFETY: plain syscalls on NUL-terminated strings we own; single-threaded here.
+    unsafe {
+        if libc::unshare(libc::CLONE_NEWNS) != 0 {
+            bail!("unshare(CLONE_NEWNS): {}", std::io::Error::last_os_error());
+        }
+        if libc::mount(
+            std::ptr::null(),
+            root.as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        ) != 0
+        {
+            bail!("making / private: {}", std::io::Error::last_os_error());
+        }
+        if libc::mount(src.as_ptr(), target.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null()) != 0 {
+            bail!("bind-mounting {} on /etc/resolv.conf: {}", file.display(), std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+fn hex_bytes(hex: &str) -> Result<Vec<u8>> {
+    let hex: String = hex.chars().filter(|c| !c.is_whitespace()).collect();
+    if !hex.len().is_multiple_of(2) {
+        bail!("odd number of hex digits");
+    }
+    (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).context("bad hex digit")).collect()
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     enter(cli.cgroup.as_ref(), cli.netns.as_deref())?;
+    if let Some(f) = &cli.resolv_conf {
+        private_resolv_conf(f)?;
+    }
     match cli.role {
         Role::Exec { argv } => {
             use std::os::unix::process::CommandExt;
@@ -300,5 +380,10 @@ fn main() -> Result<()> {
         Role::TcpChurn { connect, count, send, rate } => tcp_churn(connect, count, send, rate),
         Role::UdpSend { to, count, size, bind, gap_us } => udp_send(to, count, size, bind, gap_us),
         Role::UdpRecv { listen, count, timeout_ms } => udp_recv(listen, count, timeout_ms),
+        Role::DnsServer { listen, delay_ms, drop, records } => {
+            dns::server(listen, Duration::from_millis(delay_ms), drop, dns::Zone::parse(&records)?)
+        }
+        Role::DnsRaw { to, hex, tcp } => dns::raw(to, &hex_bytes(&hex)?, tcp),
+        Role::DnsLoad { server, names, rate, seconds, sockets } => dns::load(server, &names, rate, seconds, sockets),
     }
 }
