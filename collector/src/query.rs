@@ -18,6 +18,14 @@ impl QueryService {
     }
 }
 
+fn limit(requested: u32) -> Result<usize, Status> {
+    match requested {
+        0 => Ok(20),
+        n if n > 1000 => Err(Status::invalid_argument(format!("limit {n} is above the maximum of 1000"))),
+        n => Ok(n as usize),
+    }
+}
+
 #[tonic::async_trait]
 impl Query for QueryService {
     async fn status(&self, _: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
@@ -51,13 +59,18 @@ impl Query for QueryService {
         request: Request<pb::TopTalkersRequest>,
     ) -> Result<Response<pb::TopTalkersResponse>, Status> {
         let r = request.into_inner();
-        let limit = match r.limit {
-            0 => 20,
-            n if n > 1000 => return Err(Status::invalid_argument(format!("limit {n} is above the maximum of 1000"))),
-            n => n as usize,
-        };
+        let limit = limit(r.limit)?;
         let (talkers, retained_since) = self.hub.top_talkers(limit, &r.namespaces, r.since_unix_nano);
         Ok(Response::new(pb::TopTalkersResponse { talkers, retained_since_unix_nano: retained_since }))
+    }
+
+    async fn top(&self, request: Request<pb::TopRequest>) -> Result<Response<pb::TopResponse>, Status> {
+        let r = request.into_inner();
+        let limit = limit(r.limit)?;
+        let sort = pb::TopSort::try_from(r.sort)
+            .map_err(|_| Status::invalid_argument(format!("sort {} is not a TopSort value", r.sort)))?;
+        let (workloads, retained_since) = self.hub.top_workloads(limit, &r.namespaces, r.since_unix_nano, sort);
+        Ok(Response::new(pb::TopResponse { workloads, retained_since_unix_nano: retained_since }))
     }
 
     async fn findings(&self, _: Request<pb::FindingsRequest>) -> Result<Response<pb::FindingsResponse>, Status> {

@@ -9,6 +9,13 @@ use std::{
 
 use crate::pki::Pki;
 
+/// The `podlens` CLI, built with the collector.
+pub fn cli_path() -> PathBuf {
+    let p = collector_path().with_file_name("podlens");
+    assert!(p.exists(), "podlens CLI not found at {}: run `cargo xtask e2e`", p.display());
+    p
+}
+
 /// Where the collector binary is: PODLENS_COLLECTOR_BIN, else next to the agent.
 pub fn collector_path() -> PathBuf {
     if let Some(p) = std::env::var_os("PODLENS_COLLECTOR_BIN") {

@@ -188,7 +188,7 @@ fn latency_is_what_the_server_held_the_query_over_udp_and_tcp() {
 #[test]
 fn dnsmasq_answers_and_nxdomain_are_counted_and_the_next_flow_is_named() {
     let env = Env::new("dnsmasq");
-    let (_agent, obs) = env.agent(&[]);
+    let (agent, obs) = env.agent(&[]);
     let api = env.peer.ip(false);
     let _dnsmasq = env.dnsmasq(&["example.test"], &[&format!("/web.example.test/{api}")]);
     for _ in 0..3 {
@@ -216,6 +216,19 @@ fn dnsmasq_answers_and_nxdomain_are_counted_and_the_next_flow_is_named() {
     assert_eq!(named_flow(&records, &env.peer, &listen), None);
     let server = dns_totals(&records, &env.dns.uid, pb::DnsRole::Server);
     assert_eq!((server.counts.queries, server.counts.responses), (5, 5));
+
+    // the same numbers in `podlens top`
+    let out = std::process::Command::new(podlens_e2e::collector::cli_path())
+        .args(["top", "--server", &format!("http://{}", agent.addr), "--sort", "dns", "-n", "shop", "-o", "json"])
+        .output()
+        .expect("podlens top");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: Vec<Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect();
+    let web = rows.iter().find(|r| r["workload"]["pod"]["name"] == "web").expect("web in podlens top");
+    assert_eq!((web["dns"]["queries"].as_u64(), web["dns"]["nxdomain"].as_u64()), (Some(5), Some(2)), "{web}");
+    assert!(web["tx_bytes"].as_u64() > Some(0));
+    assert!(web["dns"]["latency_max_ns"].as_u64() > Some(0));
 }
 
 /// The FQDN on the client's flow to `listen` (None if no such flow or no name).

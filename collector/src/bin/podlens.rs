@@ -23,6 +23,8 @@ enum Command {
     Status(cli::query::StatusArgs),
     /// The largest flows over the recent past.
     Talkers(cli::query::TalkersArgs),
+    /// Per workload: traffic and DNS (queries, failures, latency) over the recent past.
+    Top(cli::top::TopArgs),
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -32,5 +34,6 @@ async fn main() -> Result<()> {
         Command::Observe(args) => cli::observe::run(args).await,
         Command::Status(args) => cli::query::status(args).await,
         Command::Talkers(args) => cli::query::talkers(args).await,
+        Command::Top(args) => cli::top::run(args).await,
     }
 }

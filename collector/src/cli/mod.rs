@@ -4,3 +4,4 @@ pub mod connect;
 pub mod format;
 pub mod observe;
 pub mod query;
+pub mod top;

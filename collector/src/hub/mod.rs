@@ -20,7 +20,7 @@ pub use fanout::Subscription;
 use fanout::{History, Offer, Published, Subscriber};
 use podlens_proto::{compact::Tables, v1 as pb};
 
-use crate::{filter::Filter, talkers::Talkers};
+use crate::{filter::Filter, talkers::Talkers, workloads::Workloads};
 
 /// Records queued per consumer before it counts as too slow.
 pub const DEFAULT_CONSUMER_BUFFER: usize = 131_072;
@@ -152,6 +152,7 @@ pub struct Hub {
     /// history and then every later batch, with no gap and no repeat.
     delivery: Mutex<(Vec<Arc<Subscriber>>, History)>,
     talkers: Mutex<Talkers>,
+    workloads: Mutex<Workloads>,
     consumer_buffer: usize,
     max_consumers: usize,
     pub stats: HubStats,
@@ -174,6 +175,8 @@ impl Hub {
             delivery: Mutex::new((Vec::new(), History::new(history_records.min(consumer_buffer)))),
             // 15 minutes, 50 000 talkers a minute
             talkers: Mutex::new(Talkers::new(15, 50_000)),
+            // 15 minutes, 20 000 workloads a minute
+            workloads: Mutex::new(Workloads::new(15, 20_000)),
             consumer_buffer: consumer_buffer.max(1),
             max_consumers,
             stats: HubStats::default(),
@@ -265,7 +268,9 @@ impl Hub {
     /// and every consumer.
     pub fn publish(&self, batch: pb::Batch) {
         let now = now_unix_nanos();
-        self.talkers.lock().unwrap_or_else(|e| e.into_inner()).add(&batch.records, &Tables::of(&batch), now);
+        let tables = Tables::of(&batch);
+        self.talkers.lock().unwrap_or_else(|e| e.into_inner()).add(&batch.records, &tables, now);
+        self.workloads.lock().unwrap_or_else(|e| e.into_inner()).add(&batch.records, &tables, now);
         let node = batch.node.unwrap_or_default();
         let published = Published {
             origin: Arc::new(pb::Origin {
@@ -314,6 +319,22 @@ impl Hub {
     /// Flow records the top-talker view could not keep.
     pub fn talkers_dropped(&self) -> u64 {
         self.talkers.lock().unwrap_or_else(|e| e.into_inner()).dropped
+    }
+
+    /// Per-workload summaries (see [`Workloads::top`]).
+    pub fn top_workloads(
+        &self,
+        limit: usize,
+        namespaces: &[String],
+        since: u64,
+        sort: pb::TopSort,
+    ) -> (Vec<pb::WorkloadSummary>, u64) {
+        self.workloads.lock().unwrap_or_else(|e| e.into_inner()).top(limit, namespaces, since, sort)
+    }
+
+    /// Records the per-workload view could not keep.
+    pub fn workloads_dropped(&self) -> u64 {
+        self.workloads.lock().unwrap_or_else(|e| e.into_inner()).dropped
     }
 
     /// A new consumer; with `since` > 0 it first gets the retained batches

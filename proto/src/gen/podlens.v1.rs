@@ -1242,6 +1242,80 @@ pub struct TopTalkersResponse {
     #[prost(uint64, tag = "2")]
     pub retained_since_unix_nano: u64,
 }
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct TopRequest {
+    /// At most this many (default 20, at most 1000).
+    #[prost(uint32, tag = "1")]
+    pub limit: u32,
+    /// Only workloads that are pods in one of these namespaces.
+    #[prost(string, repeated, tag = "2")]
+    pub namespaces: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Only data since this time (Unix ns); 0 = everything retained.
+    #[prost(uint64, tag = "3")]
+    pub since_unix_nano: u64,
+    #[prost(enumeration = "TopSort", tag = "4")]
+    pub sort: i32,
+}
+/// DNS of one workload as a client (the queries it sent), summed.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DnsSummary {
+    #[prost(uint64, tag = "1")]
+    pub queries: u64,
+    #[prost(uint64, tag = "2")]
+    pub responses: u64,
+    #[prost(uint64, tag = "3")]
+    pub nxdomain: u64,
+    /// SERVFAIL, REFUSED and other error rcodes.
+    #[prost(uint64, tag = "4")]
+    pub errors: u64,
+    #[prost(uint64, tag = "5")]
+    pub timeouts: u64,
+    #[prost(uint64, tag = "6")]
+    pub retries: u64,
+    #[prost(uint64, tag = "7")]
+    pub search_expansions: u64,
+    #[prost(uint64, tag = "8")]
+    pub malformed: u64,
+    /// Latency of the responses: mean and max exactly; p50 and p99 as the upper
+    /// bound of the histogram bucket that holds them (0 when no responses).
+    #[prost(uint64, tag = "9")]
+    pub latency_mean_ns: u64,
+    #[prost(uint64, tag = "10")]
+    pub latency_max_ns: u64,
+    #[prost(uint64, tag = "11")]
+    pub latency_p50_ns: u64,
+    #[prost(uint64, tag = "12")]
+    pub latency_p99_ns: u64,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct WorkloadSummary {
+    #[prost(string, tag = "1")]
+    pub node: ::prost::alloc::string::String,
+    #[prost(message, optional, tag = "2")]
+    pub workload: ::core::option::Option<Workload>,
+    #[prost(uint64, tag = "3")]
+    pub tx_bytes: u64,
+    #[prost(uint64, tag = "4")]
+    pub rx_bytes: u64,
+    #[prost(uint64, tag = "5")]
+    pub tx_packets: u64,
+    #[prost(uint64, tag = "6")]
+    pub rx_packets: u64,
+    /// Flow records summed (one per flow and window).
+    #[prost(uint64, tag = "7")]
+    pub flow_records: u64,
+    #[prost(message, optional, tag = "8")]
+    pub dns: ::core::option::Option<DnsSummary>,
+    #[prost(uint64, tag = "9")]
+    pub last_seen_unix_nano: u64,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct TopResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub workloads: ::prost::alloc::vec::Vec<WorkloadSummary>,
+    #[prost(uint64, tag = "2")]
+    pub retained_since_unix_nano: u64,
+}
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct FindingsRequest {}
 /// A finding raised by a detector.
@@ -1266,6 +1340,42 @@ pub struct Finding {
 pub struct FindingsResponse {
     #[prost(message, repeated, tag = "1")]
     pub findings: ::prost::alloc::vec::Vec<Finding>,
+}
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum TopSort {
+    /// Bytes sent and received.
+    Unspecified = 0,
+    /// DNS queries.
+    DnsQueries = 1,
+    /// DNS failures: NXDOMAIN, other error rcodes and timeouts.
+    DnsFailures = 2,
+    /// DNS latency (p99 estimate).
+    DnsLatency = 3,
+}
+impl TopSort {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "TOP_SORT_UNSPECIFIED",
+            Self::DnsQueries => "TOP_SORT_DNS_QUERIES",
+            Self::DnsFailures => "TOP_SORT_DNS_FAILURES",
+            Self::DnsLatency => "TOP_SORT_DNS_LATENCY",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "TOP_SORT_UNSPECIFIED" => Some(Self::Unspecified),
+            "TOP_SORT_DNS_QUERIES" => Some(Self::DnsQueries),
+            "TOP_SORT_DNS_FAILURES" => Some(Self::DnsFailures),
+            "TOP_SORT_DNS_LATENCY" => Some(Self::DnsLatency),
+            _ => None,
+        }
+    }
 }
 /// Generated client implementations.
 pub mod query_client {
@@ -1402,6 +1512,25 @@ pub mod query_client {
                 .insert(GrpcMethod::new("podlens.v1.Query", "TopTalkers"));
             self.inner.unary(req, path, codec).await
         }
+        /// Per workload: traffic and DNS over the recent past, ranked.
+        pub async fn top(
+            &mut self,
+            request: impl tonic::IntoRequest<super::TopRequest>,
+        ) -> std::result::Result<tonic::Response<super::TopResponse>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/podlens.v1.Query/Top");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("podlens.v1.Query", "Top"));
+            self.inner.unary(req, path, codec).await
+        }
         /// Current findings. Detectors (noisy neighbours, policy gaps) add them;
         /// until one is enabled the list is empty.
         pub async fn findings(
@@ -1455,6 +1584,11 @@ pub mod query_server {
             tonic::Response<super::TopTalkersResponse>,
             tonic::Status,
         >;
+        /// Per workload: traffic and DNS over the recent past, ranked.
+        async fn top(
+            &self,
+            request: tonic::Request<super::TopRequest>,
+        ) -> std::result::Result<tonic::Response<super::TopResponse>, tonic::Status>;
         /// Current findings. Detectors (noisy neighbours, policy gaps) add them;
         /// until one is enabled the list is empty.
         async fn findings(
@@ -1612,6 +1746,49 @@ pub mod query_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = TopTalkersSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/podlens.v1.Query/Top" => {
+                    #[allow(non_camel_case_types)]
+                    struct TopSvc<T: Query>(pub Arc<T>);
+                    impl<T: Query> tonic::server::UnaryService<super::TopRequest>
+                    for TopSvc<T> {
+                        type Response = super::TopResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::TopRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Query>::top(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = TopSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

@@ -2,6 +2,7 @@
 //! or a table for people.
 
 mod dns;
+pub mod top;
 
 use std::net::IpAddr;
 

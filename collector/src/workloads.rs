@@ -1,0 +1,382 @@
+//! Per-workload summaries for `podlens top`: traffic and client-side DNS per
+//! (node, workload) in one-minute buckets kept for a bounded time, with a
+//! bounded number of workloads per bucket (what does not fit is counted).
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::Arc,
+};
+
+use podlens_proto::{
+    compact::Tables,
+    v1::{self as pb, record::Kind},
+};
+
+const BUCKET_NS: u64 = 60_000_000_000;
+
+/// A latency histogram as the agents send it: counts per bucket of `bounds`
+/// plus one overflow bucket. Agents with other bounds cannot be merged.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+enum Hist {
+    #[default]
+    Empty,
+    Buckets {
+        bounds: Vec<u64>,
+        counts: Vec<u64>,
+    },
+    /// Different bounds met: only mean and max are known.
+    Mixed,
+}
+
+impl Hist {
+    fn add(&mut self, bounds: &[u64], counts: &[u64]) {
+        if counts.len() != bounds.len() + 1 {
+            *self = Hist::Mixed;
+            return;
+        }
+        match self {
+            Hist::Empty => *self = Hist::Buckets { bounds: bounds.to_vec(), counts: counts.to_vec() },
+            Hist::Buckets { bounds: b, counts: c } if b.as_slice() == bounds => {
+                for (a, x) in c.iter_mut().zip(counts) {
+                    *a += x;
+                }
+            }
+            _ => *self = Hist::Mixed,
+        }
+    }
+
+    fn merge(&mut self, other: &Hist) {
+        match other {
+            Hist::Empty => {}
+            Hist::Buckets { bounds, counts } => self.add(bounds, counts),
+            Hist::Mixed => *self = Hist::Mixed,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+struct Summary {
+    node: Arc<str>,
+    workload: pb::Workload,
+    tx_bytes: u64,
+    rx_bytes: u64,
+    tx_packets: u64,
+    rx_packets: u64,
+    flow_records: u64,
+    dns: pb::DnsCounts,
+    latency_count: u64,
+    latency_sum_ns: u64,
+    latency_max_ns: u64,
+    hist: Hist,
+    last_seen: u64,
+}
+
+fn add_counts(s: &mut pb::DnsCounts, c: &pb::DnsCounts) {
+    s.queries += c.queries;
+    s.responses += c.responses;
+    s.nxdomain += c.nxdomain;
+    s.servfail += c.servfail;
+    s.refused += c.refused;
+    s.other_rcode += c.other_rcode;
+    s.timeouts += c.timeouts;
+    s.retries += c.retries;
+    s.search_expansions += c.search_expansions;
+    s.malformed += c.malformed;
+}
+
+impl Summary {
+    fn add_dns(&mut self, d: &pb::DnsRecord) {
+        add_counts(&mut self.dns, &d.counts.unwrap_or_default());
+        for l in &d.latency {
+            self.latency_count += l.count;
+            self.latency_sum_ns = self.latency_sum_ns.saturating_add(l.sum_ns);
+            self.latency_max_ns = self.latency_max_ns.max(l.max_ns);
+            self.hist.add(&d.latency_bounds_ns, &l.buckets);
+        }
+    }
+
+    fn merge(&mut self, o: &Summary) {
+        self.tx_bytes += o.tx_bytes;
+        self.rx_bytes += o.rx_bytes;
+        self.tx_packets += o.tx_packets;
+        self.rx_packets += o.rx_packets;
+        self.flow_records += o.flow_records;
+        add_counts(&mut self.dns, &o.dns);
+        self.latency_count += o.latency_count;
+        self.latency_sum_ns = self.latency_sum_ns.saturating_add(o.latency_sum_ns);
+        self.latency_max_ns = self.latency_max_ns.max(o.latency_max_ns);
+        self.hist.merge(&o.hist);
+        self.last_seen = self.last_seen.max(o.last_seen);
+    }
+
+    /// The upper bound of the bucket holding quantile `q`.
+    fn quantile(&self, q: f64) -> u64 {
+        let Hist::Buckets { bounds, counts: b } = &self.hist else { return 0 };
+        let total: u64 = b.iter().sum();
+        if total == 0 {
+            return 0;
+        }
+        let rank = ((total as f64) * q).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, c) in b.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                // the overflow bucket has no bound: report the max seen
+                return bounds.get(i).copied().unwrap_or(self.latency_max_ns);
+            }
+        }
+        self.latency_max_ns
+    }
+
+    fn to_pb(&self) -> pb::WorkloadSummary {
+        let d = &self.dns;
+        pb::WorkloadSummary {
+            node: self.node.to_string(),
+            workload: Some(self.workload.clone()),
+            tx_bytes: self.tx_bytes,
+            rx_bytes: self.rx_bytes,
+            tx_packets: self.tx_packets,
+            rx_packets: self.rx_packets,
+            flow_records: self.flow_records,
+            dns: Some(pb::DnsSummary {
+                queries: d.queries,
+                responses: d.responses,
+                nxdomain: d.nxdomain,
+                errors: d.servfail + d.refused + d.other_rcode,
+                timeouts: d.timeouts,
+                retries: d.retries,
+                search_expansions: d.search_expansions,
+                malformed: d.malformed,
+                latency_mean_ns: self.latency_sum_ns.checked_div(self.latency_count).unwrap_or(0),
+                latency_max_ns: self.latency_max_ns,
+                latency_p50_ns: self.quantile(0.5),
+                latency_p99_ns: self.quantile(0.99),
+            }),
+            last_seen_unix_nano: self.last_seen,
+        }
+    }
+}
+
+struct Bucket {
+    start: u64,
+    workloads: HashMap<(Arc<str>, u64), Summary>,
+}
+
+pub struct Workloads {
+    buckets: VecDeque<Bucket>,
+    retention_buckets: usize,
+    max_per_bucket: usize,
+    /// Records that did not fit a full bucket.
+    pub dropped: u64,
+}
+
+impl Workloads {
+    /// Keeps `retention_minutes` one-minute buckets of at most `max_per_bucket` workloads.
+    pub fn new(retention_minutes: usize, max_per_bucket: usize) -> Self {
+        Self {
+            buckets: VecDeque::new(),
+            retention_buckets: retention_minutes.max(1),
+            max_per_bucket: max_per_bucket.max(1),
+            dropped: 0,
+        }
+    }
+
+    /// Adds the flow and DNS records of a batch received at `now` (Unix ns).
+    pub fn add(&mut self, records: &[pb::Record], tables: &Tables<'_>, now: u64) {
+        let start = now - now % BUCKET_NS;
+        if self.buckets.back().is_none_or(|b| b.start < start) {
+            self.buckets.push_back(Bucket { start, workloads: HashMap::new() });
+            while self.buckets.len() > self.retention_buckets {
+                self.buckets.pop_front();
+            }
+        }
+        let Some(bucket) = self.buckets.back_mut() else { return };
+        for r in records {
+            let dns_client = matches!(&r.kind, Some(Kind::Dns(d)) if d.role == pb::DnsRole::Client as i32);
+            if !matches!(r.kind, Some(Kind::Flow(_))) && !dns_client {
+                continue;
+            }
+            let Some(local) = tables.record_local(r) else { continue };
+            let key = (Arc::from(tables.node(r)), local.cgroup_id);
+            if !bucket.workloads.contains_key(&key) && bucket.workloads.len() >= self.max_per_bucket {
+                self.dropped += 1;
+                continue;
+            }
+            let s = bucket.workloads.entry(key.clone()).or_insert_with(|| Summary {
+                node: key.0.clone(),
+                workload: local.clone(),
+                ..Default::default()
+            });
+            s.last_seen = s.last_seen.max(r.window_end_unix_nano);
+            match &r.kind {
+                Some(Kind::Flow(f)) => {
+                    let (e, i) = (f.egress.unwrap_or_default(), f.ingress.unwrap_or_default());
+                    s.tx_bytes += e.bytes;
+                    s.rx_bytes += i.bytes;
+                    s.tx_packets += e.packets;
+                    s.rx_packets += i.packets;
+                    s.flow_records += 1;
+                }
+                Some(Kind::Dns(d)) => s.add_dns(d),
+                _ => {}
+            }
+        }
+    }
+
+    /// The `limit` first by `sort` since `since` (Unix ns), optionally only
+    /// pods in `namespaces`; and the oldest time still retained.
+    pub fn top(
+        &self,
+        limit: usize,
+        namespaces: &[String],
+        since: u64,
+        sort: pb::TopSort,
+    ) -> (Vec<pb::WorkloadSummary>, u64) {
+        let mut sums: HashMap<&(Arc<str>, u64), Summary> = HashMap::new();
+        for b in self.buckets.iter().filter(|b| b.start + BUCKET_NS > since) {
+            for (k, s) in &b.workloads {
+                match sums.get_mut(k) {
+                    Some(sum) => sum.merge(s),
+                    None => {
+                        sums.insert(k, s.clone());
+                    }
+                }
+            }
+        }
+        let mut out: Vec<pb::WorkloadSummary> = sums
+            .into_values()
+            .filter(|s| match &s.workload.kind {
+                Some(pb::workload::Kind::Pod(p)) => namespaces.is_empty() || namespaces.contains(&p.namespace),
+                _ => namespaces.is_empty(),
+            })
+            .map(|s| s.to_pb())
+            .collect();
+        let rank = |w: &pb::WorkloadSummary| -> u64 {
+            let d = w.dns.unwrap_or_default();
+            match sort {
+                pb::TopSort::Unspecified => w.tx_bytes + w.rx_bytes,
+                pb::TopSort::DnsQueries => d.queries,
+                pb::TopSort::DnsFailures => d.nxdomain + d.errors + d.timeouts,
+                pb::TopSort::DnsLatency => d.latency_p99_ns.max(d.latency_mean_ns),
+            }
+        };
+        out.sort_by(|a, b| rank(b).cmp(&rank(a)).then_with(|| a.node.cmp(&b.node)));
+        out.truncate(limit);
+        (out, self.buckets.front().map_or(0, |b| b.start))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn workload(ns: &str, cgroup: u64) -> pb::Workload {
+        pb::Workload {
+            cgroup_id: cgroup,
+            kind: Some(pb::workload::Kind::Pod(pb::PodRef {
+                namespace: ns.into(),
+                name: format!("p{cgroup}"),
+                ..Default::default()
+            })),
+            ..Default::default()
+        }
+    }
+
+    fn flow(ns: &str, cgroup: u64, tx: u64, rx: u64) -> pb::Record {
+        pb::Record {
+            node: "n1".into(),
+            window_end_unix_nano: 5,
+            kind: Some(Kind::Flow(pb::FlowRecord {
+                local: Some(workload(ns, cgroup)),
+                egress: Some(pb::FlowCounts { bytes: tx, packets: 1, ..Default::default() }),
+                ingress: Some(pb::FlowCounts { bytes: rx, packets: 2, ..Default::default() }),
+                ..Default::default()
+            })),
+            ..Default::default()
+        }
+    }
+
+    fn dns(ns: &str, cgroup: u64, role: pb::DnsRole, latencies_ms: &[u64], nx: u64) -> pb::Record {
+        let bounds = vec![1_000_000, 10_000_000, 100_000_000];
+        let mut buckets = vec![0; 4];
+        for l in latencies_ms {
+            buckets[bounds.iter().position(|b| l * 1_000_000 <= *b).unwrap_or(3)] += 1;
+        }
+        pb::Record {
+            node: "n1".into(),
+            kind: Some(Kind::Dns(pb::DnsRecord {
+                local: Some(workload(ns, cgroup)),
+                role: role as i32,
+                counts: Some(pb::DnsCounts {
+                    queries: latencies_ms.len() as u64,
+                    responses: latencies_ms.len() as u64,
+                    nxdomain: nx,
+                    ..Default::default()
+                }),
+                latency_bounds_ns: bounds,
+                latency: vec![pb::DnsLatency {
+                    count: latencies_ms.len() as u64,
+                    sum_ns: latencies_ms.iter().sum::<u64>() * 1_000_000,
+                    max_ns: latencies_ms.iter().max().copied().unwrap_or(0) * 1_000_000,
+                    buckets,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn sums_traffic_and_client_dns_across_buckets_and_ranks() {
+        let mut w = Workloads::new(15, 100);
+        let t = Tables { node: "n1", ..Default::default() };
+        w.add(&[flow("shop", 1, 100, 10), dns("shop", 1, pb::DnsRole::Client, &[2, 3], 1)], &t, BUCKET_NS);
+        w.add(&[flow("shop", 1, 50, 5), dns("shop", 1, pb::DnsRole::Client, &[200], 0)], &t, 2 * BUCKET_NS);
+        w.add(
+            &[flow("kube-system", 2, 1000, 0), dns("kube-system", 2, pb::DnsRole::Server, &[1], 0)],
+            &t,
+            2 * BUCKET_NS,
+        );
+        let (top, since) = w.top(10, &[], 0, pb::TopSort::Unspecified);
+        assert_eq!(since, BUCKET_NS);
+        assert_eq!(top.len(), 2);
+        assert_eq!(top[0].tx_bytes, 1000, "ranked by bytes");
+        assert_eq!(top[0].dns.unwrap().queries, 0, "a server's DNS is not its own lookups");
+        let shop = &top[1];
+        assert_eq!((shop.tx_bytes, shop.rx_bytes, shop.flow_records), (150, 15, 2));
+        let d = shop.dns.unwrap();
+        assert_eq!((d.queries, d.nxdomain, d.latency_max_ns), (3, 1, 200_000_000));
+        assert_eq!(d.latency_mean_ns, 205_000_000 / 3);
+        assert_eq!(d.latency_p50_ns, 10_000_000, "2 of 3 at or below 10 ms");
+        assert_eq!(d.latency_p99_ns, 200_000_000, "the overflow bucket reports the max");
+        let (by_dns, _) = w.top(10, &["shop".into()], 0, pb::TopSort::DnsQueries);
+        assert_eq!(by_dns.len(), 1);
+        let (recent, _) = w.top(10, &[], 2 * BUCKET_NS, pb::TopSort::Unspecified);
+        assert_eq!(recent.iter().find(|s| s.workload.as_ref().unwrap().cgroup_id == 1).unwrap().tx_bytes, 50);
+    }
+
+    #[test]
+    fn histograms_with_other_bounds_keep_mean_and_max_only() {
+        let mut w = Workloads::new(15, 100);
+        let t = Tables { node: "n1", ..Default::default() };
+        let mut other = dns("shop", 1, pb::DnsRole::Client, &[50], 0);
+        if let Some(Kind::Dns(d)) = &mut other.kind {
+            d.latency_bounds_ns = vec![5, 6, 7];
+        }
+        w.add(&[dns("shop", 1, pb::DnsRole::Client, &[2], 0)], &t, 0);
+        w.add(&[other], &t, BUCKET_NS);
+        let d = w.top(10, &[], 0, pb::TopSort::DnsLatency).0[0].dns.unwrap();
+        assert_eq!((d.latency_p50_ns, d.latency_p99_ns), (0, 0), "unknown, not guessed");
+        assert_eq!((d.latency_mean_ns, d.latency_max_ns), (26_000_000, 50_000_000));
+    }
+
+    #[test]
+    fn bounded_per_bucket() {
+        let mut w = Workloads::new(1, 2);
+        let t = Tables { node: "n1", ..Default::default() };
+        w.add(&[flow("a", 1, 1, 1), flow("a", 2, 1, 1), flow("a", 3, 1, 1), flow("a", 1, 1, 1)], &t, 0);
+        assert_eq!(w.dropped, 1);
+        assert_eq!(w.top(10, &[], 0, pb::TopSort::Unspecified).0.len(), 2);
+    }
+}
