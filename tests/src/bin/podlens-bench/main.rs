@@ -41,6 +41,18 @@ enum Bench {
         #[arg(long)]
         programs_only: bool,
     },
+    /// A resolver under a paced load with and without the agent; DNS messages lost; agent CPU.
+    Dns {
+        /// Interleaved repetitions (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        /// Offered queries per second.
+        #[arg(long, default_value_t = 10_000)]
+        rate: u64,
+        /// Seconds per run.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
     /// Collector ingest rate, agent export CPU, bytes on the wire per record.
     Stream {
         /// Interleaved repetitions (the median is reported).
@@ -186,12 +198,14 @@ fn throughput(reps: usize, seconds: u64) -> Result<()> {
     Ok(())
 }
 
+mod dns;
 mod stream;
 
 fn main() -> Result<()> {
     require_root();
     match Cli::parse().bench {
         Bench::Stream { reps, seconds } => stream::run(reps, seconds),
+        Bench::Dns { reps, rate, seconds } => dns::run(reps, rate, seconds),
         Bench::Flows { reps, runs, iperf_seconds, programs_only } => {
             program_costs(reps, runs)?;
             if programs_only {

@@ -25,7 +25,7 @@ use prost::Message;
 use super::median;
 
 /// CPU seconds (user + system) a process has used.
-fn cpu_seconds(pid: u32) -> Result<f64> {
+pub fn cpu_seconds(pid: u32) -> Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("/proc/{pid}/stat"))?;
     // after the ")" closing the command name, utime and stime are fields 12 and 13
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
