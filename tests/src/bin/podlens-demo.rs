@@ -63,9 +63,10 @@ fn run(args: &Args, dir: &std::path::Path) -> Result<()> {
     let frontend = node.pod("demo", "frontend-6c9f7", Qos::Burstable);
     let backend = node.pod("demo", "backend-84d5b", Qos::Burstable);
     let db = node.pod("demo", "postgres-0", Qos::Guaranteed);
+    let coredns = node.pod("kube-system", "coredns-5d78c", Qos::Burstable);
     let cron = node.host_unit("system.slice/demo-backup.service");
     let inventory = dir.join("pods.yaml");
-    write_inventory(&inventory, "demo-node", &[&frontend, &backend, &db]);
+    write_inventory(&inventory, "demo-node", &[&frontend, &backend, &db, &coredns]);
 
     eprintln!(
         "podlens demo: node netns {}, pods demo/frontend-6c9f7 {} / {}, demo/backend-84d5b {}, demo/postgres-0 {}",
@@ -78,7 +79,14 @@ fn run(args: &Args, dir: &std::path::Path) -> Result<()> {
     let api = SocketAddr::new(backend.ip(false), 8080);
     let pg = SocketAddr::new(db.ip(true), 5432);
     let dns = SocketAddr::new(db.ip(false), 5353);
+    let resolver = SocketAddr::new(coredns.ip(false), 53);
+    let backend_name = "backend.demo.svc.cluster.local";
+    let record = format!("{backend_name}={}", backend.v4);
+    let mut cluster_dns =
+        coredns.spawn(&["dns-server", "--listen", &resolver.to_string(), "--delay-ms", "2", "--record", &record]);
+    cluster_dns.first_line();
     let _servers = [
+        cluster_dns,
         backend.spawn(&["tcp-server", "--listen", &api.to_string(), "--conns", "1000000", "--reply", "2048"]),
         db.spawn(&["tcp-server", "--listen", &pg.to_string(), "--conns", "1000000", "--reply", "8192"]),
         db.spawn(&[
@@ -94,13 +102,18 @@ fn run(args: &Args, dir: &std::path::Path) -> Result<()> {
     std::thread::sleep(Duration::from_millis(300));
 
     let mut observe = std::process::Command::new(&args.cli)
-        .args(["observe", "--server", &format!("http://{}", agent.addr), "-o", &args.output, "--namespace", "demo"])
+        .args(["observe", "--server", &format!("http://{}", agent.addr), "-o", &args.output])
+        .args(["--namespace", "demo", "--namespace", "kube-system"])
         .spawn()
         .context("starting podlens observe")?;
 
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
     let mut round = 0u32;
     while Instant::now() < deadline && !STOP.load(Ordering::SeqCst) {
+        // the frontend resolves the backend's service name, then calls it
+        let at = format!("@{}", resolver.ip());
+        let lookup = if round.is_multiple_of(4) { "backend.demo.svc" } else { backend_name };
+        frontend.spawn(&["exec", "--", "dig", "+short", "+tries=1", &at, lookup]).wait_stdout(Duration::from_secs(10));
         let mut batch = vec![
             client(&frontend, api, 512 + round % 7 * 100),
             client(&backend, pg, 256),

@@ -251,7 +251,7 @@ pub fn record_line(r: &pb::Record) -> Option<String> {
             let lost: Vec<String> = l
                 .counters
                 .iter()
-                .filter(|c| c.delta > 0)
+                .filter(|c| c.delta > 0 && !c.source.ends_with("_activity"))
                 .map(|c| format!("{}/{}=+{}", c.source, c.reason, c.delta))
                 .collect();
             (!lost.is_empty()).then(|| format!("{} LOSS {}", clip(&r.node, 12), lost.join(" ")))
@@ -341,6 +341,16 @@ mod tests {
             }],
         }));
         assert!(record_line(&r).unwrap().contains("kernel/flow_map_full=+3"));
+        // activity is not loss
+        r.kind = Some(Kind::Loss(pb::LossReport {
+            counters: vec![pb::LossCounter {
+                source: "kernel_activity".into(),
+                reason: "dns_messages".into(),
+                total: 9,
+                delta: 3,
+            }],
+        }));
+        assert_eq!(record_line(&r), None);
     }
 
     #[test]

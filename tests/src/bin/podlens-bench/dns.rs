@@ -135,7 +135,13 @@ pub fn run(reps: usize, rate: u64, seconds: u64) -> Result<()> {
     println!("\nratio with/without: **{:.3}** (pairs: {}; target >= 0.97)\n", median(ratios), r.join(", "));
     println!("Queries the resolver left unanswered, all runs: {unanswered}.\n");
     println!("With the agent: DNS messages seen per second (each query and answer counts at the client and");
-    println!("at the resolver: four per query): **{:.0}**; messages lost (ring full, copy errors, pending", median(seen));
-    println!("table full), all runs: **{lost}**; agent CPU per 1 000 messages/s: **{:.4}** cores.\n", median(cpu_per_k));
+    println!(
+        "at the resolver: four per query): **{:.0}**; messages lost (ring full, copy errors, pending",
+        median(seen)
+    );
+    println!(
+        "table full), all runs: **{lost}**; agent CPU per 1 000 messages/s: **{:.4}** cores.\n",
+        median(cpu_per_k)
+    );
     Ok(())
 }
