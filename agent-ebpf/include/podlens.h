@@ -26,6 +26,20 @@
 #define PL_DNS_SMALL_PAYLOAD 256
 #define PL_DNS_MAX_PAYLOAD 1536
 
+/*
+ * Scheduler probes (sched.bpf.c). Run-queue waits go into a log2 histogram of
+ * PL_RUNQ_BUCKETS buckets: bucket 0 counts waits below 1024 ns, bucket i
+ * (1 <= i < last) waits in [2^(i+9), 2^(i+10)) ns, the last one everything from
+ * 2^(PL_RUNQ_BUCKETS+8) ns (about 4.3 s) up. Each CPU remembers its last
+ * PL_CPU_HISTORY switches, which is how far back a wait can be charged to the
+ * cgroups that ran meanwhile. Map sizes are defaults the agent may override.
+ */
+#define PL_RUNQ_BUCKETS 24
+#define PL_CPU_HISTORY 16
+#define PL_SCHED_CGROUPS 2048
+#define PL_SCHED_PAIRS 8192
+#define PL_SCHED_TASKS 32768
+
 #define PL_FAMILY_IPV4 4
 #define PL_FAMILY_IPV6 6
 
@@ -39,6 +53,11 @@ enum pl_limits {
 	PL_LIMIT_DNS_PORTS = PL_DNS_PORTS,
 	PL_LIMIT_DNS_SMALL_PAYLOAD = PL_DNS_SMALL_PAYLOAD,
 	PL_LIMIT_DNS_MAX_PAYLOAD = PL_DNS_MAX_PAYLOAD,
+	PL_LIMIT_RUNQ_BUCKETS = PL_RUNQ_BUCKETS,
+	PL_LIMIT_CPU_HISTORY = PL_CPU_HISTORY,
+	PL_LIMIT_SCHED_CGROUPS = PL_SCHED_CGROUPS,
+	PL_LIMIT_SCHED_PAIRS = PL_SCHED_PAIRS,
+	PL_LIMIT_SCHED_TASKS = PL_SCHED_TASKS,
 };
 
 /*
@@ -172,6 +191,74 @@ struct dns_event {
 	__u8 direction;       /* PL_DIR_* */
 	__u8 _pad[5];
 	__u8 payload[];       /* PL_DNS_SMALL_PAYLOAD or PL_DNS_MAX_PAYLOAD bytes reserved */
+};
+
+/*
+ * Scheduler counter slots (their own per-CPU array, "sched_counters"): every
+ * wait or on-CPU interval the probes could not record. Append only.
+ */
+enum pl_sched_counter {
+	PL_SCHED_CTR_TASKS_FULL = 0,     /* a runnable task could not be remembered: its wait is lost */
+	PL_SCHED_CTR_CGROUPS_FULL = 1,   /* a cgroup's stats did not fit: its wait/on-CPU time is lost */
+	PL_SCHED_CTR_PAIRS_FULL = 2,     /* a (victim, culprit) pair did not fit: charged as unattributed */
+	PL_SCHED_CTR_CLOCK_SKEW = 3,     /* a wait ending before it began (cross-CPU clock): dropped */
+	PL_SCHED_CTR_SLOTS = 8,
+};
+
+/*
+ * Per cgroup, cumulative since the cgroup was first seen; per CPU (the agent
+ * sums the CPUs and takes differences between windows). Waits are the time a
+ * runnable task of the cgroup spent on a run queue: from its wakeup, or from
+ * being preempted, to being switched in. Counts in the histogram are u32: the
+ * agent's window differences wrap correctly unless one window sees 2^32 waits.
+ */
+struct sched_cgroup_stats {
+	__u64 wakeup_waits;
+	__u64 wakeup_wait_ns;
+	__u64 preempt_waits;
+	__u64 preempt_wait_ns;
+	__u64 oncpu_ns;
+	/* waits (ns) reaching further back than the CPU's history, or whose pair did not fit */
+	__u64 unattributed_ns;
+	__u32 hist[PL_RUNQ_BUCKETS];
+};
+
+/*
+ * Wait time of a victim cgroup's tasks charged to the cgroup that held the CPU
+ * meanwhile (culprit_cgroup 0: the CPU was idle, so the wait began elsewhere).
+ * The value is a per-CPU cumulative __u64 of nanoseconds.
+ */
+struct sched_pair_key {
+	__u64 victim_cgroup;
+	__u64 culprit_cgroup;
+};
+
+/* A runnable task not on a CPU: since when, and why (1: preempted, 0: woken). */
+struct sched_wait {
+	__u64 since_ns;
+	__u32 preempted;
+	__u32 _pad;
+};
+
+/* One stretch of a CPU's time: who ran (cgroup id; 0 = idle) from start to end. */
+struct cpu_segment {
+	__u64 cgroup_id;
+	__u64 start_ns;
+	__u64 end_ns;
+};
+
+/*
+ * Per CPU: the last PL_CPU_HISTORY segments (a ring, newest at (head - 1) %
+ * PL_CPU_HISTORY), when the current one began, and on-CPU time accumulated for
+ * the running cgroup but not yet added to its stats (flushed when another
+ * cgroup runs, so switches within one cgroup cost no map update).
+ */
+struct cpu_history {
+	__u64 head;
+	__u64 current_start_ns;
+	__u64 pending_cgroup;
+	__u64 pending_oncpu_ns;
+	struct cpu_segment seg[PL_CPU_HISTORY];
 };
 
 #endif /* PODLENS_H */

@@ -10,6 +10,7 @@
 
 #[cfg(test)]
 mod btf;
+pub mod sched;
 
 /// The compiled `podlens.bpf.c` object: flow accounting (cgroup_skb) and cgroup
 /// lifecycle tracking (tp_btf).
@@ -358,6 +359,13 @@ pub struct DnsEvent {
     pub _pad: [u8; 5],
 }
 
+/// `layout.bpf.c`: one global of each shared struct, so its BTF has them all,
+/// laid out by the same clang invocation as the real programs.
+#[cfg(test)]
+fn layout_object() -> &'static [u8] {
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/layout.bpf.o"))
+}
+
 // SAFETY: all of these are plain `#[repr(C)]` data with no padding the kernel
 // leaves uninitialised (explicit `_pad` fields) and any bit pattern is valid.
 unsafe impl aya::Pod for FlowKey {}
@@ -375,7 +383,7 @@ mod layout_tests {
     /// `layout.bpf.c` defines one global of each shared struct, so its BTF has
     /// them all, laid out by the same clang invocation as the real programs.
     fn layout_obj() -> &'static [u8] {
-        aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/layout.bpf.o"))
+        crate::layout_object()
     }
 
     fn layout(name: &str) -> StructLayout {
@@ -509,6 +517,11 @@ mod layout_tests {
             ("PL_LIMIT_DNS_PORTS".to_string(), DNS_PORTS as i64),
             ("PL_LIMIT_DNS_SMALL_PAYLOAD".to_string(), DNS_SMALL_PAYLOAD as i64),
             ("PL_LIMIT_FLOW_MAP_ENTRIES".to_string(), i64::from(FLOW_MAP_ENTRIES)),
+            ("PL_LIMIT_RUNQ_BUCKETS".to_string(), sched::RUNQ_BUCKETS as i64),
+            ("PL_LIMIT_CPU_HISTORY".to_string(), sched::CPU_HISTORY as i64),
+            ("PL_LIMIT_SCHED_CGROUPS".to_string(), i64::from(sched::SCHED_CGROUPS)),
+            ("PL_LIMIT_SCHED_PAIRS".to_string(), i64::from(sched::SCHED_PAIRS)),
+            ("PL_LIMIT_SCHED_TASKS".to_string(), i64::from(sched::SCHED_TASKS)),
         ];
         rust.sort();
         assert_eq!(rust, c);

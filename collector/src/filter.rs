@@ -74,6 +74,8 @@ pub fn kind_of(r: &pb::Record) -> Option<pb::RecordKind> {
         Kind::Flow(_) => Some(pb::RecordKind::Flow),
         Kind::Loss(_) => Some(pb::RecordKind::Loss),
         Kind::Dns(_) => Some(pb::RecordKind::Dns),
+        Kind::Pressure(_) => Some(pb::RecordKind::Pressure),
+        Kind::Finding(_) => Some(pb::RecordKind::Finding),
     }
 }
 

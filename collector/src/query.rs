@@ -75,6 +75,6 @@ impl Query for QueryService {
 
     async fn findings(&self, _: Request<pb::FindingsRequest>) -> Result<Response<pb::FindingsResponse>, Status> {
         // No detector is enabled in this version: the list is empty, not stubbed.
-        Ok(Response::new(pb::FindingsResponse { findings: Vec::new() }))
+        Ok(Response::new(pb::FindingsResponse::default()))
     }
 }

@@ -138,6 +138,7 @@ impl Summary {
             tx_packets: self.tx_packets,
             rx_packets: self.rx_packets,
             flow_records: self.flow_records,
+            pressure: None,
             dns: Some(pb::DnsSummary {
                 queries: d.queries,
                 responses: d.responses,
@@ -258,6 +259,8 @@ impl Workloads {
                 pb::TopSort::DnsQueries => d.queries,
                 pb::TopSort::DnsFailures => d.nxdomain + d.errors + d.timeouts,
                 pb::TopSort::DnsLatency => d.latency_p99_ns.max(d.latency_mean_ns),
+                // TODO(issue 5): pressure summaries
+                pb::TopSort::Pressure => 0,
             }
         };
         out.sort_by(|a, b| rank(b).cmp(&rank(a)).then_with(|| a.node.cmp(&b.node)));

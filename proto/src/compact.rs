@@ -49,7 +49,8 @@ fn local_slot(kind: &mut Kind) -> Option<(&mut Option<pb::Workload>, &mut u32)> 
     match kind {
         Kind::Flow(f) => Some((&mut f.local, &mut f.local_index)),
         Kind::Dns(d) => Some((&mut d.local, &mut d.local_index)),
-        Kind::Loss(_) => None,
+        Kind::Pressure(p) => Some((&mut p.local, &mut p.local_index)),
+        Kind::Loss(_) | Kind::Finding(_) => None,
     }
 }
 
@@ -57,7 +58,8 @@ fn local_ref(kind: &Kind) -> Option<(Option<&pb::Workload>, u32)> {
     match kind {
         Kind::Flow(f) => Some((f.local.as_ref(), f.local_index)),
         Kind::Dns(d) => Some((d.local.as_ref(), d.local_index)),
-        Kind::Loss(_) => None,
+        Kind::Pressure(p) => Some((p.local.as_ref(), p.local_index)),
+        Kind::Loss(_) | Kind::Finding(_) => None,
     }
 }
 

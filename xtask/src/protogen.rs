@@ -11,6 +11,8 @@ pub const FILES: &[&str] = &[
     "podlens/v1/common.proto",
     "podlens/v1/dns.proto",
     "podlens/v1/flow.proto",
+    "podlens/v1/pressure.proto",
+    "podlens/v1/finding.proto",
     "podlens/v1/record.proto",
     "podlens/v1/ingest.proto",
     "podlens/v1/observe.proto",

@@ -387,6 +387,371 @@ pub struct FlowRecord {
     #[prost(uint32, tag = "11")]
     pub local_index: u32,
 }
+/// A cumulative kernel counter at the end of the window.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Counter {
+    /// As read from the file at the end of the window.
+    #[prost(uint64, tag = "1")]
+    pub total: u64,
+    /// Increase over the window. 0 in the first window a cgroup is seen (its
+    /// start is unknown); the new total when the counter went backwards (the
+    /// cgroup was recreated under the same path).
+    #[prost(uint64, tag = "2")]
+    pub delta: u64,
+}
+/// Pressure stall information of one resource (cpu.pressure, memory.pressure,
+/// io.pressure; /proc/pressure/\* for the node). Microseconds.
+#[derive(Clone, Copy, PartialEq, ::prost::Message)]
+pub struct Psi {
+    /// Time at least one task was stalled on the resource.
+    #[prost(message, optional, tag = "1")]
+    pub some_usec: ::core::option::Option<Counter>,
+    /// Time all non-idle tasks were stalled at once; unset where the kernel has
+    /// no "full" line (cpu on kernels before 5.13).
+    #[prost(message, optional, tag = "2")]
+    pub full_usec: ::core::option::Option<Counter>,
+    /// some_usec.delta (full_usec.delta) as a share of the window's wall time, 0..1.
+    #[prost(double, tag = "3")]
+    pub some_share: f64,
+    #[prost(double, tag = "4")]
+    pub full_share: f64,
+}
+/// cpu.stat. On cgroup v2 everything comes from cpu.stat (throttling only when
+/// the cpu controller is enabled for the cgroup); on v1 and hybrid hosts usage
+/// comes from cgroup2 cpu.stat or cpuacct.usage and throttling from the v1 cpu
+/// controller's cpu.stat.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct CpuStat {
+    #[prost(message, optional, tag = "1")]
+    pub usage_usec: ::core::option::Option<Counter>,
+    /// CFS bandwidth periods elapsed, periods in which the cgroup was throttled,
+    /// and the total time throttled (microseconds).
+    #[prost(message, optional, tag = "2")]
+    pub nr_periods: ::core::option::Option<Counter>,
+    #[prost(message, optional, tag = "3")]
+    pub nr_throttled: ::core::option::Option<Counter>,
+    #[prost(message, optional, tag = "4")]
+    pub throttled_usec: ::core::option::Option<Counter>,
+    /// The CPU limit (quota / period), 0 when unlimited or unknown.
+    #[prost(double, tag = "5")]
+    pub limit_cores: f64,
+    /// Where the throttling counters came from: "cgroup2" or "cgroup1".
+    #[prost(string, tag = "6")]
+    pub throttling_source: ::prost::alloc::string::String,
+}
+/// memory.events (v2); on v1 only oom_kill, from memory.oom_control.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct MemoryEvents {
+    #[prost(message, optional, tag = "1")]
+    pub oom: ::core::option::Option<Counter>,
+    #[prost(message, optional, tag = "2")]
+    pub oom_kill: ::core::option::Option<Counter>,
+    #[prost(message, optional, tag = "3")]
+    pub high: ::core::option::Option<Counter>,
+    #[prost(message, optional, tag = "4")]
+    pub max: ::core::option::Option<Counter>,
+}
+/// Run-queue latency of the cgroup's tasks in the window, from the scheduler
+/// probes: the time a runnable task waited for a CPU, from its wakeup or from
+/// being preempted until it ran again.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RunQueue {
+    /// Log2 histogram: buckets\[0\] counts waits below 1024 ns, buckets\[i\] waits in
+    /// \[2^(i+9), 2^(i+10)) ns, the last bucket everything longer. Trailing empty
+    /// buckets are omitted.
+    #[prost(uint64, repeated, tag = "1")]
+    pub buckets: ::prost::alloc::vec::Vec<u64>,
+    #[prost(uint64, tag = "2")]
+    pub wakeup_waits: u64,
+    #[prost(uint64, tag = "3")]
+    pub wakeup_wait_ns: u64,
+    #[prost(uint64, tag = "4")]
+    pub preempt_waits: u64,
+    #[prost(uint64, tag = "5")]
+    pub preempt_wait_ns: u64,
+    /// Time the cgroup's tasks ran (added when a task leaves the CPU).
+    #[prost(uint64, tag = "6")]
+    pub on_cpu_ns: u64,
+    /// Quantiles of the waits: the upper bound of the bucket that holds them.
+    #[prost(uint64, tag = "7")]
+    pub p50_ns: u64,
+    #[prost(uint64, tag = "8")]
+    pub p99_ns: u64,
+    /// Wait time not charged to any culprit (the CPU's recent history did not
+    /// reach back to the wait's start, or the pair table was full).
+    #[prost(uint64, tag = "9")]
+    pub unattributed_ns: u64,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct Culprit {
+    #[prost(enumeration = "CulpritKind", tag = "1")]
+    pub kind: i32,
+    /// The culprit's cgroup (pod: its pod-level identity); unset for idle and
+    /// unattributed.
+    #[prost(message, optional, tag = "2")]
+    pub workload: ::core::option::Option<Workload>,
+    /// Wait time charged to it.
+    #[prost(uint64, tag = "3")]
+    pub wait_ns: u64,
+    /// Of the victim's total wait, 0..1.
+    #[prost(double, tag = "4")]
+    pub share: f64,
+}
+/// The detector's view of a pod after hysteresis: a verdict changes only after
+/// it held for the configured number of windows.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Verdict {
+    #[prost(enumeration = "VerdictKind", tag = "1")]
+    pub kind: i32,
+    /// Since when this verdict holds, Unix nanoseconds.
+    #[prost(uint64, tag = "2")]
+    pub since_unix_nano: u64,
+    /// What this window alone looked like (may differ from `kind` while a change
+    /// is pending), and the evidence in one line.
+    #[prost(enumeration = "VerdictKind", tag = "3")]
+    pub window_kind: i32,
+    #[prost(string, tag = "4")]
+    pub summary: ::prost::alloc::string::String,
+}
+/// One pod, container or the node over one window.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct PressureRecord {
+    /// The pod-level or container cgroup. Unset for the node.
+    #[prost(message, optional, tag = "1")]
+    pub local: ::core::option::Option<Workload>,
+    /// Within a Batch only: 1-based index into Batch.workloads standing for `local`.
+    #[prost(uint32, tag = "2")]
+    pub local_index: u32,
+    /// The whole node (/proc/pressure); `local` is unset.
+    #[prost(bool, tag = "3")]
+    pub node: bool,
+    #[prost(message, optional, tag = "4")]
+    pub cpu: ::core::option::Option<Psi>,
+    #[prost(message, optional, tag = "5")]
+    pub memory: ::core::option::Option<Psi>,
+    #[prost(message, optional, tag = "6")]
+    pub io: ::core::option::Option<Psi>,
+    #[prost(message, optional, tag = "7")]
+    pub cpu_stat: ::core::option::Option<CpuStat>,
+    #[prost(message, optional, tag = "8")]
+    pub memory_events: ::core::option::Option<MemoryEvents>,
+    /// Unset when the scheduler probes are off. For a pod-level record, the sum
+    /// over its containers.
+    #[prost(message, optional, tag = "9")]
+    pub run_queue: ::core::option::Option<RunQueue>,
+    /// Biggest culprits first, at most a handful; pod-level records only.
+    #[prost(message, repeated, tag = "10")]
+    pub culprits: ::prost::alloc::vec::Vec<Culprit>,
+    /// Pod-level records only.
+    #[prost(message, optional, tag = "11")]
+    pub verdict: ::core::option::Option<Verdict>,
+}
+/// Who held the CPU while the workload waited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum CulpritKind {
+    Unspecified = 0,
+    /// Another pod on the node.
+    Pod = 1,
+    /// A cgroup outside kubepods: system services, the kubelet, the runtime.
+    Host = 2,
+    /// The workload's own pod (its other tasks).
+    Self_ = 3,
+    /// The CPU was idle: the wait began on another CPU (migration).
+    Idle = 4,
+    /// Not known (see RunQueue.unattributed_ns).
+    Unattributed = 5,
+}
+impl CulpritKind {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "CULPRIT_KIND_UNSPECIFIED",
+            Self::Pod => "CULPRIT_KIND_POD",
+            Self::Host => "CULPRIT_KIND_HOST",
+            Self::Self_ => "CULPRIT_KIND_SELF",
+            Self::Idle => "CULPRIT_KIND_IDLE",
+            Self::Unattributed => "CULPRIT_KIND_UNATTRIBUTED",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "CULPRIT_KIND_UNSPECIFIED" => Some(Self::Unspecified),
+            "CULPRIT_KIND_POD" => Some(Self::Pod),
+            "CULPRIT_KIND_HOST" => Some(Self::Host),
+            "CULPRIT_KIND_SELF" => Some(Self::Self_),
+            "CULPRIT_KIND_IDLE" => Some(Self::Idle),
+            "CULPRIT_KIND_UNATTRIBUTED" => Some(Self::Unattributed),
+            _ => None,
+        }
+    }
+}
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum VerdictKind {
+    Unspecified = 0,
+    Healthy = 1,
+    /// CPU-throttled by its own limit (CFS quota).
+    SelfThrottled = 2,
+    /// Waits for CPU, mostly behind its own tasks.
+    SelfContention = 3,
+    /// Waits for CPU behind other pods (see culprits).
+    Neighbour = 4,
+    /// Waits for CPU behind host processes (non-pod cgroups).
+    Host = 5,
+    MemoryPressure = 6,
+    IoPressure = 7,
+}
+impl VerdictKind {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "VERDICT_KIND_UNSPECIFIED",
+            Self::Healthy => "VERDICT_KIND_HEALTHY",
+            Self::SelfThrottled => "VERDICT_KIND_SELF_THROTTLED",
+            Self::SelfContention => "VERDICT_KIND_SELF_CONTENTION",
+            Self::Neighbour => "VERDICT_KIND_NEIGHBOUR",
+            Self::Host => "VERDICT_KIND_HOST",
+            Self::MemoryPressure => "VERDICT_KIND_MEMORY_PRESSURE",
+            Self::IoPressure => "VERDICT_KIND_IO_PRESSURE",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "VERDICT_KIND_UNSPECIFIED" => Some(Self::Unspecified),
+            "VERDICT_KIND_HEALTHY" => Some(Self::Healthy),
+            "VERDICT_KIND_SELF_THROTTLED" => Some(Self::SelfThrottled),
+            "VERDICT_KIND_SELF_CONTENTION" => Some(Self::SelfContention),
+            "VERDICT_KIND_NEIGHBOUR" => Some(Self::Neighbour),
+            "VERDICT_KIND_HOST" => Some(Self::Host),
+            "VERDICT_KIND_MEMORY_PRESSURE" => Some(Self::MemoryPressure),
+            "VERDICT_KIND_IO_PRESSURE" => Some(Self::IoPressure),
+            _ => None,
+        }
+    }
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct Finding {
+    /// Stable for one episode across its updates, unique per node and agent run.
+    #[prost(string, tag = "1")]
+    pub id: ::prost::alloc::string::String,
+    #[prost(enumeration = "FindingKind", tag = "2")]
+    pub kind: i32,
+    #[prost(enumeration = "FindingState", tag = "3")]
+    pub state: i32,
+    /// The episode's time range so far, Unix nanoseconds.
+    #[prost(uint64, tag = "4")]
+    pub start_unix_nano: u64,
+    #[prost(uint64, tag = "5")]
+    pub end_unix_nano: u64,
+    /// One line for people.
+    #[prost(string, tag = "6")]
+    pub summary: ::prost::alloc::string::String,
+    #[prost(oneof = "finding::Detail", tags = "10")]
+    pub detail: ::core::option::Option<finding::Detail>,
+}
+/// Nested message and enum types in `Finding`.
+pub mod finding {
+    #[derive(Clone, PartialEq, ::prost::Oneof)]
+    pub enum Detail {
+        #[prost(message, tag = "10")]
+        NoisyNeighbour(super::NoisyNeighbour),
+    }
+}
+/// The victim, who delayed it, and by how much.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct NoisyNeighbour {
+    /// The pod (pod-level identity).
+    #[prost(message, optional, tag = "1")]
+    pub victim: ::core::option::Option<Workload>,
+    /// VERDICT_KIND_NEIGHBOUR or VERDICT_KIND_HOST.
+    #[prost(enumeration = "VerdictKind", tag = "2")]
+    pub verdict: i32,
+    /// Over the whole episode: wait charged to each culprit and its share of the
+    /// victim's wait, biggest first.
+    #[prost(message, repeated, tag = "3")]
+    pub culprits: ::prost::alloc::vec::Vec<Culprit>,
+    /// Windows in the episode so far.
+    #[prost(uint32, tag = "4")]
+    pub windows: u32,
+    /// The last window's evidence.
+    #[prost(uint64, tag = "5")]
+    pub wait_ns: u64,
+    #[prost(uint64, tag = "6")]
+    pub run_queue_p99_ns: u64,
+    #[prost(double, tag = "7")]
+    pub cpu_some_share: f64,
+}
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum FindingKind {
+    Unspecified = 0,
+    /// A pod waited for CPU behind other pods or host processes.
+    NoisyNeighbour = 1,
+}
+impl FindingKind {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "FINDING_KIND_UNSPECIFIED",
+            Self::NoisyNeighbour => "FINDING_KIND_NOISY_NEIGHBOUR",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "FINDING_KIND_UNSPECIFIED" => Some(Self::Unspecified),
+            "FINDING_KIND_NOISY_NEIGHBOUR" => Some(Self::NoisyNeighbour),
+            _ => None,
+        }
+    }
+}
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum FindingState {
+    Unspecified = 0,
+    /// First report of an episode.
+    Open = 1,
+    /// Still going on: the same id with updated numbers.
+    Ongoing = 2,
+    /// Over: the final numbers.
+    Resolved = 3,
+}
+impl FindingState {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "FINDING_STATE_UNSPECIFIED",
+            Self::Open => "FINDING_STATE_OPEN",
+            Self::Ongoing => "FINDING_STATE_ONGOING",
+            Self::Resolved => "FINDING_STATE_RESOLVED",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "FINDING_STATE_UNSPECIFIED" => Some(Self::Unspecified),
+            "FINDING_STATE_OPEN" => Some(Self::Open),
+            "FINDING_STATE_ONGOING" => Some(Self::Ongoing),
+            "FINDING_STATE_RESOLVED" => Some(Self::Resolved),
+            _ => None,
+        }
+    }
+}
 /// One loss or error counter. Counters are cumulative for one agent run
 /// (NodeIdentity.agent_epoch_unix_nano); delta is the increase in this window.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -419,7 +784,7 @@ pub struct Record {
     pub window_start_unix_nano: u64,
     #[prost(uint64, tag = "3")]
     pub window_end_unix_nano: u64,
-    #[prost(oneof = "record::Kind", tags = "10, 11, 12")]
+    #[prost(oneof = "record::Kind", tags = "10, 11, 12, 13, 14")]
     pub kind: ::core::option::Option<record::Kind>,
 }
 /// Nested message and enum types in `Record`.
@@ -432,6 +797,10 @@ pub mod record {
         Loss(super::LossReport),
         #[prost(message, tag = "12")]
         Dns(super::DnsRecord),
+        #[prost(message, tag = "13")]
+        Pressure(super::PressureRecord),
+        #[prost(message, tag = "14")]
+        Finding(super::Finding),
     }
 }
 /// Kinds of record, for filtering.
@@ -442,6 +811,8 @@ pub enum RecordKind {
     Flow = 1,
     Loss = 2,
     Dns = 3,
+    Pressure = 4,
+    Finding = 5,
 }
 impl RecordKind {
     /// String value of the enum field names used in the ProtoBuf definition.
@@ -454,6 +825,8 @@ impl RecordKind {
             Self::Flow => "RECORD_KIND_FLOW",
             Self::Loss => "RECORD_KIND_LOSS",
             Self::Dns => "RECORD_KIND_DNS",
+            Self::Pressure => "RECORD_KIND_PRESSURE",
+            Self::Finding => "RECORD_KIND_FINDING",
         }
     }
     /// Creates an enum from field names used in the ProtoBuf definition.
@@ -463,6 +836,8 @@ impl RecordKind {
             "RECORD_KIND_FLOW" => Some(Self::Flow),
             "RECORD_KIND_LOSS" => Some(Self::Loss),
             "RECORD_KIND_DNS" => Some(Self::Dns),
+            "RECORD_KIND_PRESSURE" => Some(Self::Pressure),
+            "RECORD_KIND_FINDING" => Some(Self::Finding),
             _ => None,
         }
     }
@@ -1287,7 +1662,7 @@ pub struct DnsSummary {
     #[prost(uint64, tag = "12")]
     pub latency_p99_ns: u64,
 }
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct WorkloadSummary {
     #[prost(string, tag = "1")]
     pub node: ::prost::alloc::string::String,
@@ -1308,6 +1683,38 @@ pub struct WorkloadSummary {
     pub dns: ::core::option::Option<DnsSummary>,
     #[prost(uint64, tag = "9")]
     pub last_seen_unix_nano: u64,
+    /// Pod-level pressure records summed (unset when there were none).
+    #[prost(message, optional, tag = "10")]
+    pub pressure: ::core::option::Option<PressureSummary>,
+}
+/// Pressure of one pod over the requested range.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct PressureSummary {
+    #[prost(uint64, tag = "1")]
+    pub windows: u64,
+    /// Run-queue waits: total, and the p99 over all of them.
+    #[prost(uint64, tag = "2")]
+    pub wait_ns: u64,
+    #[prost(uint64, tag = "3")]
+    pub run_queue_p99_ns: u64,
+    /// PSI stall time (some), microseconds, summed.
+    #[prost(uint64, tag = "4")]
+    pub cpu_some_usec: u64,
+    #[prost(uint64, tag = "5")]
+    pub memory_some_usec: u64,
+    #[prost(uint64, tag = "6")]
+    pub io_some_usec: u64,
+    /// The largest PSI cpu "some" share of one window.
+    #[prost(double, tag = "7")]
+    pub cpu_some_share_max: f64,
+    #[prost(uint64, tag = "8")]
+    pub throttled_usec: u64,
+    /// The latest window's verdict.
+    #[prost(message, optional, tag = "9")]
+    pub verdict: ::core::option::Option<Verdict>,
+    /// Wait charged to each culprit over the range, biggest first.
+    #[prost(message, repeated, tag = "10")]
+    pub culprits: ::prost::alloc::vec::Vec<Culprit>,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct TopResponse {
@@ -1316,30 +1723,59 @@ pub struct TopResponse {
     #[prost(uint64, tag = "2")]
     pub retained_since_unix_nano: u64,
 }
-#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
-pub struct FindingsRequest {}
-/// A finding raised by a detector.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
-pub struct Finding {
-    /// Stable identifier (detector + subject), for de-duplication.
-    #[prost(string, tag = "1")]
-    pub id: ::prost::alloc::string::String,
-    /// Detector that raised it, e.g. "noisy-neighbour", "policy-gap".
-    #[prost(string, tag = "2")]
-    pub detector: ::prost::alloc::string::String,
-    #[prost(string, tag = "3")]
-    pub summary: ::prost::alloc::string::String,
-    #[prost(string, tag = "4")]
+pub struct FindingsRequest {
+    /// At most this many findings (default 100, at most 1000), newest first.
+    #[prost(uint32, tag = "1")]
+    pub limit: u32,
+    /// Only findings whose subject is a pod in one of these namespaces.
+    #[prost(string, repeated, tag = "2")]
+    pub namespaces: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Only findings still going on at or after this time (Unix ns); 0 = all retained.
+    #[prost(uint64, tag = "3")]
+    pub since_unix_nano: u64,
+    /// Only these kinds; empty = all.
+    #[prost(enumeration = "FindingKind", repeated, tag = "4")]
+    pub kinds: ::prost::alloc::vec::Vec<i32>,
+    /// Only findings from this node; empty = all.
+    #[prost(string, tag = "5")]
     pub node: ::prost::alloc::string::String,
-    #[prost(uint64, tag = "5")]
-    pub first_seen_unix_nano: u64,
-    #[prost(uint64, tag = "6")]
-    pub last_seen_unix_nano: u64,
+}
+/// A finding and the node whose detector raised it.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct NodeFinding {
+    #[prost(string, tag = "1")]
+    pub node: ::prost::alloc::string::String,
+    #[prost(message, optional, tag = "2")]
+    pub finding: ::core::option::Option<Finding>,
+}
+/// A culprit ranked across the cluster: the wait it caused other pods, summed
+/// over every noisy-neighbour finding in the request's range.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct NeighbourRank {
+    #[prost(string, tag = "1")]
+    pub node: ::prost::alloc::string::String,
+    #[prost(enumeration = "CulpritKind", tag = "2")]
+    pub kind: i32,
+    #[prost(message, optional, tag = "3")]
+    pub culprit: ::core::option::Option<Workload>,
+    #[prost(uint64, tag = "4")]
+    pub wait_ns: u64,
+    /// Distinct victims and findings it appears in.
+    #[prost(uint32, tag = "5")]
+    pub victims: u32,
+    #[prost(uint32, tag = "6")]
+    pub findings: u32,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct FindingsResponse {
     #[prost(message, repeated, tag = "1")]
-    pub findings: ::prost::alloc::vec::Vec<Finding>,
+    pub findings: ::prost::alloc::vec::Vec<NodeFinding>,
+    /// Worst neighbours first (at most `limit`).
+    #[prost(message, repeated, tag = "2")]
+    pub worst_neighbours: ::prost::alloc::vec::Vec<NeighbourRank>,
+    #[prost(uint64, tag = "3")]
+    pub retained_since_unix_nano: u64,
 }
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
 #[repr(i32)]
@@ -1352,6 +1788,9 @@ pub enum TopSort {
     DnsFailures = 2,
     /// DNS latency (p99 estimate).
     DnsLatency = 3,
+    /// CPU pressure: run-queue wait time (PSI cpu "some" time when the
+    /// scheduler probes are off).
+    Pressure = 4,
 }
 impl TopSort {
     /// String value of the enum field names used in the ProtoBuf definition.
@@ -1364,6 +1803,7 @@ impl TopSort {
             Self::DnsQueries => "TOP_SORT_DNS_QUERIES",
             Self::DnsFailures => "TOP_SORT_DNS_FAILURES",
             Self::DnsLatency => "TOP_SORT_DNS_LATENCY",
+            Self::Pressure => "TOP_SORT_PRESSURE",
         }
     }
     /// Creates an enum from field names used in the ProtoBuf definition.
@@ -1373,6 +1813,7 @@ impl TopSort {
             "TOP_SORT_DNS_QUERIES" => Some(Self::DnsQueries),
             "TOP_SORT_DNS_FAILURES" => Some(Self::DnsFailures),
             "TOP_SORT_DNS_LATENCY" => Some(Self::DnsLatency),
+            "TOP_SORT_PRESSURE" => Some(Self::Pressure),
             _ => None,
         }
     }
@@ -1531,8 +1972,8 @@ pub mod query_client {
             req.extensions_mut().insert(GrpcMethod::new("podlens.v1.Query", "Top"));
             self.inner.unary(req, path, codec).await
         }
-        /// Current findings. Detectors (noisy neighbours, policy gaps) add them;
-        /// until one is enabled the list is empty.
+        /// Findings from every node (noisy neighbours, ...), newest first, with the
+        /// worst neighbours ranked cluster-wide.
         pub async fn findings(
             &mut self,
             request: impl tonic::IntoRequest<super::FindingsRequest>,
@@ -1589,8 +2030,8 @@ pub mod query_server {
             &self,
             request: tonic::Request<super::TopRequest>,
         ) -> std::result::Result<tonic::Response<super::TopResponse>, tonic::Status>;
-        /// Current findings. Detectors (noisy neighbours, policy gaps) add them;
-        /// until one is enabled the list is empty.
+        /// Findings from every node (noisy neighbours, ...), newest first, with the
+        /// worst neighbours ranked cluster-wide.
         async fn findings(
             &self,
             request: tonic::Request<super::FindingsRequest>,

@@ -77,6 +77,9 @@ pub fn record_json(r: &pb::Record, origin: Option<&pb::Origin>) -> Value {
             "kind": "loss",
             "counters": l.counters.iter().map(|c| json!({"source": c.source, "reason": c.reason, "total": c.total, "delta": c.delta})).collect::<Vec<_>>(),
         }),
+        // TODO(issue 5): full rendering
+        Some(Kind::Pressure(_)) => json!({"kind": "pressure"}),
+        Some(Kind::Finding(_)) => json!({"kind": "finding"}),
         None => json!({"kind": "unknown"}),
     };
     v["node"] = json!(r.node);
@@ -256,6 +259,8 @@ pub fn record_line(r: &pb::Record) -> Option<String> {
                 .collect();
             (!lost.is_empty()).then(|| format!("{} LOSS {}", clip(&r.node, 12), lost.join(" ")))
         }
+        // TODO(issue 5): table lines
+        Some(Kind::Pressure(_)) | Some(Kind::Finding(_)) => None,
         None => None,
     }
 }
