@@ -12,6 +12,8 @@ pub mod export;
 pub mod flows;
 pub mod identity;
 pub mod losses;
+pub mod noisy;
 pub mod pipeline;
 pub mod preflight;
+pub mod pressure;
 pub mod standalone;

@@ -8,8 +8,8 @@ use std::{
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use podlens_agent::{
-    config::{AgentArgs, KubeMode, LogFormat},
-    ebpf::{Kernel, LoadOptions},
+    config::{pressure::SchedMode, AgentArgs, KubeMode, LogFormat},
+    ebpf::{sched::SchedProbes, Kernel, LoadOptions},
     export::{
         stream::{self, StreamConfig},
         Exporter,
@@ -18,6 +18,7 @@ use podlens_agent::{
     identity::{cgroups::CgroupTable, inventory, kube, pods::PodStore, Resolver, SharedPods},
     pipeline::{Fanout, Pipeline, Sink},
     preflight,
+    pressure::PressureSource,
     standalone::HubSink,
 };
 use podlens_collector::{
@@ -118,6 +119,47 @@ fn consumer_auth(args: &AgentArgs) -> Result<ConsumerAuth> {
     bail!("--listen {} is not loopback: give --consumer-token-file (or --insecure-plaintext)", args.listen)
 }
 
+/// The pressure source with the scheduler probes as --sched asks; None when
+/// --pressure is off.
+fn pressure_source(
+    args: &AgentArgs,
+    cgroup_root: &std::path::Path,
+    node: &pb::NodeIdentity,
+) -> Result<Option<PressureSource>> {
+    let p = &args.pressure;
+    if !p.enabled {
+        tracing::info!("pressure reporting off (--pressure false)");
+        return Ok(None);
+    }
+    let sched = match p.sched {
+        SchedMode::Off => None,
+        mode => match SchedProbes::load(&p.sched_options()).and_then(|mut s| s.attach().map(|()| s)) {
+            Ok(s) => Some(s),
+            Err(e) if mode == SchedMode::Auto => {
+                tracing::warn!(error = %e, "scheduler probes unavailable: no run-queue latency or culprits (--sched auto)");
+                None
+            }
+            Err(e) => return Err(e).context("--sched on"),
+        },
+    };
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+    let mut hierarchies = podlens_agent::pressure::mounts::parse_mountinfo(&mountinfo);
+    hierarchies.v2 = Some(cgroup_root.to_path_buf());
+    tracing::info!(
+        sched = sched.is_some(), cgroup2 = %cgroup_root.display(), cgroup1_controllers = ?hierarchies.v1.keys().collect::<Vec<_>>(),
+        "pressure reporting"
+    );
+    let cfg = podlens_agent::pressure::Config {
+        hierarchies,
+        proc_pressure: "/proc/pressure".into(),
+        thresholds: p.thresholds(),
+        hysteresis: p.hysteresis(),
+        containers: p.containers,
+    };
+    let prefix = format!("{}/{}/nn-", node.name, node.agent_epoch_unix_nano);
+    Ok(Some(PressureSource::new(cfg, sched, prefix)))
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = AgentArgs::parse();
@@ -181,7 +223,8 @@ async fn main() -> Result<()> {
 
     let dns = args.dns.config();
     tracing::info!(dns_ports = ?args.dns.ports.0, dns_timeout = ?args.dns.timeout, "DNS capture");
-    let pipeline = Pipeline::new(kernel, Resolver::new(cgroups, pods), node, Arc::new(Fanout(sinks)), dns)?;
+    let pressure = pressure_source(&args, &cgroup_root, &node)?;
+    let pipeline = Pipeline::new(kernel, Resolver::new(cgroups, pods), node, Arc::new(Fanout(sinks)), dns, pressure)?;
     let run = tokio::spawn(pipeline.run(args.interval, stop_rx));
     shutdown_signal().await?;
     stop_tx.send_replace(true);

@@ -18,6 +18,7 @@ use crate::{
     flows::{monotonic_ns, unix_nanos, Clock, FlowWindow},
     identity::Resolver,
     losses::LossTracker,
+    pressure::{CgroupInfo, PressureSource},
 };
 
 /// Where batches go: the embedded collector, the exporter, or both.
@@ -75,6 +76,7 @@ pub struct Pipeline {
     kernel: Kernel,
     events: AsyncFd<RingBuf<MapData>>,
     dns: Option<DnsPath>,
+    pressure: Option<PressureSource>,
     pub resolver: Resolver,
     window: FlowWindow,
     window_start: u64,
@@ -90,13 +92,15 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// `dns`: the DNS analysis settings, None when DNS is off.
+    /// `dns`: the DNS analysis settings, None when DNS is off; `pressure`:
+    /// the pressure source, None when pressure reporting is off.
     pub fn new(
         mut kernel: Kernel,
         resolver: Resolver,
         node: pb::NodeIdentity,
         sink: Arc<dyn Sink>,
         dns: Option<dns::Config>,
+        pressure: Option<PressureSource>,
     ) -> std::io::Result<Self> {
         let ring = kernel.take_events().ok_or_else(|| std::io::Error::other("events ring buffer already taken"))?;
         let first_clock = kernel.clock_sample().map_err(std::io::Error::other)?;
@@ -112,6 +116,7 @@ impl Pipeline {
             kernel,
             events,
             dns,
+            pressure,
             resolver,
             window: FlowWindow::default(),
             window_start: unix_nanos(std::time::SystemTime::now()),
@@ -230,6 +235,15 @@ impl Pipeline {
         let bad_direction = flows.bad_overflow_events;
         let clock = Clock::now();
         let dns_ids: Vec<u64> = dns_window.iter().flat_map(|w| w.cgroup_ids()).collect();
+        let cgroups: Vec<CgroupInfo> = match &self.pressure {
+            Some(_) => self
+                .resolver
+                .cgroups
+                .entries()
+                .map(|(id, path, removed)| CgroupInfo { id, path: path.to_string(), removed })
+                .collect(),
+            None => Vec::new(),
+        };
         let mut records = {
             let mut ids = self.resolver.window(flows.cgroup_ids().chain(dns_ids).collect::<Vec<_>>());
             let mut records = flows.into_records(&self.node.name, window, &clock, &mut ids);
@@ -241,6 +255,16 @@ impl Pipeline {
                         window_end_unix_nano: window.1,
                         kind: Some(pb::record::Kind::Dns(r)),
                     }
+                }));
+            }
+            if let Some(p) = &mut self.pressure {
+                // cgroup files: a few reads per pod
+                let kinds = tokio::task::block_in_place(|| p.window(&cgroups, window, &mut ids));
+                records.extend(kinds.into_iter().map(|kind| pb::Record {
+                    node: self.node.name.clone(),
+                    window_start_unix_nano: window.0,
+                    window_end_unix_nano: window.1,
+                    kind: Some(kind),
                 }));
             }
             records
@@ -284,6 +308,9 @@ impl Pipeline {
         ]);
         if let Some(d) = &self.dns {
             totals.extend(d.source.losses());
+        }
+        if let Some(p) = &self.pressure {
+            totals.extend(p.losses());
         }
         totals.extend(self.sink.losses());
         self.losses.report(totals)

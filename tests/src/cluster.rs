@@ -64,7 +64,7 @@ impl Qos {
 }
 
 /// Removes cgroup directories deepest first, killing what still runs in them.
-fn remove_cgroup_tree(dir: &Path) {
+pub fn remove_cgroup_tree(dir: &Path) {
     if !dir.exists() {
         return;
     }

@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod cluster;
 pub mod collector;
+pub mod cpu_limit;
 pub mod dns_records;
 pub mod kernel;
 pub mod packets;

@@ -4,6 +4,7 @@ pub mod batch;
 pub mod clock;
 pub mod events;
 pub mod flow_maps;
+pub mod sched;
 
 use std::{
     fs::File,
@@ -72,7 +73,7 @@ pub enum LoadError {
     Attach { name: &'static str, path: PathBuf, source: Box<ProgramError>, hint: &'static str },
 }
 
-fn hint_for(e: &dyn std::error::Error) -> &'static str {
+pub(crate) fn hint_for(e: &dyn std::error::Error) -> &'static str {
     let text = format!("{e} {:?}", e.source());
     if text.contains("Operation not permitted") || text.contains("EPERM") || text.contains("os error 1)") {
         PERMISSION_HINT
@@ -196,12 +197,12 @@ impl Kernel {
     }
 }
 
-fn program_error(name: &'static str, source: ProgramError) -> LoadError {
+pub(crate) fn program_error(name: &'static str, source: ProgramError) -> LoadError {
     let hint = hint_for(&source);
     LoadError::Program { name, source: Box::new(source), hint }
 }
 
-fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, LoadError>
+pub(crate) fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, LoadError>
 where
     &'a mut T: TryFrom<&'a mut Program, Error = ProgramError>,
 {
@@ -213,7 +214,7 @@ where
     })
 }
 
-fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, LoadError>
+pub(crate) fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, LoadError>
 where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
 {

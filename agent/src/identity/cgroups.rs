@@ -58,6 +58,12 @@ impl CgroupTable {
         self.entries.len()
     }
 
+    /// Every known cgroup: id, path, and whether it was removed (and is kept
+    /// only for its last window).
+    pub fn entries(&self) -> impl Iterator<Item = (u64, &str, bool)> + '_ {
+        self.entries.iter().map(|(id, e)| (*id, e.path.as_str(), e.removed_at.is_some()))
+    }
+
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }

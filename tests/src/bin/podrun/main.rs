@@ -5,6 +5,7 @@
 //! Roles print one JSON object per connection or run on stdout, with the
 //! kernel's own TCP_INFO counters for exact comparisons.
 
+mod cpu;
 mod dns;
 
 use std::{
@@ -27,6 +28,9 @@ struct Cli {
     /// Network namespace (ip netns name) to join.
     #[arg(long)]
     netns: Option<String>,
+    /// A cgroup v1 directory to join as well (e.g. in the cpu controller, for a CFS quota).
+    #[arg(long)]
+    cgroup_v1: Option<PathBuf>,
     /// Seen as /etc/resolv.conf by this process (a private mount namespace),
     /// as a pod's own resolv.conf is.
     #[arg(long)]
@@ -123,6 +127,26 @@ enum Role {
         seconds: u64,
         #[arg(long, default_value_t = 16)]
         sockets: usize,
+    },
+    /// Wake every period on one CPU, work a little, report own lateness.
+    Victim {
+        #[arg(long, default_value_t = 1)]
+        cpu: usize,
+        #[arg(long, default_value_t = 1000)]
+        period_us: u64,
+        #[arg(long, default_value_t = 50)]
+        work_us: u64,
+        #[arg(long)]
+        seconds: u64,
+    },
+    /// Spin `threads` threads on one CPU.
+    Burn {
+        #[arg(long, default_value_t = 1)]
+        cpu: usize,
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        #[arg(long)]
+        seconds: u64,
     },
     /// Receive datagrams until `count` arrived or `timeout_ms` passed.
     UdpRecv {
@@ -366,6 +390,10 @@ fn hex_bytes(hex: &str) -> Result<Vec<u8>> {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     enter(cli.cgroup.as_ref(), cli.netns.as_deref())?;
+    if let Some(v1) = &cli.cgroup_v1 {
+        std::fs::write(v1.join("cgroup.procs"), std::process::id().to_string())
+            .with_context(|| format!("joining cgroup v1 {}", v1.display()))?;
+    }
     if let Some(f) = &cli.resolv_conf {
         private_resolv_conf(f)?;
     }
@@ -385,5 +413,7 @@ fn main() -> Result<()> {
         }
         Role::DnsRaw { to, hex, tcp } => dns::raw(to, &hex_bytes(&hex)?, tcp),
         Role::DnsLoad { server, names, rate, seconds, sockets } => dns::load(server, &names, rate, seconds, sockets),
+        Role::Victim { cpu, period_us, work_us, seconds } => cpu::victim(cpu, period_us, work_us, seconds),
+        Role::Burn { cpu, threads, seconds } => cpu::burn(cpu, threads, seconds),
     }
 }

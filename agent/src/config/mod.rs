@@ -1,5 +1,7 @@
 //! Command-line flags, each with an environment twin.
 
+pub mod pressure;
+
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Parser, ValueEnum};
@@ -91,6 +93,9 @@ pub struct AgentArgs {
 
     #[command(flatten)]
     pub dns: DnsArgs,
+
+    #[command(flatten)]
+    pub pressure: pressure::PressureArgs,
 
     /// Log format.
     #[arg(long, env = "PODLENS_LOG_FORMAT", value_enum, default_value = "text")]
