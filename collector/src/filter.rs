@@ -56,7 +56,8 @@ impl Filter {
             return true;
         }
         let Some(pod) = local_pod(r, t) else {
-            // Node-wide records (losses) are about every pod of the node.
+            // Losses are about every pod of the node. The node's own pressure
+            // record is not: it would match any namespace asked for.
             return matches!(r.kind, Some(Kind::Loss(_)));
         };
         let ns_ok = self.namespaces.is_empty() || self.namespaces.contains(&pod.namespace);
@@ -79,8 +80,11 @@ pub fn kind_of(r: &pb::Record) -> Option<pb::RecordKind> {
     }
 }
 
-/// The pod a record belongs to (its local side), if any.
+/// The pod a record belongs to (its local side; a finding's victim), if any.
 pub fn local_pod<'a>(r: &'a pb::Record, t: &Tables<'a>) -> Option<&'a pb::PodRef> {
+    if let Some(Kind::Finding(f)) = &r.kind {
+        return crate::findings::victim_pod(f);
+    }
     match t.record_local(r)?.kind.as_ref()? {
         workload::Kind::Pod(p) => Some(p),
         workload::Kind::Host(_) => None,
@@ -168,6 +172,60 @@ mod tests {
         assert!(f.matches(&flow("n2", "a", "p")));
         let f = filter(&[], &[], &[], &[pb::RecordKind::Loss]);
         assert!(f.matches(&loss()) && !f.matches(&flow("n1", "a", "p")));
+    }
+
+    fn pod(ns: &str, name: &str) -> pb::Workload {
+        pb::Workload {
+            kind: Some(workload::Kind::Pod(pb::PodRef {
+                namespace: ns.into(),
+                name: name.into(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn pressure_records_by_their_pod_also_through_the_batch_table() {
+        let pressure = |local: Option<pb::Workload>, local_index: u32, node: bool| pb::Record {
+            kind: Some(Kind::Pressure(pb::PressureRecord { local, local_index, node, ..Default::default() })),
+            ..Default::default()
+        };
+        let table = [pod("shop", "web")];
+        let t = Tables { node: "n1", workloads: &table, pods: &[] };
+        let f = filter(&[], &["shop"], &["web"], &[pb::RecordKind::Pressure]);
+        assert!(f.matches(&pressure(Some(pod("shop", "web")), 0, false)));
+        assert!(f.matches_in(&pressure(None, 1, false), &t), "local_index resolves through the table");
+        assert!(!f.matches(&pressure(Some(pod("db", "web")), 0, false)));
+        assert!(!f.matches_in(&pressure(None, 0, true), &t), "the node record is no pod's");
+        assert!(filter(&["n1"], &[], &[], &[]).matches_in(&pressure(None, 0, true), &t));
+    }
+
+    #[test]
+    fn findings_by_their_victim_pod() {
+        let finding = |victim: pb::Workload| pb::Record {
+            node: "n1".into(),
+            kind: Some(Kind::Finding(pb::Finding {
+                detail: Some(pb::finding::Detail::NoisyNeighbour(pb::NoisyNeighbour {
+                    victim: Some(victim),
+                    culprits: vec![pb::Culprit { workload: Some(pod("batch", "noisy")), ..Default::default() }],
+                    ..Default::default()
+                })),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        let web = finding(pod("shop", "web"));
+        assert!(filter(&[], &["shop"], &[], &[]).matches(&web));
+        assert!(filter(&[], &[], &["shop/web"], &[pb::RecordKind::Finding]).matches(&web));
+        assert!(!filter(&[], &["batch"], &[], &[]).matches(&web), "the victim's, not a culprit's");
+        assert!(!filter(&[], &[], &["noisy"], &[]).matches(&web));
+        let on_host = finding(pb::Workload {
+            kind: Some(workload::Kind::Host(pb::HostUnit { unit: "system.slice".into() })),
+            ..Default::default()
+        });
+        assert!(!filter(&[], &["shop"], &[], &[]).matches(&on_host));
+        assert!(filter(&[], &[], &[], &[pb::RecordKind::Finding]).matches(&on_host));
     }
 
     #[test]

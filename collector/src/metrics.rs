@@ -76,6 +76,10 @@ pub fn render(state: &MetricsState) -> String {
         hub.stats.batches_rejected.load(Ordering::Relaxed),
     );
     counter(&mut r, "talkers_dropped", "Flow records the top-talker view had no room for", hub.talkers_dropped());
+    counter(&mut r, "workloads_dropped", "Records the per-workload view had no room for", hub.workloads_dropped());
+    let (findings, findings_evicted) = hub.findings_stats();
+    gauge(&mut r, "findings", "Findings held (latest report of each episode)", findings as i64);
+    counter(&mut r, "findings_evicted", "Findings evicted because the findings store was full", findings_evicted);
 
     let batches = Family::<NodeLabel, Counter>::default();
     let records = Family::<NodeLabel, Counter>::default();
@@ -172,6 +176,8 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("podlens_collector_nodes 1"), "{text}");
+        assert!(text.contains("podlens_collector_findings_evicted_total 0"), "{text}");
+        assert!(text.contains("podlens_collector_workloads_dropped_total 0"), "{text}");
         assert!(text.contains("podlens_collector_tls_handshakes_rejected_total{listener=\"ingest\"} 0"), "{text}");
         assert!(text.trim_end().ends_with("# EOF"));
     }

@@ -1,6 +1,7 @@
-//! Per-workload summaries for `podlens top`: traffic and client-side DNS per
-//! (node, workload) in one-minute buckets kept for a bounded time, with a
-//! bounded number of workloads per bucket (what does not fit is counted).
+//! Per-workload summaries for `podlens top`: traffic, client-side DNS and pod
+//! pressure per (node, workload) in one-minute buckets kept for a bounded
+//! time, with a bounded number of workloads per bucket (what does not fit is
+//! counted).
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -11,6 +12,8 @@ use podlens_proto::{
     compact::Tables,
     v1::{self as pb, record::Kind},
 };
+
+use crate::pressure::{self, Pressure};
 
 const BUCKET_NS: u64 = 60_000_000_000;
 
@@ -69,6 +72,10 @@ struct Summary {
     latency_max_ns: u64,
     hist: Hist,
     last_seen: u64,
+    /// Flow or client DNS records seen (pod-level cgroups have pressure only).
+    traffic: bool,
+    /// Pod-level pressure records, when any.
+    pressure: Option<Pressure>,
 }
 
 fn add_counts(s: &mut pb::DnsCounts, c: &pb::DnsCounts) {
@@ -107,6 +114,10 @@ impl Summary {
         self.latency_max_ns = self.latency_max_ns.max(o.latency_max_ns);
         self.hist.merge(&o.hist);
         self.last_seen = self.last_seen.max(o.last_seen);
+        self.traffic |= o.traffic;
+        if let Some(p) = &o.pressure {
+            self.pressure.get_or_insert_with(Pressure::default).merge(p);
+        }
     }
 
     /// The upper bound of the bucket holding quantile `q`.
@@ -138,7 +149,7 @@ impl Summary {
             tx_packets: self.tx_packets,
             rx_packets: self.rx_packets,
             flow_records: self.flow_records,
-            pressure: None,
+            pressure: self.pressure.as_ref().map(Pressure::to_pb),
             dns: Some(pb::DnsSummary {
                 queries: d.queries,
                 responses: d.responses,
@@ -182,7 +193,8 @@ impl Workloads {
         }
     }
 
-    /// Adds the flow and DNS records of a batch received at `now` (Unix ns).
+    /// Adds the flow, client DNS and pod-level pressure records of a batch
+    /// received at `now` (Unix ns).
     pub fn add(&mut self, records: &[pb::Record], tables: &Tables<'_>, now: u64) {
         let start = now - now % BUCKET_NS;
         if self.buckets.back().is_none_or(|b| b.start < start) {
@@ -193,11 +205,14 @@ impl Workloads {
         }
         let Some(bucket) = self.buckets.back_mut() else { return };
         for r in records {
-            let dns_client = matches!(&r.kind, Some(Kind::Dns(d)) if d.role == pb::DnsRole::Client as i32);
-            if !matches!(r.kind, Some(Kind::Flow(_))) && !dns_client {
-                continue;
-            }
-            let Some(local) = tables.record_local(r) else { continue };
+            let local = tables.record_local(r);
+            let wanted = match &r.kind {
+                Some(Kind::Flow(_)) => true,
+                Some(Kind::Dns(d)) => d.role == pb::DnsRole::Client as i32,
+                Some(Kind::Pressure(p)) => pressure::is_pod_level(p, local),
+                _ => false,
+            };
+            let (true, Some(local)) = (wanted, local) else { continue };
             let key = (Arc::from(tables.node(r)), local.cgroup_id);
             if !bucket.workloads.contains_key(&key) && bucket.workloads.len() >= self.max_per_bucket {
                 self.dropped += 1;
@@ -217,15 +232,24 @@ impl Workloads {
                     s.tx_packets += e.packets;
                     s.rx_packets += i.packets;
                     s.flow_records += 1;
+                    s.traffic = true;
                 }
-                Some(Kind::Dns(d)) => s.add_dns(d),
+                Some(Kind::Dns(d)) => {
+                    s.add_dns(d);
+                    s.traffic = true;
+                }
+                Some(Kind::Pressure(p)) => {
+                    s.pressure.get_or_insert_with(Pressure::default).add(p, r.window_end_unix_nano)
+                }
                 _ => {}
             }
         }
     }
 
     /// The `limit` first by `sort` since `since` (Unix ns), optionally only
-    /// pods in `namespaces`; and the oldest time still retained.
+    /// pods in `namespaces`; and the oldest time still retained. Ranked by
+    /// pressure: pods with pressure records only; otherwise: workloads with
+    /// traffic or DNS only (pod-level cgroups carry no sockets).
     pub fn top(
         &self,
         limit: usize,
@@ -244,27 +268,31 @@ impl Workloads {
                 }
             }
         }
-        let mut out: Vec<pb::WorkloadSummary> = sums
+        let by_pressure = sort == pb::TopSort::Pressure;
+        let rank = |s: &Summary| -> u64 {
+            let d = &s.dns;
+            match sort {
+                pb::TopSort::Unspecified => s.tx_bytes + s.rx_bytes,
+                pb::TopSort::DnsQueries => d.queries,
+                pb::TopSort::DnsFailures => d.nxdomain + d.servfail + d.refused + d.other_rcode + d.timeouts,
+                pb::TopSort::DnsLatency => {
+                    s.quantile(0.99).max(s.latency_sum_ns.checked_div(s.latency_count).unwrap_or(0))
+                }
+                pb::TopSort::Pressure => s.pressure.as_ref().map_or(0, Pressure::rank),
+            }
+        };
+        let mut ranked: Vec<(u64, pb::WorkloadSummary)> = sums
             .into_values()
+            .filter(|s| if by_pressure { s.pressure.is_some() } else { s.traffic })
             .filter(|s| match &s.workload.kind {
                 Some(pb::workload::Kind::Pod(p)) => namespaces.is_empty() || namespaces.contains(&p.namespace),
                 _ => namespaces.is_empty(),
             })
-            .map(|s| s.to_pb())
+            .map(|s| (rank(&s), s.to_pb()))
             .collect();
-        let rank = |w: &pb::WorkloadSummary| -> u64 {
-            let d = w.dns.unwrap_or_default();
-            match sort {
-                pb::TopSort::Unspecified => w.tx_bytes + w.rx_bytes,
-                pb::TopSort::DnsQueries => d.queries,
-                pb::TopSort::DnsFailures => d.nxdomain + d.errors + d.timeouts,
-                pb::TopSort::DnsLatency => d.latency_p99_ns.max(d.latency_mean_ns),
-                // TODO(issue 5): pressure summaries
-                pb::TopSort::Pressure => 0,
-            }
-        };
-        out.sort_by(|a, b| rank(b).cmp(&rank(a)).then_with(|| a.node.cmp(&b.node)));
-        out.truncate(limit);
+        let id = |w: &pb::WorkloadSummary| w.workload.as_ref().map_or(0, |w| w.cgroup_id);
+        ranked.sort_by(|(ra, a), (rb, b)| rb.cmp(ra).then_with(|| a.node.cmp(&b.node)).then_with(|| id(a).cmp(&id(b))));
+        let out = ranked.into_iter().take(limit).map(|(_, w)| w).collect();
         (out, self.buckets.front().map_or(0, |b| b.start))
     }
 }
@@ -372,6 +400,78 @@ mod tests {
         let d = w.top(10, &[], 0, pb::TopSort::DnsLatency).0[0].dns.unwrap();
         assert_eq!((d.latency_p50_ns, d.latency_p99_ns), (0, 0), "unknown, not guessed");
         assert_eq!((d.latency_mean_ns, d.latency_max_ns), (26_000_000, 50_000_000));
+    }
+
+    fn pressure(ns: &str, cgroup: u64, container: &str, wait: u64, cpu_some: u64, end: u64) -> pb::Record {
+        let mut local = workload(ns, cgroup);
+        if let Some(pb::workload::Kind::Pod(p)) = &mut local.kind {
+            p.container_id = container.into();
+        }
+        pb::Record {
+            node: "n1".into(),
+            window_end_unix_nano: end,
+            kind: Some(Kind::Pressure(pb::PressureRecord {
+                local: Some(local),
+                cpu: Some(pb::Psi {
+                    some_usec: Some(pb::Counter { total: cpu_some, delta: cpu_some }),
+                    ..Default::default()
+                }),
+                run_queue: (wait > 0).then(|| pb::RunQueue {
+                    wakeup_wait_ns: wait,
+                    buckets: vec![1],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn pressure_of_pod_level_records_only_ranked_by_wait() {
+        let mut w = Workloads::new(15, 100);
+        let t = Tables { node: "n1", ..Default::default() };
+        w.add(
+            &[
+                pressure("shop", 10, "", 5_000, 3, 1),
+                pressure("shop", 11, "c1", 9_000_000, 3, 1),
+                pressure("db", 20, "", 9_000, 1, 1),
+                flow("shop", 11, 100, 10),
+            ],
+            &t,
+            BUCKET_NS,
+        );
+        w.add(&[pressure("shop", 10, "", 5_000, 4, 2)], &t, 2 * BUCKET_NS);
+        let node = pb::Record {
+            node: "n1".into(),
+            kind: Some(Kind::Pressure(pb::PressureRecord { node: true, ..Default::default() })),
+            ..Default::default()
+        };
+        w.add(&[node], &t, 2 * BUCKET_NS);
+        let (top, _) = w.top(10, &[], 0, pb::TopSort::Pressure);
+        let ids: Vec<u64> = top.iter().map(|s| s.workload.as_ref().unwrap().cgroup_id).collect();
+        assert_eq!(ids, [10, 20], "pods only: neither the container nor the node");
+        let p = top[0].pressure.clone().unwrap();
+        assert_eq!((p.windows, p.wait_ns, p.cpu_some_usec, p.run_queue_p99_ns), (2, 10_000, 7, 1024));
+        let (bytes, _) = w.top(10, &[], 0, pb::TopSort::Unspecified);
+        assert_eq!(bytes.len(), 1, "pressure-only pod cgroups have no traffic to rank");
+        assert!(bytes[0].pressure.is_none());
+        let (db, _) = w.top(10, &["db".into()], 0, pb::TopSort::Pressure);
+        assert_eq!(db.len(), 1);
+    }
+
+    #[test]
+    fn pressure_ranks_by_psi_where_no_run_queue_data() {
+        let mut w = Workloads::new(15, 100);
+        let t = Tables { node: "n1", ..Default::default() };
+        w.add(
+            &[pressure("a", 1, "", 0, 50, 1), pressure("a", 2, "", 20_000, 0, 1), pressure("a", 3, "", 0, 1, 1)],
+            &t,
+            0,
+        );
+        let (top, _) = w.top(10, &[], 0, pb::TopSort::Pressure);
+        let ids: Vec<u64> = top.iter().map(|s| s.workload.as_ref().unwrap().cgroup_id).collect();
+        assert_eq!(ids, [1, 2, 3], "50 us of stall outranks 20 us of wait");
     }
 
     #[test]

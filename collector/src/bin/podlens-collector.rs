@@ -7,9 +7,10 @@ use clap::{Parser, ValueEnum};
 use podlens_collector::{
     auth::{ConsumerAuth, TokenFile},
     dedup::DedupStore,
+    findings::DEFAULT_MAX_FINDINGS,
     hub::{Hub, DEFAULT_CONSUMER_BUFFER, DEFAULT_HISTORY_RECORDS, DEFAULT_MAX_CONSUMERS},
     metrics::{self, MetricsState},
-    runtime::{init_logging, shutdown_signal},
+    runtime::{init_logging, parse_duration, shutdown_signal},
     server::{Listener, ListenerStats},
     tls::{ClientAuth, ReloadingServerTls, ServerTlsFiles},
 };
@@ -69,6 +70,12 @@ struct Args {
     /// Records buffered per Observe consumer before it is disconnected as too slow.
     #[arg(long, env = "PODLENS_CONSUMER_BUFFER", default_value_t = DEFAULT_CONSUMER_BUFFER)]
     consumer_buffer: usize,
+    /// Findings (noisy neighbours, ...) kept for `podlens findings`; when full, resolved ones are evicted first.
+    #[arg(long, env = "PODLENS_MAX_FINDINGS", default_value_t = DEFAULT_MAX_FINDINGS)]
+    max_findings: usize,
+    /// Findings whose episode ended longer ago than this are dropped (e.g. 24h, 90m).
+    #[arg(long, env = "PODLENS_FINDINGS_RETENTION", default_value = "24h", value_parser = parse_duration)]
+    findings_retention: Duration,
     /// Time consumers get to read the last records at shutdown.
     #[arg(long, env = "PODLENS_SHUTDOWN_GRACE", default_value = "5", value_name = "SECONDS")]
     shutdown_grace: u64,
@@ -143,7 +150,10 @@ async fn main() -> Result<()> {
             args.consumer_buffer
         );
     }
-    let hub = Arc::new(Hub::with_limits(args.consumer_buffer, args.history_records, args.max_consumers));
+    let hub = Arc::new(
+        Hub::with_limits(args.consumer_buffer, args.history_records, args.max_consumers)
+            .with_findings_limits(args.max_findings, args.findings_retention),
+    );
     let store = match &args.state_dir {
         Some(dir) => {
             let (store, admitted) = DedupStore::open(dir)?;

@@ -23,8 +23,10 @@ enum Command {
     Status(cli::query::StatusArgs),
     /// The largest flows over the recent past.
     Talkers(cli::query::TalkersArgs),
-    /// Per workload: traffic and DNS (queries, failures, latency) over the recent past.
+    /// Per workload: traffic, DNS (queries, failures, latency) or pod CPU pressure over the recent past.
     Top(cli::top::TopArgs),
+    /// Findings (noisy neighbours) from every node, newest first, and the worst neighbours.
+    Findings(cli::findings::FindingsArgs),
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -35,5 +37,24 @@ async fn main() -> Result<()> {
         Command::Status(args) => cli::query::status(args).await,
         Command::Talkers(args) => cli::query::talkers(args).await,
         Command::Top(args) => cli::top::run(args).await,
+        Command::Findings(args) => cli::findings::run(args).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn findings_is_a_subcommand() {
+        let cli = Cli::try_parse_from(["podlens", "findings", "--kind", "noisy-neighbour", "-o", "json"]).unwrap();
+        assert!(matches!(cli.command, Command::Findings(_)));
     }
 }

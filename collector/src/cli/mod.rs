@@ -1,6 +1,7 @@
 //! The `podlens` command-line client.
 
 pub mod connect;
+pub mod findings;
 pub mod format;
 pub mod observe;
 pub mod query;

@@ -15,9 +15,16 @@ pub enum Output {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Kind {
+    /// Traffic per socket pair, per window.
     Flow,
+    /// DNS per workload and role, per window.
     Dns,
+    /// Each node's loss and activity counters, every window.
     Loss,
+    /// Pressure of pods, containers and the node, per window.
+    Pressure,
+    /// Detector findings (noisy neighbours), each report of an episode.
+    Finding,
 }
 
 impl Kind {
@@ -26,11 +33,34 @@ impl Kind {
             Kind::Flow => pb::RecordKind::Flow,
             Kind::Dns => pb::RecordKind::Dns,
             Kind::Loss => pb::RecordKind::Loss,
+            Kind::Pressure => pb::RecordKind::Pressure,
+            Kind::Finding => pb::RecordKind::Finding,
         }
     }
 }
 
+/// JSON of the pressure and finding records, documented in `podlens observe --help`.
+pub const JSON_HELP: &str = "\
+JSON output (-o json): one record per line. Every record has kind, node, window_start_unix_nano,
+window_end_unix_nano and origin {node, boot_id, agent_epoch_unix_nano, sequence}.
+kind \"pressure\": local: WORKLOAD or null (the node), node_wide (true for the node's record),
+  cpu, memory, io: {some_usec: COUNTER, full_usec: COUNTER, some_share, full_share} or null,
+  cpu_stat: {usage_usec, nr_periods, nr_throttled, throttled_usec: COUNTER, limit_cores (null: no known
+    limit), throttling_source} or null,
+  memory_events: {oom, oom_kill, high, max: COUNTER} or null,
+  run_queue: {buckets: [{le_ns (null: open-ended), count}], wakeup_waits, wakeup_wait_ns, preempt_waits,
+    preempt_wait_ns, wait_ns, on_cpu_ns, p50_ns, p99_ns, unattributed_ns} or null (scheduler probes off),
+  culprits: [{kind, workload: WORKLOAD or null, wait_ns, share}], verdict: {kind, since_unix_nano,
+    window_kind, summary} or null (containers, the node).
+  COUNTER: {total, delta} or null when the kernel does not provide it (never 0 for absent); a share is null
+  when its counter is.
+kind \"finding\": id, finding_kind, state (open | ongoing | resolved), start_unix_nano, end_unix_nano,
+  summary, noisy_neighbour: {victim: WORKLOAD, verdict, culprits, windows, wait_ns, run_queue_p99_ns,
+  cpu_some_share} or null (see `podlens findings --help`).
+Enum values are the proto names without their prefix, in lower case (verdict \"self_throttled\").";
+
 #[derive(Debug, clap::Args)]
+#[command(after_long_help = JSON_HELP)]
 pub struct ObserveArgs {
     #[command(flatten)]
     pub connect: super::connect::ConnectArgs,
@@ -93,4 +123,24 @@ pub async fn run(args: ObserveArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ObserveArgs,
+    }
+
+    #[test]
+    fn pressure_and_finding_kinds() {
+        let a = Cli::try_parse_from(["observe", "--kind", "pressure", "--kind", "finding"]).unwrap().args;
+        let kinds: Vec<pb::RecordKind> = a.kinds.iter().map(|k| k.to_pb()).collect();
+        assert_eq!(kinds, [pb::RecordKind::Pressure, pb::RecordKind::Finding]);
+    }
 }

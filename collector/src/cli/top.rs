@@ -15,6 +15,8 @@ pub enum Sort {
     DnsFailures,
     /// DNS latency (p99).
     DnsLatency,
+    /// CPU pressure of pods: run-queue wait (PSI cpu stall time where the scheduler probes are off).
+    Pressure,
 }
 
 impl Sort {
@@ -24,11 +26,23 @@ impl Sort {
             Sort::Dns => pb::TopSort::DnsQueries,
             Sort::DnsFailures => pb::TopSort::DnsFailures,
             Sort::DnsLatency => pb::TopSort::DnsLatency,
+            Sort::Pressure => pb::TopSort::Pressure,
         }
     }
 }
 
+/// The JSON output, documented in `podlens top --help`.
+pub const JSON_HELP: &str = "\
+JSON output (-o json): one workload per line: node, workload, tx_bytes, rx_bytes, tx_packets, rx_packets,
+flow_records, dns {...}, last_seen_unix_nano, and pressure: null, or for pods (--sort pressure lists
+only those) {windows, wait_ns, run_queue_p99_ns, cpu_some_usec, memory_some_usec, io_some_usec,
+cpu_some_share_max, throttled_usec, verdict: {kind, since_unix_nano, window_kind, summary} or null,
+culprits: [{kind, workload, wait_ns, share}] (biggest first, at most 5)}.
+With --sort pressure the table shows the latest verdict, the run-queue wait and its p99, the highest
+PSI cpu \"some\" share of one window, throttled time and the culprit charged most.";
+
 #[derive(Debug, clap::Args)]
+#[command(after_long_help = JSON_HELP)]
 pub struct TopArgs {
     #[command(flatten)]
     pub connect: ConnectArgs,
@@ -64,9 +78,35 @@ pub async fn run(args: TopArgs) -> Result<()> {
         }
         return Ok(());
     }
+    if args.sort == Sort::Pressure {
+        println!("{}", format::top::PRESSURE_HEADER);
+        for w in &r.workloads {
+            println!("{}", format::top::pressure_line(w));
+        }
+        return Ok(());
+    }
     println!("{}", format::top::TABLE_HEADER);
     for w in &r.workloads {
         println!("{}", format::top::summary_line(w));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: TopArgs,
+    }
+
+    #[test]
+    fn sort_by_pressure() {
+        let a = Cli::try_parse_from(["top", "--sort", "pressure"]).unwrap().args;
+        assert_eq!(a.sort.to_pb(), pb::TopSort::Pressure);
+    }
 }

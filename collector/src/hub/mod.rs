@@ -1,7 +1,7 @@
 //! The collector's core: admits node batches (deduplicated by agent run and
 //! sequence), keeps per-node state, and publishes records to Observe
-//! consumers (see [`fanout`]) and to the top-talker view. Ingest never waits
-//! for a consumer.
+//! consumers (see [`fanout`]), to the top-talker and per-workload views and
+//! to the findings store. Ingest never waits for a consumer.
 //!
 //! Admission and publication are separate steps so that a durable collector
 //! can persist what it admitted before anyone sees it (see `dedup`).
@@ -20,7 +20,12 @@ pub use fanout::Subscription;
 use fanout::{History, Offer, Published, Subscriber};
 use podlens_proto::{compact::Tables, v1 as pb};
 
-use crate::{filter::Filter, talkers::Talkers, workloads::Workloads};
+use crate::{
+    filter::Filter,
+    findings::{Findings, FindingsFilter, DEFAULT_MAX_FINDINGS, DEFAULT_RETENTION},
+    talkers::Talkers,
+    workloads::Workloads,
+};
 
 /// Records queued per consumer before it counts as too slow.
 pub const DEFAULT_CONSUMER_BUFFER: usize = 131_072;
@@ -153,6 +158,7 @@ pub struct Hub {
     delivery: Mutex<(Vec<Arc<Subscriber>>, History)>,
     talkers: Mutex<Talkers>,
     workloads: Mutex<Workloads>,
+    findings: Mutex<Findings>,
     consumer_buffer: usize,
     max_consumers: usize,
     pub stats: HubStats,
@@ -177,10 +183,16 @@ impl Hub {
             talkers: Mutex::new(Talkers::new(15, 50_000)),
             // 15 minutes, 20 000 workloads a minute
             workloads: Mutex::new(Workloads::new(15, 20_000)),
+            findings: Mutex::new(Findings::new(DEFAULT_MAX_FINDINGS, DEFAULT_RETENTION)),
             consumer_buffer: consumer_buffer.max(1),
             max_consumers,
             stats: HubStats::default(),
         }
+    }
+
+    /// Keeps at most `max` findings, none that ended more than `retention` ago.
+    pub fn with_findings_limits(self, max: usize, retention: std::time::Duration) -> Self {
+        Self { findings: Mutex::new(Findings::new(max, retention)), ..self }
     }
 
     /// Restores what a previous collector run admitted, so replays are recognised.
@@ -264,13 +276,15 @@ impl Hub {
         Ok(IngestOutcome::Accepted { acked })
     }
 
-    /// Hands an admitted batch's records to the top-talker view, the history
-    /// and every consumer.
+    /// Hands an admitted batch's records to the top-talker and per-workload
+    /// views, the findings store, the history and every consumer.
     pub fn publish(&self, batch: pb::Batch) {
         let now = now_unix_nanos();
         let tables = Tables::of(&batch);
         self.talkers.lock().unwrap_or_else(|e| e.into_inner()).add(&batch.records, &tables, now);
         self.workloads.lock().unwrap_or_else(|e| e.into_inner()).add(&batch.records, &tables, now);
+        let agent_epoch = batch.node.as_ref().map_or(0, |n| n.agent_epoch_unix_nano);
+        self.findings.lock().unwrap_or_else(|e| e.into_inner()).add(&batch.records, &tables, agent_epoch, now);
         let node = batch.node.unwrap_or_default();
         let published = Published {
             origin: Arc::new(pb::Origin {
@@ -335,6 +349,17 @@ impl Hub {
     /// Records the per-workload view could not keep.
     pub fn workloads_dropped(&self) -> u64 {
         self.workloads.lock().unwrap_or_else(|e| e.into_inner()).dropped
+    }
+
+    /// Findings from every node (see [`Findings::query`]).
+    pub fn findings(&self, filter: &FindingsFilter, limit: usize) -> pb::FindingsResponse {
+        self.findings.lock().unwrap_or_else(|e| e.into_inner()).query(filter, limit, now_unix_nanos())
+    }
+
+    /// Findings held now, and those evicted since start because the store was full.
+    pub fn findings_stats(&self) -> (usize, u64) {
+        let f = self.findings.lock().unwrap_or_else(|e| e.into_inner());
+        (f.len(), f.evicted)
     }
 
     /// A new consumer; with `since` > 0 it first gets the retained batches

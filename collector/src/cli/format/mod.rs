@@ -2,6 +2,8 @@
 //! or a table for people.
 
 mod dns;
+pub mod finding;
+pub mod pressure;
 pub mod top;
 
 use std::net::IpAddr;
@@ -77,9 +79,8 @@ pub fn record_json(r: &pb::Record, origin: Option<&pb::Origin>) -> Value {
             "kind": "loss",
             "counters": l.counters.iter().map(|c| json!({"source": c.source, "reason": c.reason, "total": c.total, "delta": c.delta})).collect::<Vec<_>>(),
         }),
-        // TODO(issue 5): full rendering
-        Some(Kind::Pressure(_)) => json!({"kind": "pressure"}),
-        Some(Kind::Finding(_)) => json!({"kind": "finding"}),
+        Some(Kind::Pressure(p)) => pressure::record_json(p),
+        Some(Kind::Finding(f)) => finding::finding_json(f),
         None => json!({"kind": "unknown"}),
     };
     v["node"] = json!(r.node);
@@ -178,6 +179,11 @@ pub fn talker_ends(t: &pb::TopTalker) -> (String, String) {
     (who(&t.local.clone().unwrap_or_default()), peer)
 }
 
+/// The wall clock in Unix ns, for times shown relative to now.
+pub fn now_unix_nanos() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
 /// Header of the table output.
 pub const TABLE_HEADER: &str = "NODE         LOCAL                              PROTO   LOCAL ADDR              REMOTE                                          TX BYTES/PKTS      RX BYTES/PKTS      FLAGS";
 
@@ -259,8 +265,15 @@ pub fn record_line(r: &pb::Record) -> Option<String> {
                 .collect();
             (!lost.is_empty()).then(|| format!("{} LOSS {}", clip(&r.node, 12), lost.join(" ")))
         }
-        // TODO(issue 5): table lines
-        Some(Kind::Pressure(_)) | Some(Kind::Finding(_)) => None,
+        Some(Kind::Pressure(p)) => {
+            Some(format!("{} {} {}", clip(&r.node, 12), clip(&pressure::subject(p), 34), pressure::summary(p)))
+        }
+        Some(Kind::Finding(f)) => Some(format!(
+            "{} {} {}",
+            clip(&r.node, 12),
+            clip(&finding::subject(f), 34),
+            finding::summary(f, now_unix_nanos())
+        )),
         None => None,
     }
 }
@@ -356,6 +369,34 @@ mod tests {
             }],
         }));
         assert_eq!(record_line(&r), None);
+    }
+
+    #[test]
+    fn pressure_and_finding_records_have_json_and_lines() {
+        let pressure = pb::Record {
+            node: "n1".into(),
+            window_end_unix_nano: 9,
+            kind: Some(Kind::Pressure(pb::PressureRecord { node: true, ..Default::default() })),
+            ..Default::default()
+        };
+        let v = record_json(&pressure, None);
+        assert_eq!(
+            (v["kind"].as_str(), v["node"].as_str(), v["node_wide"].as_bool()),
+            (Some("pressure"), Some("n1"), Some(true))
+        );
+        assert_eq!(v["window_end_unix_nano"], 9);
+        assert!(record_line(&pressure).unwrap().contains("node"));
+        let finding = pb::Record {
+            node: "n1".into(),
+            kind: Some(Kind::Finding(pb::Finding { id: "f".into(), state: 3, ..Default::default() })),
+            ..Default::default()
+        };
+        let v = record_json(&finding, None);
+        assert_eq!(
+            (v["kind"].as_str(), v["id"].as_str(), v["state"].as_str()),
+            (Some("finding"), Some("f"), Some("resolved"))
+        );
+        assert!(record_line(&finding).unwrap().contains("FINDING resolved"));
     }
 
     #[test]
