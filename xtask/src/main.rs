@@ -55,7 +55,7 @@ enum Task {
     },
     /// Benchmarks (release build, root): ratios against a baseline measured in the same run.
     Bench {
-        /// Which benchmark: `flows`, `stream` or `dns`.
+        /// Which benchmark: `flows`, `stream`, `dns` or `sched`.
         which: String,
         /// Interleaved repetitions.
         #[arg(long, default_value_t = 7)]
@@ -158,8 +158,8 @@ fn demo(seconds: u64, output: &str) -> Result<()> {
 }
 
 fn bench(which: &str, reps: usize) -> Result<()> {
-    if !["flows", "stream", "dns"].contains(&which) {
-        bail!("unknown benchmark {which:?}: available: flows, stream, dns");
+    if !["flows", "stream", "dns", "sched"].contains(&which) {
+        bail!("unknown benchmark {which:?}: available: flows, stream, dns, sched");
     }
     cargo(
         &["build", "--release", "-p", "podlens-agent", "-p", "podlens-collector", "-p", "podlens-e2e", "--bins"],

@@ -158,6 +158,14 @@ impl SchedProbes {
         SchedCounter::ALL.iter().map(|&c| Ok((c, self.counters.get(&(c as u32), 0)?.iter().sum()))).collect()
     }
 
+    /// Each program's kernel info (run time and count when bpf_stats is on), for benchmarks.
+    pub fn program_info(&self) -> Vec<(&'static str, aya::programs::ProgramInfo)> {
+        programs::ALL
+            .iter()
+            .filter_map(|(name, _)| Some((*name, self.ebpf.program(name)?.info().ok()?)))
+            .collect()
+    }
+
     /// The per-CPU switch history, for tests.
     pub fn cpu_history(&self) -> Result<Vec<CpuHistory>, LoadError> {
         let map = self.ebpf.map(maps::CPU).ok_or(LoadError::MissingMap { name: maps::CPU })?;

@@ -53,6 +53,15 @@ enum Bench {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
+    /// Scheduler probes: context-switch cost with and without them, ns per run, map memory.
+    Sched {
+        /// Interleaved repetitions (the median is reported).
+        #[arg(long, default_value_t = 7)]
+        reps: usize,
+        /// Ping-pong round trips per run.
+        #[arg(long, default_value_t = 200_000)]
+        rounds: u64,
+    },
     /// Collector ingest rate, agent export CPU, bytes on the wire per record.
     Stream {
         /// Interleaved repetitions (the median is reported).
@@ -199,6 +208,7 @@ fn throughput(reps: usize, seconds: u64) -> Result<()> {
 }
 
 mod dns;
+mod sched;
 mod stream;
 
 fn main() -> Result<()> {
@@ -206,6 +216,7 @@ fn main() -> Result<()> {
     match Cli::parse().bench {
         Bench::Stream { reps, seconds } => stream::run(reps, seconds),
         Bench::Dns { reps, rate, seconds } => dns::run(reps, rate, seconds),
+        Bench::Sched { reps, rounds } => sched::run(reps, rounds),
         Bench::Flows { reps, runs, iperf_seconds, programs_only } => {
             program_costs(reps, runs)?;
             if programs_only {
