@@ -3,7 +3,8 @@
 //! copies back into messages: retransmitted bytes are skipped by sequence
 //! number, a gap (a segment the kernel did not deliver) drops the message in
 //! progress and resynchronises on the next segment, and bytes the kernel did
-//! not copy (it copies at most a bound per packet) leave the message "cut".
+//! not copy (it copies at most a bound per packet) leave the message "cut",
+//! kept only up to the first missing byte.
 //! Depends on std only (built by the fuzz target too).
 
 /// Bytes kept of one message: enough for header, question and answers.
@@ -12,7 +13,8 @@ pub const MAX_KEPT: usize = 4096;
 /// One message taken out of the stream.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Assembled {
-    /// The first [`MAX_KEPT`] bytes of the message, as far as they were copied.
+    /// The message's first bytes up to the first byte not copied (or up to
+    /// [`MAX_KEPT`]).
     pub bytes: Vec<u8>,
     /// Every byte of the message is in `bytes`.
     pub whole: bool,
@@ -89,11 +91,17 @@ impl Stream {
                 continue;
             };
             let n = (want - self.have).min(len - off);
-            let copied = captured.get(off..(off + n).min(captured.len())).unwrap_or_default();
-            let room = MAX_KEPT.saturating_sub(self.buf.len());
-            self.buf.extend_from_slice(&copied[..copied.len().min(room)]);
-            if copied.len() < n || copied.len() > room {
-                self.holes = true;
+            // After a hole, later bytes would sit at the offsets of the missing
+            // ones and the decoder would read them as other fields: only the
+            // unbroken prefix is kept, while `have` still counts every byte so
+            // the next message's boundary is found.
+            if !self.holes {
+                let copied = captured.get(off..(off + n).min(captured.len())).unwrap_or_default();
+                let room = MAX_KEPT.saturating_sub(self.buf.len());
+                self.buf.extend_from_slice(&copied[..copied.len().min(room)]);
+                if copied.len() < n || copied.len() > room {
+                    self.holes = true;
+                }
             }
             self.have += n;
             off += n;
@@ -201,6 +209,23 @@ mod tests {
         // after losing sync the next segment starts afresh
         let out = s.feed(9999, b.len() as u32, &b, 2);
         assert_eq!(bodies(&out), vec![(b"next".to_vec(), true)]);
+    }
+
+    #[test]
+    fn after_a_cut_segment_only_the_unbroken_prefix_is_kept() {
+        let mut s = Stream::default();
+        let body: Vec<u8> = (0..40u8).collect();
+        let m = framed(&body);
+        // the first segment carries the prefix and 20 body bytes, of which
+        // the kernel copied 8; the second segment carries the rest, copied
+        let (a, b) = m.split_at(22);
+        assert!(s.feed(1, a.len() as u32, &a[..10], 1).is_empty());
+        let next = framed(b"after");
+        let seg = [b, &next[..]].concat();
+        let out = s.feed(1 + a.len() as u32, seg.len() as u32, &seg, 2);
+        // bytes 20.. must not land right after byte 7: the parser would read
+        // them at the offsets of the missing ones
+        assert_eq!(bodies(&out), vec![(body[..8].to_vec(), false), (b"after".to_vec(), true)]);
     }
 
     #[test]
