@@ -108,6 +108,19 @@ pub struct DnsCounters {
     /// to a length prefix beyond the copy bound.
     pub tcp_gaps: u64,
     pub tcp_lost_sync: u64,
+    /// TCP segments skipped where the framing was unknown and what followed
+    /// did not look like the start of a DNS message.
+    pub tcp_resync_rejected: u64,
+    /// TCP messages never finished: in progress when their stream went idle
+    /// or its connection was replaced.
+    pub tcp_unfinished: u64,
+    /// TCP segments and bytes skipped as already seen (retransmissions; not a
+    /// loss).
+    pub tcp_retransmits: u64,
+    pub tcp_retransmitted_bytes: u64,
+    /// TCP streams taken over by a new connection on the same addresses and
+    /// ports (a sequence number jump; not a loss).
+    pub tcp_restarts: u64,
     /// Events not aggregated because a window had too many workloads.
     pub workloads_dropped: u64,
     /// Name entries evicted before expiry.
@@ -183,20 +196,38 @@ impl DnsSource {
                         return;
                     }
                 }
+                let expect_response = self.expect_response(&conn, usize::from(e.direction));
                 let s = self
                     .streams
                     .entry(key)
-                    .or_insert_with(|| TcpStream { stream: tcp::Stream::default(), last_ns: ts });
+                    .or_insert_with(|| TcpStream { stream: tcp::Stream::new(expect_response), last_ns: ts });
                 s.last_ns = ts;
-                let before = s.stream.counts;
                 let done = s.stream.feed(e.tcp_seq, e.payload_len, &p.payload, ts);
-                let after = s.stream.counts;
-                self.counters.tcp_gaps += after.gaps - before.gaps;
-                self.counters.tcp_lost_sync += after.lost_sync - before.lost_sync;
+                let c = std::mem::take(&mut s.stream.counts);
+                self.counters.tcp_gaps += c.gaps;
+                self.counters.tcp_lost_sync += c.lost_sync;
+                self.counters.tcp_resync_rejected += c.resync_rejected;
+                self.counters.tcp_unfinished += c.unfinished;
+                self.counters.tcp_retransmits += c.retransmits;
+                self.counters.tcp_retransmitted_bytes += c.retransmitted_bytes;
+                self.counters.tcp_restarts += c.restarts;
                 for m in done {
                     self.message(conn, e.direction, &m.bytes, m.whole, m.first_ns, m.last_ns, &owner);
                 }
             }
+        }
+    }
+
+    /// Whether a TCP direction carries responses (true) or queries, when the
+    /// ports tell which end is the server: it lets a guessed message start
+    /// after lost framing be checked against the QR bit.
+    fn expect_response(&self, conn: &Conn, direction: usize) -> Option<bool> {
+        let (remote, local) =
+            (self.cfg.ports.contains(&conn.remote.port()), self.cfg.ports.contains(&conn.local.port()));
+        match (remote, local) {
+            (true, false) => Some(direction == DIR_INGRESS),
+            (false, true) => Some(direction == DIR_EGRESS),
+            _ => None,
         }
     }
 
@@ -302,7 +333,14 @@ impl DnsSource {
     }
 
     fn expire_streams(&mut self, now_ns: u64) {
-        self.streams.retain(|_, s| now_ns.saturating_sub(s.last_ns) < STREAM_IDLE_NS);
+        let mut unfinished = 0;
+        self.streams.retain(|_, s| {
+            let keep = now_ns.saturating_sub(s.last_ns) < STREAM_IDLE_NS;
+            // no DNS message legitimately stalls this long half sent
+            unfinished += u64::from(!keep && s.stream.in_progress());
+            keep
+        });
+        self.counters.tcp_unfinished += unfinished;
     }
 
     /// Ends the window: its aggregates, and the name cache pruned.
@@ -331,9 +369,14 @@ impl DnsSource {
             ("dns", "tcp_streams_full", c.streams_full),
             ("dns", "tcp_gap", c.tcp_gaps),
             ("dns", "tcp_lost_sync", c.tcp_lost_sync),
+            ("dns", "tcp_resync_rejected", c.tcp_resync_rejected),
+            ("dns", "tcp_unfinished", c.tcp_unfinished),
             ("dns", "workloads_over_limit", c.workloads_dropped),
             ("dns_activity", "messages", c.messages),
             ("dns_activity", "fqdn_evicted", c.fqdn_evicted),
+            ("dns_activity", "tcp_retransmits", c.tcp_retransmits),
+            ("dns_activity", "tcp_retransmitted_bytes", c.tcp_retransmitted_bytes),
+            ("dns_activity", "tcp_restarts", c.tcp_restarts),
         ]
     }
 }
