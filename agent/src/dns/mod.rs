@@ -77,6 +77,8 @@ pub struct Config {
     /// IP -> name entries, at most, and how long past its TTL an entry holds.
     pub fqdn_entries: usize,
     pub fqdn_grace: Duration,
+    /// IP -> name entries of one pod (or cgroup), at most.
+    pub fqdn_per_owner: usize,
 }
 
 impl Default for Config {
@@ -89,6 +91,7 @@ impl Default for Config {
             max_streams: 4096,
             fqdn_entries: 100_000,
             fqdn_grace: Duration::from_secs(120),
+            fqdn_per_owner: 4096,
         }
     }
 }
@@ -125,6 +128,9 @@ pub struct DnsCounters {
     pub workloads_dropped: u64,
     /// Name entries evicted before expiry.
     pub fqdn_evicted: u64,
+    /// Name entries evicted before expiry because their pod had
+    /// `fqdn_per_owner`.
+    pub fqdn_owner_evicted: u64,
 }
 
 /// A TCP connection direction being reassembled, and when it last moved.
@@ -153,7 +159,7 @@ impl DnsSource {
             tracker: Tracker::new(cfg.timeout, cfg.max_pending),
             search: SearchChains::new(cfg.timeout),
             window: DnsWindow::default(),
-            fqdn: FqdnCache::new(cfg.fqdn_entries, cfg.fqdn_grace),
+            fqdn: FqdnCache::new(cfg.fqdn_entries, cfg.fqdn_per_owner, cfg.fqdn_grace),
             streams: HashMap::new(),
             counters: DnsCounters::default(),
             outcomes: Vec::new(),
@@ -357,7 +363,12 @@ impl DnsSource {
     }
 
     pub fn counters(&self) -> DnsCounters {
-        DnsCounters { pending_full: self.tracker.pending_full, fqdn_evicted: self.fqdn.evicted, ..self.counters }
+        DnsCounters {
+            pending_full: self.tracker.pending_full,
+            fqdn_evicted: self.fqdn.evicted,
+            fqdn_owner_evicted: self.fqdn.owner_evicted,
+            ..self.counters
+        }
     }
 
     /// Loss report entries: (source, reason, total).
@@ -374,6 +385,7 @@ impl DnsSource {
             ("dns", "workloads_over_limit", c.workloads_dropped),
             ("dns_activity", "messages", c.messages),
             ("dns_activity", "fqdn_evicted", c.fqdn_evicted),
+            ("dns_activity", "fqdn_owner_evicted", c.fqdn_owner_evicted),
             ("dns_activity", "tcp_retransmits", c.tcp_retransmits),
             ("dns_activity", "tcp_retransmitted_bytes", c.tcp_retransmitted_bytes),
             ("dns_activity", "tcp_restarts", c.tcp_restarts),
