@@ -105,6 +105,9 @@ pub struct DnsCounters {
     pub malformed: u64,
     /// Queries not matched because too many were waiting.
     pub pending_full: u64,
+    /// Queries given up unanswered because their connection and id were
+    /// reused for another question while they waited.
+    pub superseded: u64,
     /// TCP segments dropped because too many connections were reassembled.
     pub streams_full: u64,
     /// TCP messages lost to gaps (segments the kernel did not deliver) or
@@ -365,6 +368,7 @@ impl DnsSource {
     pub fn counters(&self) -> DnsCounters {
         DnsCounters {
             pending_full: self.tracker.pending_full,
+            superseded: self.tracker.superseded,
             fqdn_evicted: self.fqdn.evicted,
             fqdn_owner_evicted: self.fqdn.owner_evicted,
             ..self.counters
@@ -377,6 +381,7 @@ impl DnsSource {
         vec![
             ("dns", "malformed", c.malformed),
             ("dns", "pending_full", c.pending_full),
+            ("dns", "query_superseded", c.superseded),
             ("dns", "tcp_streams_full", c.streams_full),
             ("dns", "tcp_gap", c.tcp_gaps),
             ("dns", "tcp_lost_sync", c.tcp_lost_sync),

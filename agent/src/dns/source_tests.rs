@@ -210,3 +210,15 @@ fn tcp_framing_guesses_retransmissions_and_unfinished_messages_are_counted() {
         assert!(losses.contains(&expected), "{expected:?} in {losses:?}");
     }
 }
+
+#[test]
+fn a_query_replaced_by_another_question_on_its_id_is_a_counted_loss() {
+    let mut s = DnsSource::new(Config::default());
+    s.packet(&udp(5, DIR_EGRESS, &dns(8, "first.example", false, 0, &[]), MS), owner);
+    s.packet(&udp(5, DIR_EGRESS, &dns(8, "second.example", false, 0, &[]), 2 * MS), owner);
+    s.packet(&udp(5, DIR_INGRESS, &dns(8, "second.example", true, 0, &[]), 3 * MS), owner);
+    s.tick(10_000 * MS);
+    let c = records(&mut s, 10_000 * MS)[0].counts.unwrap();
+    assert_eq!((c.queries, c.retries, c.responses, c.timeouts), (2, 0, 1, 0));
+    assert!(s.losses().contains(&("dns", "query_superseded", 1)));
+}
