@@ -129,6 +129,10 @@ pub struct DnsCounters {
     pub tcp_restarts: u64,
     /// Events not aggregated because a window had too many workloads.
     pub workloads_dropped: u64,
+    /// Responses and timeouts aggregated into a workload's "other" latency or
+    /// timeout row because it had the most rows already (kept, not lost).
+    pub latency_folded: u64,
+    pub timeouts_folded: u64,
     /// Name entries evicted before expiry.
     pub fqdn_evicted: u64,
     /// Name entries evicted before expiry because their pod had
@@ -357,6 +361,8 @@ impl DnsSource {
         self.fqdn.prune(now_ns);
         let w = std::mem::take(&mut self.window);
         self.counters.workloads_dropped += w.workloads_dropped;
+        self.counters.latency_folded += w.latency_folded;
+        self.counters.timeouts_folded += w.timeouts_folded;
         w
     }
 
@@ -391,6 +397,8 @@ impl DnsSource {
             ("dns_activity", "messages", c.messages),
             ("dns_activity", "fqdn_evicted", c.fqdn_evicted),
             ("dns_activity", "fqdn_owner_evicted", c.fqdn_owner_evicted),
+            ("dns_activity", "latency_rows_folded", c.latency_folded),
+            ("dns_activity", "timeout_rows_folded", c.timeouts_folded),
             ("dns_activity", "tcp_retransmits", c.tcp_retransmits),
             ("dns_activity", "tcp_retransmitted_bytes", c.tcp_retransmitted_bytes),
             ("dns_activity", "tcp_restarts", c.tcp_restarts),
