@@ -77,6 +77,8 @@ pub struct Config {
     /// IP -> name entries, at most, and how long past its TTL an entry holds.
     pub fqdn_entries: usize,
     pub fqdn_grace: Duration,
+    /// IP -> name entries of one pod (or cgroup), at most.
+    pub fqdn_per_owner: usize,
 }
 
 impl Default for Config {
@@ -89,6 +91,7 @@ impl Default for Config {
             max_streams: 4096,
             fqdn_entries: 100_000,
             fqdn_grace: Duration::from_secs(120),
+            fqdn_per_owner: 4096,
         }
     }
 }
@@ -102,16 +105,39 @@ pub struct DnsCounters {
     pub malformed: u64,
     /// Queries not matched because too many were waiting.
     pub pending_full: u64,
+    /// Queries given up unanswered because their connection and id were
+    /// reused for another question while they waited.
+    pub superseded: u64,
     /// TCP segments dropped because too many connections were reassembled.
     pub streams_full: u64,
     /// TCP messages lost to gaps (segments the kernel did not deliver) or
     /// to a length prefix beyond the copy bound.
     pub tcp_gaps: u64,
     pub tcp_lost_sync: u64,
+    /// TCP segments skipped where the framing was unknown and what followed
+    /// did not look like the start of a DNS message.
+    pub tcp_resync_rejected: u64,
+    /// TCP messages never finished: in progress when their stream went idle
+    /// or its connection was replaced.
+    pub tcp_unfinished: u64,
+    /// TCP segments and bytes skipped as already seen (retransmissions; not a
+    /// loss).
+    pub tcp_retransmits: u64,
+    pub tcp_retransmitted_bytes: u64,
+    /// TCP streams taken over by a new connection on the same addresses and
+    /// ports (a sequence number jump; not a loss).
+    pub tcp_restarts: u64,
     /// Events not aggregated because a window had too many workloads.
     pub workloads_dropped: u64,
+    /// Responses and timeouts aggregated into a workload's "other" latency or
+    /// timeout row because it had the most rows already (kept, not lost).
+    pub latency_folded: u64,
+    pub timeouts_folded: u64,
     /// Name entries evicted before expiry.
     pub fqdn_evicted: u64,
+    /// Name entries evicted before expiry because their pod had
+    /// `fqdn_per_owner`.
+    pub fqdn_owner_evicted: u64,
 }
 
 /// A TCP connection direction being reassembled, and when it last moved.
@@ -140,7 +166,7 @@ impl DnsSource {
             tracker: Tracker::new(cfg.timeout, cfg.max_pending),
             search: SearchChains::new(cfg.timeout),
             window: DnsWindow::default(),
-            fqdn: FqdnCache::new(cfg.fqdn_entries, cfg.fqdn_grace),
+            fqdn: FqdnCache::new(cfg.fqdn_entries, cfg.fqdn_per_owner, cfg.fqdn_grace),
             streams: HashMap::new(),
             counters: DnsCounters::default(),
             outcomes: Vec::new(),
@@ -183,20 +209,38 @@ impl DnsSource {
                         return;
                     }
                 }
+                let expect_response = self.expect_response(&conn, usize::from(e.direction));
                 let s = self
                     .streams
                     .entry(key)
-                    .or_insert_with(|| TcpStream { stream: tcp::Stream::default(), last_ns: ts });
+                    .or_insert_with(|| TcpStream { stream: tcp::Stream::new(expect_response), last_ns: ts });
                 s.last_ns = ts;
-                let before = s.stream.counts;
                 let done = s.stream.feed(e.tcp_seq, e.payload_len, &p.payload, ts);
-                let after = s.stream.counts;
-                self.counters.tcp_gaps += after.gaps - before.gaps;
-                self.counters.tcp_lost_sync += after.lost_sync - before.lost_sync;
+                let c = std::mem::take(&mut s.stream.counts);
+                self.counters.tcp_gaps += c.gaps;
+                self.counters.tcp_lost_sync += c.lost_sync;
+                self.counters.tcp_resync_rejected += c.resync_rejected;
+                self.counters.tcp_unfinished += c.unfinished;
+                self.counters.tcp_retransmits += c.retransmits;
+                self.counters.tcp_retransmitted_bytes += c.retransmitted_bytes;
+                self.counters.tcp_restarts += c.restarts;
                 for m in done {
                     self.message(conn, e.direction, &m.bytes, m.whole, m.first_ns, m.last_ns, &owner);
                 }
             }
+        }
+    }
+
+    /// Whether a TCP direction carries responses (true) or queries, when the
+    /// ports tell which end is the server: it lets a guessed message start
+    /// after lost framing be checked against the QR bit.
+    fn expect_response(&self, conn: &Conn, direction: usize) -> Option<bool> {
+        let (remote, local) =
+            (self.cfg.ports.contains(&conn.remote.port()), self.cfg.ports.contains(&conn.local.port()));
+        match (remote, local) {
+            (true, false) => Some(direction == DIR_INGRESS),
+            (false, true) => Some(direction == DIR_EGRESS),
+            _ => None,
         }
     }
 
@@ -302,7 +346,14 @@ impl DnsSource {
     }
 
     fn expire_streams(&mut self, now_ns: u64) {
-        self.streams.retain(|_, s| now_ns.saturating_sub(s.last_ns) < STREAM_IDLE_NS);
+        let mut unfinished = 0;
+        self.streams.retain(|_, s| {
+            let keep = now_ns.saturating_sub(s.last_ns) < STREAM_IDLE_NS;
+            // no DNS message legitimately stalls this long half sent
+            unfinished += u64::from(!keep && s.stream.in_progress());
+            keep
+        });
+        self.counters.tcp_unfinished += unfinished;
     }
 
     /// Ends the window: its aggregates, and the name cache pruned.
@@ -310,6 +361,8 @@ impl DnsSource {
         self.fqdn.prune(now_ns);
         let w = std::mem::take(&mut self.window);
         self.counters.workloads_dropped += w.workloads_dropped;
+        self.counters.latency_folded += w.latency_folded;
+        self.counters.timeouts_folded += w.timeouts_folded;
         w
     }
 
@@ -319,7 +372,13 @@ impl DnsSource {
     }
 
     pub fn counters(&self) -> DnsCounters {
-        DnsCounters { pending_full: self.tracker.pending_full, fqdn_evicted: self.fqdn.evicted, ..self.counters }
+        DnsCounters {
+            pending_full: self.tracker.pending_full,
+            superseded: self.tracker.superseded,
+            fqdn_evicted: self.fqdn.evicted,
+            fqdn_owner_evicted: self.fqdn.owner_evicted,
+            ..self.counters
+        }
     }
 
     /// Loss report entries: (source, reason, total).
@@ -328,12 +387,21 @@ impl DnsSource {
         vec![
             ("dns", "malformed", c.malformed),
             ("dns", "pending_full", c.pending_full),
+            ("dns", "query_superseded", c.superseded),
             ("dns", "tcp_streams_full", c.streams_full),
             ("dns", "tcp_gap", c.tcp_gaps),
             ("dns", "tcp_lost_sync", c.tcp_lost_sync),
+            ("dns", "tcp_resync_rejected", c.tcp_resync_rejected),
+            ("dns", "tcp_unfinished", c.tcp_unfinished),
             ("dns", "workloads_over_limit", c.workloads_dropped),
             ("dns_activity", "messages", c.messages),
             ("dns_activity", "fqdn_evicted", c.fqdn_evicted),
+            ("dns_activity", "fqdn_owner_evicted", c.fqdn_owner_evicted),
+            ("dns_activity", "latency_rows_folded", c.latency_folded),
+            ("dns_activity", "timeout_rows_folded", c.timeouts_folded),
+            ("dns_activity", "tcp_retransmits", c.tcp_retransmits),
+            ("dns_activity", "tcp_retransmitted_bytes", c.tcp_retransmitted_bytes),
+            ("dns_activity", "tcp_restarts", c.tcp_restarts),
         ]
     }
 }

@@ -2,9 +2,10 @@
 //! in Kubernetes) tries "api.example.com.shop.svc.cluster.local",
 //! "api.example.com.svc.cluster.local", ... before "api.example.com": every
 //! expansion that ends in NXDOMAIN is a wasted round trip. The expansions are
-//! recognised without knowing the pod's resolv.conf: an NXDOMAIN for a name
-//! that extends a common leading part of a name that then resolved, asked by
-//! the same workload for the same type shortly before.
+//! recognised without knowing the pod's resolv.conf: an NXDOMAIN for the name
+//! that then resolved with labels inserted after its first one (see
+//! [`is_expansion`]), asked by the same workload for the same type shortly
+//! before.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -18,12 +19,23 @@ pub struct SearchChains {
 }
 
 /// Whether `nx` looks like a search expansion of the lookup that resolved
-/// `resolved`: they share at least their first label, and `nx` has labels
-/// beyond the shared part (the appended search domain).
+/// `resolved`: `resolved` with labels inserted after at least its first one.
+/// That covers the two ways a search ends: the bare name resolving as given
+/// after "api.example.com.svc.cluster.local" failed, and the bare name
+/// resolving with a later search domain that is a parent of the one that
+/// failed ("a.ns.svc.cluster.local" failed, "a.svc.cluster.local" resolved:
+/// the Kubernetes list is ordered that way). Sharing leading labels is not
+/// enough: "www.typo.com" failing says nothing about "www.google.com".
+/// Without the resolv.conf two cases stay ambiguous: a later search domain
+/// that is not a parent of the failed one is missed (an undercount), and a
+/// failed name that really is the resolved one with a label inserted
+/// ("api.staging.example.com" before "api.example.com") is grouped.
 fn is_expansion(nx: &str, resolved: &str) -> bool {
     let (a, b): (Vec<&str>, Vec<&str>) = (nx.split('.').collect(), resolved.split('.').collect());
-    let common = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
-    common >= 1 && a.len() > common && nx != resolved
+    let prefix = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+    let suffix = a.iter().rev().zip(b.iter().rev()).take_while(|(x, y)| x == y).count();
+    // some split of `resolved` after label k >= 1 is a prefix and a suffix of `nx`
+    a.len() > b.len() && prefix >= 1 && prefix + suffix >= b.len()
 }
 
 impl SearchChains {
@@ -117,5 +129,18 @@ mod tests {
         assert!(!is_expansion("a.b", "a.b"));
         assert!(!is_expansion("a.b", "a.b.c"), "the resolved name is longer: not an expansion of it");
         assert!(!is_expansion("x.svc.cluster.local", "a.svc.cluster.local"));
+        assert!(is_expansion("a.b.ns.svc.cluster.local", "a.b.cluster.local"));
+        // indistinguishable from a search domain without the resolv.conf
+        assert!(is_expansion("api.staging.example.com", "api.example.com"));
+    }
+
+    #[test]
+    fn names_sharing_only_leading_labels_are_not_expansions() {
+        assert!(!is_expansion("www.typo.com", "www.google.com"));
+        assert!(!is_expansion("api.v1.example.com", "api.v2.example.com"));
+        assert!(!is_expansion("a.ns.svc.cluster.local", "a.other.org"));
+        let mut c = SearchChains::new(Duration::from_secs(5));
+        c.nxdomain(1, 1, "www.typo.com", 0);
+        assert!(c.resolved(1, 1, "www.google.com", 1).is_empty());
     }
 }

@@ -179,3 +179,46 @@ fn a_dns_server_workload_is_recorded_in_the_server_role() {
     assert_eq!(r[0].latency[0].resolver_port, 53, "the server's own address");
     assert_eq!(s.fqdn(&owner(9), IpAddr::V4(Ipv4Addr::LOCALHOST), 3 * MS), None, "servers' answers name nothing");
 }
+
+#[test]
+fn tcp_framing_guesses_retransmissions_and_unfinished_messages_are_counted() {
+    let mut s = DnsSource::new(Config::default());
+    let framed = |m: Vec<u8>| [(m.len() as u16).to_be_bytes().to_vec(), m].concat();
+    // first seen mid-connection: what arrives from the resolver reads as a
+    // query, which a client never receives, so it frames nothing
+    let stray = framed(dns(1, "stray.example", false, 0, &[]));
+    s.packet(&packet(5, DIR_INGRESS, 6, 40002, 700, &stray, MS), owner);
+    let q = framed(dns(2, "tcp.example", false, 0, &[]));
+    let a = framed(dns(2, "tcp.example", true, 0, &[Ipv4Addr::new(192, 0, 2, 9)]));
+    s.packet(&packet(5, DIR_EGRESS, 6, 40002, 100, &q, 2 * MS), owner);
+    s.packet(&packet(5, DIR_EGRESS, 6, 40002, 100, &q, 3 * MS), owner); // retransmitted
+    s.packet(&packet(5, DIR_INGRESS, 6, 40002, 700 + stray.len() as u32, &a, 4 * MS), owner);
+    // half a query, then nothing for longer than a stream is kept
+    s.packet(&packet(5, DIR_EGRESS, 6, 40002, 100 + q.len() as u32, &q[..5], 5 * MS), owner);
+    s.tick(70_000 * MS);
+    let r = records(&mut s, 70_000 * MS);
+    assert_eq!(r.len(), 1, "no server record from the stray bytes");
+    let c = r[0].counts.unwrap();
+    assert_eq!((c.queries, c.responses, c.noerror), (1, 1, 1));
+    let losses = s.losses();
+    for expected in [
+        ("dns", "tcp_resync_rejected", 1),
+        ("dns", "tcp_unfinished", 1),
+        ("dns_activity", "tcp_retransmits", 1),
+        ("dns_activity", "tcp_retransmitted_bytes", q.len() as u64),
+    ] {
+        assert!(losses.contains(&expected), "{expected:?} in {losses:?}");
+    }
+}
+
+#[test]
+fn a_query_replaced_by_another_question_on_its_id_is_a_counted_loss() {
+    let mut s = DnsSource::new(Config::default());
+    s.packet(&udp(5, DIR_EGRESS, &dns(8, "first.example", false, 0, &[]), MS), owner);
+    s.packet(&udp(5, DIR_EGRESS, &dns(8, "second.example", false, 0, &[]), 2 * MS), owner);
+    s.packet(&udp(5, DIR_INGRESS, &dns(8, "second.example", true, 0, &[]), 3 * MS), owner);
+    s.tick(10_000 * MS);
+    let c = records(&mut s, 10_000 * MS)[0].counts.unwrap();
+    assert_eq!((c.queries, c.retries, c.responses, c.timeouts), (2, 0, 1, 0));
+    assert!(s.losses().contains(&("dns", "query_superseded", 1)));
+}

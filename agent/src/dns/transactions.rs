@@ -1,9 +1,10 @@
 //! Query/response matching. A query waits under (connection, role, id); the
 //! response with that key and the same question completes it. Queries that
 //! wait longer than the timeout are reported as timeouts. A query is a retry
-//! when it repeats one still waiting: the same key (a retransmission on the
-//! same socket), or the same question from the same workload on another
-//! socket or to another resolver.
+//! when it repeats one still waiting: the same key and question (a
+//! retransmission on the same socket), or the same question from the same
+//! workload on another socket or to another resolver. The same key with
+//! another question replaces the waiting query.
 
 use std::collections::HashMap;
 
@@ -75,6 +76,9 @@ pub struct Tracker {
     max_pending: usize,
     /// Queries not tracked because `max_pending` were waiting (a loss).
     pub pending_full: u64,
+    /// Waiting queries given up because the same connection and id were
+    /// reused for another question (a loss: their outcome is unknown).
+    pub superseded: u64,
 }
 
 impl Tracker {
@@ -85,6 +89,7 @@ impl Tracker {
             timeout_ns: timeout.as_nanos().min(u128::from(u64::MAX)) as u64,
             max_pending,
             pending_full: 0,
+            superseded: 0,
         }
     }
 
@@ -108,11 +113,23 @@ impl Tracker {
         let key = Key { conn, role, id: msg.header.id };
         if !msg.header.is_response() {
             let qk = Self::question_key(&conn, role, &qname, qtype);
-            if let Some(p) = self.pending.get_mut(&key) {
-                // a retransmission: the wait is measured from the first send
-                p.last_ns = ts_ns;
-                out.push(Outcome::Query { conn, role, qname, qtype, retry: true });
-                return;
+            match self.pending.get_mut(&key) {
+                Some(p) if p.qname == qname && p.qtype == qtype => {
+                    // a retransmission: the wait is measured from the first send
+                    p.last_ns = ts_ns;
+                    out.push(Outcome::Query { conn, role, qname, qtype, retry: true });
+                    return;
+                }
+                Some(_) => {
+                    // The id now stands for another question: a response to
+                    // the old one could no longer be told apart, so it stops
+                    // waiting (neither answered nor timed out: counted).
+                    if let Some(old) = self.pending.remove(&key) {
+                        self.unwait(&conn, role, &old);
+                        self.superseded += 1;
+                    }
+                }
+                None => {}
             }
             let retry = self.waiting.get(&qk).is_some_and(|n| *n > 0);
             if self.pending.len() >= self.max_pending {
@@ -321,5 +338,25 @@ mod tests {
             t.message(conn(40000, "10.96.0.10:53"), Role::Client, &msg(id, false, 0, "a.example"), 0, &mut out);
         }
         assert_eq!((t.waiting(), t.pending_full, out.len()), (2, 3, 5), "every query is still counted");
+    }
+
+    #[test]
+    fn an_id_reused_for_another_question_replaces_the_waiting_query() {
+        let mut t = tracker();
+        let mut out = Vec::new();
+        let c = conn(40000, "10.96.0.10:53");
+        t.message(c, Role::Client, &msg(4, false, 0, "a.example"), 0, &mut out);
+        t.message(c, Role::Client, &msg(4, false, 0, "b.example"), 10 * MS, &mut out);
+        t.message(c, Role::Client, &msg(4, true, 0, "b.example"), 12 * MS, &mut out);
+        assert!(matches!(&out[1], Outcome::Query { qname, retry: false, .. } if qname == "b.example"), "{out:?}");
+        assert!(
+            matches!(&out[2], Outcome::Response { qname, latency_ns, .. } if qname == "b.example" && *latency_ns == 2 * MS),
+            "{out:?}"
+        );
+        assert_eq!((t.waiting(), t.superseded), (0, 1));
+        // the replaced question no longer waits: asking it again is no retry
+        out.clear();
+        t.message(c, Role::Client, &msg(5, false, 0, "a.example"), 20 * MS, &mut out);
+        assert!(matches!(out[0], Outcome::Query { retry: false, .. }));
     }
 }

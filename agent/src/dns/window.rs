@@ -1,9 +1,14 @@
 //! One window of DNS per (workload, role): counts, latency histograms by
-//! (resolver, protocol, qtype, rcode), timeouts by resolver, and the names
-//! asked for, all bounded: past the limits, names and latency rows fold into
-//! an "other" bucket and whole workloads into a loss counter.
+//! (resolver, protocol, qtype, rcode), timeouts by (resolver, protocol,
+//! qtype), and the names asked for, all bounded: past the limits, names,
+//! latency and timeout rows fold into an "other" bucket and whole workloads
+//! into a loss counter.
 
-use std::{collections::HashMap, net::SocketAddr};
+use std::{
+    collections::HashMap,
+    hash::{DefaultHasher, Hash, Hasher},
+    net::SocketAddr,
+};
 
 use podlens_proto::v1 as pb;
 
@@ -29,6 +34,9 @@ pub const LATENCY_BOUNDS_NS: [u64; 14] = [
 
 /// Latency rows per workload; further ones fold into a row with resolver "other".
 const MAX_LATENCY_ROWS: usize = 64;
+/// Timeout rows per workload, likewise: a recursive resolver's client side
+/// can time out against any number of upstream servers.
+const MAX_TIMEOUT_ROWS: usize = 64;
 
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
@@ -48,14 +56,21 @@ struct LatencyKey {
     rcode: u16,
 }
 
+/// (resolver, protocol, qtype) of a timeout row; no resolver for "other".
+type TimeoutKey = (Option<SocketAddr>, u32, u16);
+
 #[derive(Default)]
 struct Owner {
     counts: pb::DnsCounts,
     latency: HashMap<LatencyKey, pb::DnsLatency>,
-    timeouts: HashMap<(SocketAddr, u32, u16), u64>,
+    timeouts: HashMap<TimeoutKey, u64>,
     names: HashMap<String, pb::DnsName>,
     /// Queries for names beyond `max_names`.
     untracked: pb::DnsName,
+    /// One bit per hash of the untracked names: keeping the names to count
+    /// them exactly would unbound the table again, while the bits set are a
+    /// lower bound of their number, close to it while well under 256.
+    untracked_seen: [u64; 4],
 }
 
 #[derive(Default)]
@@ -63,6 +78,10 @@ pub struct DnsWindow {
     owners: HashMap<(u64, Role), Owner>,
     /// Events not aggregated because the window had `max_workloads` already.
     pub workloads_dropped: u64,
+    /// Responses and timeouts aggregated into an "other" row because their
+    /// workload had the most rows already (kept, not lost).
+    pub latency_folded: u64,
+    pub timeouts_folded: u64,
 }
 
 /// The resolver of a latency or timeout row: the server the client asked, or
@@ -86,6 +105,10 @@ impl DnsWindow {
 
     fn name<'a>(o: &'a mut Owner, qname: &str, limits: &Limits) -> &'a mut pb::DnsName {
         if !o.names.contains_key(qname) && o.names.len() >= limits.max_names {
+            let mut h = DefaultHasher::new();
+            qname.hash(&mut h);
+            let bit = (h.finish() % 256) as usize;
+            o.untracked_seen[bit / 64] |= 1 << (bit % 64);
             return &mut o.untracked;
         }
         o.names
@@ -133,7 +156,8 @@ impl DnsWindow {
         }
         let mut key =
             LatencyKey { resolver: Some(resolver(conn, role)), protocol: conn.transport.protocol(), qtype, rcode };
-        if !o.latency.contains_key(&key) && o.latency.len() >= MAX_LATENCY_ROWS {
+        let folded = !o.latency.contains_key(&key) && o.latency.len() >= MAX_LATENCY_ROWS;
+        if folded {
             key = LatencyKey { resolver: None, protocol: 0, qtype: 0, rcode: 0 };
         }
         let row = o.latency.entry(key.clone()).or_insert_with(|| pb::DnsLatency {
@@ -152,13 +176,20 @@ impl DnsWindow {
         row.max_ns = row.max_ns.max(latency_ns);
         let bucket = LATENCY_BOUNDS_NS.iter().position(|b| latency_ns <= *b).unwrap_or(LATENCY_BOUNDS_NS.len());
         row.buckets[bucket] += 1;
+        self.latency_folded += u64::from(folded);
     }
 
     pub fn timeout(&mut self, conn: &Conn, role: Role, qname: &str, qtype: u16, limits: &Limits) {
         let Some(o) = self.owner(conn, role, limits) else { return };
         o.counts.timeouts += 1;
         Self::name(o, qname, limits).timeouts += 1;
-        *o.timeouts.entry((resolver(conn, role), conn.transport.protocol(), qtype)).or_default() += 1;
+        let mut key = (Some(resolver(conn, role)), conn.transport.protocol(), qtype);
+        let folded = !o.timeouts.contains_key(&key) && o.timeouts.len() >= MAX_TIMEOUT_ROWS;
+        if folded {
+            key = (None, 0, 0);
+        }
+        *o.timeouts.entry(key).or_default() += 1;
+        self.timeouts_folded += u64::from(folded);
     }
 
     pub fn unmatched(&mut self, conn: &Conn, role: Role, limits: &Limits) {
@@ -203,7 +234,8 @@ impl DnsWindow {
                 names.sort_unstable_by(|a, b| b.queries.cmp(&a.queries).then_with(|| a.name.cmp(&b.name)));
                 let rest = names.split_off(names.len().min(limits.top_names));
                 let mut other = o.untracked;
-                other.distinct_names = rest.len() as u64;
+                let untracked: u32 = o.untracked_seen.iter().map(|w| w.count_ones()).sum();
+                other.distinct_names = rest.len() as u64 + u64::from(untracked);
                 for n in rest {
                     other.queries += n.queries;
                     other.nxdomain += n.nxdomain;
@@ -225,15 +257,20 @@ impl DnsWindow {
                     .timeouts
                     .into_iter()
                     .map(|((r, protocol, qtype), count)| pb::DnsTimeouts {
-                        resolver_ip: r.ip().to_string(),
-                        resolver_port: r.port().into(),
+                        resolver_ip: r.map_or_else(|| "other".to_string(), |r| r.ip().to_string()),
+                        resolver_port: r.map_or(0, |r| r.port().into()),
                         protocol,
                         qtype: qtype.into(),
                         count,
                     })
                     .collect();
                 timeouts.sort_unstable_by(|a, b| {
-                    (&a.resolver_ip, a.resolver_port, a.qtype).cmp(&(&b.resolver_ip, b.resolver_port, b.qtype))
+                    (&a.resolver_ip, a.resolver_port, a.protocol, a.qtype).cmp(&(
+                        &b.resolver_ip,
+                        b.resolver_port,
+                        b.protocol,
+                        b.qtype,
+                    ))
                 });
                 pb::DnsRecord {
                     local: Some(workload(id)),
@@ -326,7 +363,8 @@ mod tests {
         let top: Vec<(&str, u64)> = r.top_names.iter().map(|n| (n.name.as_str(), n.queries)).collect();
         assert_eq!(top, vec![("c", 3), ("b", 2)]);
         let other = r.other_names.clone().unwrap();
-        assert_eq!((other.queries, other.distinct_names), (1 + 4 + 5, 1));
+        // a beyond the top, d and e beyond the table: three names
+        assert_eq!((other.queries, other.distinct_names), (1 + 4 + 5, 3));
         assert_eq!(r.counts.unwrap().queries, 15, "every query counted");
     }
 
@@ -339,5 +377,23 @@ mod tests {
         let c = r.counts.unwrap();
         assert_eq!((c.search_expansions, c.expanded_lookups), (3, 1));
         assert_eq!(r.top_names[0].search_expansions, 3);
+    }
+
+    #[test]
+    fn timeout_rows_are_bounded_and_fold_into_other() {
+        let mut w = DnsWindow::default();
+        let n = MAX_TIMEOUT_ROWS + 6;
+        for i in 0..n {
+            // a recursive resolver's client side: one upstream server after another
+            let mut c = conn(1);
+            c.remote = SocketAddr::from(([192, 0, 2, (i % 250) as u8], 53 + (i / 250) as u16));
+            w.timeout(&c, Role::Client, "slow.example", 1, &LIMITS);
+        }
+        assert_eq!(w.timeouts_folded, 6);
+        let r = &w.into_records(&LIMITS, workload)[0];
+        assert_eq!(r.timeouts.len(), MAX_TIMEOUT_ROWS + 1);
+        assert_eq!(r.timeouts.iter().map(|t| t.count).sum::<u64>(), n as u64, "nothing vanishes");
+        let other = r.timeouts.iter().find(|t| t.resolver_ip == "other").unwrap();
+        assert_eq!((other.count, other.resolver_port, other.protocol, other.qtype), (6, 0, 0, 0));
     }
 }

@@ -3,8 +3,9 @@
 //! Every read is bounds-checked and every loop is bounded by the input: names
 //! follow compression pointers only to offsets strictly before the label
 //! sequence that holds the pointer, and the labels found there must end before
-//! it, so a chain of pointers always moves backwards and ends. Depends on std and thiserror only, so the fuzz target
-//! (agent/fuzz) can build this file on its own.
+//! it, so a chain of pointers always moves backwards and ends; and it ends
+//! within [`MAX_POINTER_HOPS`]. Depends on std and thiserror only, so the fuzz
+//! target (agent/fuzz) can build this file on its own.
 //!
 //! A message the kernel cut at its copy bound is decoded with
 //! [`Completeness::Cut`]: header and questions must be whole, the records are
@@ -29,6 +30,12 @@ pub const RCODE_NXDOMAIN: u16 = 3;
 pub const MAX_KEPT_RECORDS: usize = 64;
 /// Longest name on the wire (RFC 1035 2.3.4).
 const MAX_NAME_WIRE: usize = 255;
+/// Compression pointers followed for one name, at most. A name has at most
+/// 127 labels, so a chain where every pointer leads to a label never needs
+/// more; a longer one is pointers to pointers, and without a cap every name
+/// of a message could walk a chain through the whole message (work growing
+/// with the square of its size).
+pub const MAX_POINTER_HOPS: usize = 127;
 const HEADER_LEN: usize = 12;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,7 +55,10 @@ pub enum WireError {
     LabelTooLong { len: u8, at: usize },
     #[error("name at offset {at} is longer than 255 bytes")]
     NameTooLong { at: usize },
-    #[error("compression pointer at offset {at} to {target} does not point backwards (a loop or a forward reference)")]
+    #[error(
+        "compression pointer at offset {at} to {target} does not point backwards (a loop or a forward reference) \
+         or is past the 127 hops allowed per name"
+    )]
     BadPointer { at: usize, target: usize },
     #[error("labels reached through a compression pointer run into offset {bound} at {at} (overlapping names)")]
     Overlap { at: usize, bound: usize },
@@ -213,6 +223,7 @@ impl<'a> Reader<'a> {
         let mut run_start = self.pos;
         let mut bound: Option<usize> = None;
         let mut resume = None;
+        let mut hops = 0;
         loop {
             if let Some(b) = bound.filter(|&b| pos >= b) {
                 return Err(WireError::Overlap { at: pos, bound: b });
@@ -241,7 +252,8 @@ impl<'a> Reader<'a> {
                 0xc0 => {
                     let low = *msg.get(pos + 1).ok_or(WireError::Truncated { section, at: pos + 2, len: msg.len() })?;
                     let target = usize::from(len & 0x3f) << 8 | usize::from(low);
-                    if target >= run_start {
+                    hops += 1;
+                    if target >= run_start || hops > MAX_POINTER_HOPS {
                         return Err(WireError::BadPointer { at: pos, target });
                     }
                     resume.get_or_insert(pos + 2);

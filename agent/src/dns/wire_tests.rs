@@ -121,6 +121,32 @@ fn compression_loops_and_forward_pointers_are_refused() {
     assert!(matches!(err, WireError::BadPointer { .. }), "{err}");
 }
 
+/// A response to "a" whose answer owners form one pointer chain: each points
+/// to the previous owner, the first to the question, so the last owner takes
+/// `answers` pointer hops.
+fn pointer_chain(answers: u16) -> Vec<u8> {
+    let mut m = header(1, 0x8180, [1, answers, 0, 0]);
+    m.extend(question(&name("a"), TYPE_A)); // name at 12, records from 19
+    let mut prev = 12;
+    for i in 0..answers {
+        let at = m.len() as u16;
+        m.extend(rr(&ptr(prev), TYPE_A, 1, 5, &[10, 0, 0, i as u8]));
+        prev = at;
+    }
+    m
+}
+
+#[test]
+fn pointer_chains_are_followed_up_to_127_hops() {
+    let m = parse(&pointer_chain(127), Completeness::Whole).unwrap();
+    assert_eq!(usize::from(m.answers_dropped) + m.answers.len(), 127);
+    assert!(m.answers.iter().all(|r| r.name == "a"));
+    // one more hop: refused, though each pointer points backwards
+    let err = parse(&pointer_chain(128), Completeness::Whole).unwrap_err();
+    assert_eq!(err, WireError::BadPointer { at: 19, target: 12 });
+    assert!(parse(&pointer_chain(128), Completeness::Cut).is_err(), "not a cut copy's missing bytes");
+}
+
 #[test]
 fn a_pointer_must_lead_to_labels_that_end_before_it() {
     // "a.example" at 12..23, qtype 23..25 (00 01), qclass 25..27 (00 01)
