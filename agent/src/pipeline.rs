@@ -336,6 +336,9 @@ impl Pipeline {
                     if let Ok(mut guard) = ready {
                         guard.clear_ready();
                     }
+                    // cgroup events first: a new pod's path names the owner
+                    // of its first DNS answers
+                    self.poll_events();
                     self.poll_dns();
                 }
                 _ = poll.tick() => {
@@ -389,9 +392,16 @@ fn name_flows(records: &mut [pb::Record], dns: &DnsSource, now_mono: u64) {
             Some(pb::workload::Kind::Pod(p)) => Owner::Pod(p.uid.clone()),
             _ => Owner::Cgroup(local.cgroup_id),
         };
+        let cgroup_id = local.cgroup_id;
         let Some(remote) = &mut f.remote else { continue };
         let Ok(ip) = remote.ip.parse() else { continue };
-        if let Some(name) = dns.fqdn(&owner, ip, now_mono) {
+        // An answer that arrived before its cgroup's path was known is filed
+        // under the cgroup, not the pod.
+        let name = dns.fqdn(&owner, ip, now_mono).or_else(|| match owner {
+            Owner::Pod(_) => dns.fqdn(&Owner::Cgroup(cgroup_id), ip, now_mono),
+            Owner::Cgroup(_) => None,
+        });
+        if let Some(name) = name {
             remote.fqdn = name.to_string();
         }
     }

@@ -160,10 +160,7 @@ impl SchedProbes {
 
     /// Each program's kernel info (run time and count when bpf_stats is on), for benchmarks.
     pub fn program_info(&self) -> Vec<(&'static str, aya::programs::ProgramInfo)> {
-        programs::ALL
-            .iter()
-            .filter_map(|(name, _)| Some((*name, self.ebpf.program(name)?.info().ok()?)))
-            .collect()
+        programs::ALL.iter().filter_map(|(name, _)| Some((*name, self.ebpf.program(name)?.info().ok()?))).collect()
     }
 
     /// The per-CPU switch history, for tests.

@@ -5,7 +5,7 @@
 //! cgroups that ran a task.
 
 use std::{
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd},
     time::Instant,
 };
 
@@ -95,11 +95,8 @@ fn map_memory(prefix: &str) -> Result<Vec<(String, u64, u32)>> {
         }
         let fd = info.fd()?;
         let text = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_fd().as_raw_fd()))?;
-        let memlock = text
-            .lines()
-            .find_map(|l| l.strip_prefix("memlock:"))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0);
+        let memlock =
+            text.lines().find_map(|l| l.strip_prefix("memlock:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0);
         out.push((name, memlock, info.max_entries()));
     }
     out.sort();
@@ -182,6 +179,10 @@ pub fn run(reps: usize, rounds: u64) -> Result<()> {
         total += mem;
         println!("| {name} | {max} | {mem} |");
     }
-    println!("| **total** | | **{total}** ({:.1} MiB, {} CPUs) |", total as f64 / (1 << 20) as f64, std::thread::available_parallelism().map_or(1, |n| n.get()));
+    println!(
+        "| **total** | | **{total}** ({:.1} MiB, {} CPUs) |",
+        total as f64 / (1 << 20) as f64,
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
     Ok(())
 }
