@@ -196,12 +196,20 @@ struct dns_event {
 /*
  * Scheduler counter slots (their own per-CPU array, "sched_counters"): every
  * wait or on-CPU interval the probes could not record. Append only.
+ *
+ * Modes (the sched object's pl_sched_mode, set at load): 1 = schedinfo, the
+ * scheduler's own queue timestamp (task_struct.sched_info.last_queued, on
+ * every kernel with CONFIG_SCHED_INFO) measured against the run queue's
+ * clock, sched_switch only; 0 = wakeup probes: sched_wakeup/_new stamp the
+ * task in sched_tasks. Schedinfo costs a fraction and needs no per-task map;
+ * it cannot tell preemption waits from wakeup waits (all count as wakeups).
  */
 enum pl_sched_counter {
 	PL_SCHED_CTR_TASKS_FULL = 0,     /* a runnable task could not be remembered: its wait is lost */
 	PL_SCHED_CTR_CGROUPS_FULL = 1,   /* a cgroup's stats did not fit: its wait/on-CPU time is lost */
 	PL_SCHED_CTR_PAIRS_FULL = 2,     /* a (victim, culprit) pair did not fit: charged as unattributed */
 	PL_SCHED_CTR_CLOCK_SKEW = 3,     /* a wait ending before it began (cross-CPU clock): dropped */
+	PL_SCHED_CTR_NO_SCHEDINFO = 4,   /* schedinfo mode without the kernel fields: wait not measured */
 	PL_SCHED_CTR_SLOTS = 8,
 };
 
@@ -233,9 +241,15 @@ struct sched_pair_key {
 	__u64 culprit_cgroup;
 };
 
-/* A runnable task not on a CPU: since when, and why (1: preempted, 0: woken). */
+/*
+ * A runnable task not on a CPU, in the wakeup-probe mode (kernels without
+ * schedinfo): since when, why (1: preempted, 0: woken), and the task's
+ * context-switch count then. The entry is valid only while the count is
+ * unchanged, so switching out never has to delete it.
+ */
 struct sched_wait {
 	__u64 since_ns;
+	__u64 csw;
 	__u32 preempted;
 	__u32 _pad;
 };
@@ -247,17 +261,29 @@ struct cpu_segment {
 	__u64 end_ns;
 };
 
+/* Stats of one cgroup not yet added to sched_cgroups (per CPU). */
+struct sched_stats_slot {
+	__u64 cgroup_id;
+	__u64 since_ns;
+	struct sched_cgroup_stats s;
+};
+
 /*
  * Per CPU: the last PL_CPU_HISTORY segments (a ring, newest at (head - 1) %
- * PL_CPU_HISTORY), when the current one began, and on-CPU time accumulated for
- * the running cgroup but not yet added to its stats (flushed when another
- * cgroup runs, so switches within one cgroup cost no map update).
+ * PL_CPU_HISTORY) and when the current one began; and small caches of stats
+ * and of one (victim, culprit) charge not yet added to the maps, so switches
+ * among the same cgroups touch no hash map. A cache is flushed when another
+ * cgroup needs its slot or when it is older than a millisecond.
  */
 struct cpu_history {
 	__u64 head;
 	__u64 current_start_ns;
-	__u64 pending_cgroup;
-	__u64 pending_oncpu_ns;
+	__u64 next_slot;
+	__u64 pair_victim;
+	__u64 pair_culprit;
+	__u64 pair_ns;
+	__u64 pair_since_ns;
+	struct sched_stats_slot slot[2];
 	struct cpu_segment seg[PL_CPU_HISTORY];
 };
 

@@ -20,6 +20,12 @@ pub mod programs {
         [(WAKEUP, "sched_wakeup"), (WAKEUP_NEW, "sched_wakeup_new"), (SWITCH, "sched_switch")];
 }
 
+/// Globals set at load time.
+pub mod globals {
+    /// `pl_sched_mode`: 1 = schedinfo (sched_switch only), 0 = wakeup probes.
+    pub const MODE: &str = "pl_sched_mode";
+}
+
 /// Map names in the sched object.
 pub mod maps {
     /// Per-CPU [`super::SchedCounter`] slots.
@@ -66,12 +72,19 @@ pub enum SchedCounter {
     PairsFull = 2,
     /// A wait ending before it began (clocks across CPUs): dropped.
     ClockSkew = 3,
+    /// Schedinfo mode on a kernel without the fields: the wait was not measured.
+    NoSchedinfo = 4,
 }
 
 impl SchedCounter {
     /// Every counter, in slot order.
-    pub const ALL: [SchedCounter; 4] =
-        [SchedCounter::TasksFull, SchedCounter::CgroupsFull, SchedCounter::PairsFull, SchedCounter::ClockSkew];
+    pub const ALL: [SchedCounter; 5] = [
+        SchedCounter::TasksFull,
+        SchedCounter::CgroupsFull,
+        SchedCounter::PairsFull,
+        SchedCounter::ClockSkew,
+        SchedCounter::NoSchedinfo,
+    ];
 
     /// Stable snake_case name, used in metrics and in the stream.
     pub fn name(self) -> &'static str {
@@ -80,6 +93,7 @@ impl SchedCounter {
             SchedCounter::CgroupsFull => "cgroups_full",
             SchedCounter::PairsFull => "pairs_full",
             SchedCounter::ClockSkew => "clock_skew",
+            SchedCounter::NoSchedinfo => "no_schedinfo",
         }
     }
 
@@ -120,12 +134,14 @@ pub struct SchedPairKey {
     pub culprit_cgroup: u64,
 }
 
-/// `struct sched_wait`.
+/// `struct sched_wait` (wakeup-probe mode).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SchedWait {
-    /// When the task became runnable, `bpf_ktime_get_ns()`.
+    /// When the task became runnable, `bpf_ktime_get_ns()`; 0 = consumed.
     pub since_ns: u64,
+    /// The task's context switches then; the entry is stale once they differ.
+    pub csw: u64,
     /// 1: preempted, 0: woken.
     pub preempted: u32,
     /// Always zero.
@@ -138,10 +154,22 @@ pub struct SchedWait {
 pub struct CpuSegment {
     /// Who ran; 0 = idle.
     pub cgroup_id: u64,
-    /// From, `bpf_ktime_get_ns()`.
+    /// From (the mode's clock).
     pub start_ns: u64,
     /// Until.
     pub end_ns: u64,
+}
+
+/// `struct sched_stats_slot`: stats cached per CPU before they reach the map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SchedStatsSlot {
+    /// Whose stats; 0 = unused.
+    pub cgroup_id: u64,
+    /// When the slot was last flushed.
+    pub since_ns: u64,
+    /// Not yet in `sched_cgroups`.
+    pub s: SchedCgroupStats,
 }
 
 /// `struct cpu_history`.
@@ -152,10 +180,18 @@ pub struct CpuHistory {
     pub head: u64,
     /// When the running task was switched in.
     pub current_start_ns: u64,
-    /// The cgroup whose on-CPU time is pending.
-    pub pending_cgroup: u64,
-    /// On-CPU ns not yet added to its stats.
-    pub pending_oncpu_ns: u64,
+    /// The stats slot to take over next.
+    pub next_slot: u64,
+    /// The cached (victim, culprit) charge.
+    pub pair_victim: u64,
+    /// See `pair_victim`.
+    pub pair_culprit: u64,
+    /// Its ns not yet in `sched_pairs`.
+    pub pair_ns: u64,
+    /// When it was last flushed.
+    pub pair_since_ns: u64,
+    /// Cached stats.
+    pub slot: [SchedStatsSlot; 2],
     /// The ring.
     pub seg: [CpuSegment; CPU_HISTORY],
 }
@@ -165,6 +201,7 @@ unsafe impl aya::Pod for SchedCgroupStats {}
 unsafe impl aya::Pod for SchedPairKey {}
 unsafe impl aya::Pod for SchedWait {}
 unsafe impl aya::Pod for CpuHistory {}
+unsafe impl aya::Pod for SchedStatsSlot {}
 
 #[cfg(test)]
 mod layout_tests {
@@ -214,6 +251,7 @@ mod layout_tests {
             size_of::<SchedWait>(),
             &[
                 ("since_ns", offset_of!(SchedWait, since_ns)),
+                ("csw", offset_of!(SchedWait, csw)),
                 ("preempted", offset_of!(SchedWait, preempted)),
                 ("_pad", offset_of!(SchedWait, _pad)),
             ],
@@ -233,9 +271,22 @@ mod layout_tests {
             &[
                 ("head", offset_of!(CpuHistory, head)),
                 ("current_start_ns", offset_of!(CpuHistory, current_start_ns)),
-                ("pending_cgroup", offset_of!(CpuHistory, pending_cgroup)),
-                ("pending_oncpu_ns", offset_of!(CpuHistory, pending_oncpu_ns)),
+                ("next_slot", offset_of!(CpuHistory, next_slot)),
+                ("pair_victim", offset_of!(CpuHistory, pair_victim)),
+                ("pair_culprit", offset_of!(CpuHistory, pair_culprit)),
+                ("pair_ns", offset_of!(CpuHistory, pair_ns)),
+                ("pair_since_ns", offset_of!(CpuHistory, pair_since_ns)),
+                ("slot", offset_of!(CpuHistory, slot)),
                 ("seg", offset_of!(CpuHistory, seg)),
+            ],
+        );
+        check(
+            "sched_stats_slot",
+            size_of::<SchedStatsSlot>(),
+            &[
+                ("cgroup_id", offset_of!(SchedStatsSlot, cgroup_id)),
+                ("since_ns", offset_of!(SchedStatsSlot, since_ns)),
+                ("s", offset_of!(SchedStatsSlot, s)),
             ],
         );
     }

@@ -146,7 +146,7 @@ fn pressure_source(
     let mut hierarchies = podlens_agent::pressure::mounts::parse_mountinfo(&mountinfo);
     hierarchies.v2 = Some(cgroup_root.to_path_buf());
     tracing::info!(
-        sched = sched.is_some(), cgroup2 = %cgroup_root.display(), cgroup1_controllers = ?hierarchies.v1.keys().collect::<Vec<_>>(),
+        sched = sched.is_some(), sched_timing = ?sched.as_ref().map(SchedProbes::mode), cgroup2 = %cgroup_root.display(), cgroup1_controllers = ?hierarchies.v1.keys().collect::<Vec<_>>(),
         "pressure reporting"
     );
     let cfg = podlens_agent::pressure::Config {

@@ -39,11 +39,12 @@ fn dir(tag: &str) -> PathBuf {
     d
 }
 
-fn start_agent(node: &str, pods: &[&Pod], dir: &std::path::Path) -> (Agent, Observer) {
+/// The agent with the scheduler probes required, timing waits as `timing` says.
+fn start_agent(node: &str, pods: &[&Pod], dir: &std::path::Path, timing: &str) -> (Agent, Observer) {
     let inventory = dir.join("pods.yaml");
     write_inventory(&inventory, node, pods);
     let inv = inventory.display().to_string();
-    let agent = Agent::start(node, "1s", &["--pods-file", &inv, "--sched", "on"], dir);
+    let agent = Agent::start(node, "1s", &["--pods-file", &inv, "--sched", "on", "--sched-timing", timing], dir);
     let observer = Observer::connect(agent.addr, pb::ObserveRequest::default());
     (agent, observer)
 }
@@ -103,7 +104,7 @@ fn neighbour_is_named_within_two_windows_after_a_quiet_control_run() {
     let mut node = Node::new(Driver::Systemd);
     let victim = node.pod("shop", "checkout", Qos::Burstable);
     let culprit = node.pod("batch", "cruncher", Qos::BestEffort);
-    let (mut agent, observer) = start_agent("node-nn", &[&victim, &culprit], &d);
+    let (mut agent, observer) = start_agent("node-nn", &[&victim, &culprit], &d, "schedinfo");
 
     // Control: the victim alone for at least 10 windows.
     let control_s = 12;
@@ -176,6 +177,7 @@ fn neighbour_is_named_within_two_windows_after_a_quiet_control_run() {
     agent.stop();
 }
 
+/// Also covers the wakeup-probe timing (kernels without schedinfo).
 #[test]
 fn a_host_process_is_reported_as_the_host() {
     let d = dir("nnhost");
@@ -183,7 +185,7 @@ fn a_host_process_is_reported_as_the_host() {
     let mut node = Node::new(Driver::Cgroupfs);
     let victim = node.pod("shop", "checkout", Qos::Guaranteed);
     let unit = node.host_unit("system.slice/backup.service");
-    let (mut agent, observer) = start_agent("node-host", &[&victim], &d);
+    let (mut agent, observer) = start_agent("node-host", &[&victim], &d, "wakeup-probes");
     let _victim = victim.spawn(&["victim", "--cpu", &cpu, "--work-us", "200", "--seconds", "12"]);
     std::thread::sleep(Duration::from_secs(2));
     let _burner = node.spawn_in(&unit, &node.netns, &["burn", "--cpu", &cpu, "--threads", "3", "--seconds", "9"]);
@@ -206,7 +208,7 @@ fn a_pod_over_its_own_quota_is_self_throttled_and_the_files_match() {
     let mut node = Node::new(Driver::Systemd);
     let pod = node.pod("batch", "capped", Qos::Burstable);
     let quota = CpuQuota::apply(&pod.pod_cgroup, 20_000, 100_000);
-    let (mut agent, observer) = start_agent("node-throttle", &[&pod], &d);
+    let (mut agent, observer) = start_agent("node-throttle", &[&pod], &d, "auto");
     let mut args: Vec<String> = quota.podrun_args();
     args.extend(["burn", "--threads", "1", "--seconds", "6"].map(String::from));
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();

@@ -24,3 +24,4 @@ struct sched_pair_key pl_layout_sched_pair_key;
 struct sched_wait pl_layout_sched_wait;
 struct cpu_segment pl_layout_cpu_segment;
 struct cpu_history pl_layout_cpu_history;
+struct sched_stats_slot pl_layout_sched_stats_slot;

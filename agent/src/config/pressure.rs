@@ -17,6 +17,13 @@ pub enum SchedMode {
     Off,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SchedTiming {
+    Auto,
+    Schedinfo,
+    WakeupProbes,
+}
+
 /// Cgroup pressure, scheduler probes and the noisy-neighbour detector.
 #[derive(Debug, clap::Args)]
 pub struct PressureArgs {
@@ -32,6 +39,12 @@ pub struct PressureArgs {
     /// Scheduler probes (tp_btf sched_wakeup/sched_switch): run-queue latency and culprits.
     #[arg(long = "sched", env = "PODLENS_SCHED", value_enum, default_value = "auto")]
     pub sched: SchedMode,
+
+    /// How waits are timed: "schedinfo" (the scheduler's own queue timestamps, sched_switch
+    /// only: cheapest), "wakeup-probes" (sched_wakeup stamps; also splits preemption waits
+    /// from wakeup waits), or "auto" (schedinfo when the kernel keeps it).
+    #[arg(long = "sched-timing", env = "PODLENS_SCHED_TIMING", value_enum, default_value = "auto")]
+    pub timing: SchedTiming,
 
     /// Cgroups with run-queue stats in the kernel (per CPU ~150 bytes each); beyond it, counted as lost.
     #[arg(long = "sched-cgroups", env = "PODLENS_SCHED_CGROUPS", default_value_t = 2048,
@@ -111,10 +124,16 @@ impl PressureArgs {
     }
 
     pub fn sched_options(&self) -> crate::ebpf::sched::SchedOptions {
+        use crate::ebpf::sched::SchedMode;
         crate::ebpf::sched::SchedOptions {
             cgroups: self.sched_cgroups,
             pairs: self.sched_pairs,
             tasks: self.sched_tasks,
+            mode: match self.timing {
+                SchedTiming::Auto => SchedMode::detect(),
+                SchedTiming::Schedinfo => SchedMode::Schedinfo,
+                SchedTiming::WakeupProbes => SchedMode::WakeupProbes,
+            },
         }
     }
 }

@@ -23,13 +23,47 @@ pub struct SchedOptions {
     pub cgroups: u32,
     /// (victim, culprit) pairs (per CPU: 8 bytes each, plus the key).
     pub pairs: u32,
-    /// Runnable tasks remembered at once.
+    /// Tasks remembered at once (wakeup-probe mode).
     pub tasks: u32,
+    /// How waits are timed.
+    pub mode: SchedMode,
+}
+
+/// How the probes learn when a wait began (see `pl_sched_mode` in podlens.h).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SchedMode {
+    /// The scheduler's own queue timestamps: sched_switch only, no per-task map.
+    Schedinfo,
+    /// sched_wakeup/sched_wakeup_new stamps in a per-task map; also tells
+    /// preemption waits from wakeup waits.
+    WakeupProbes,
+}
+
+impl SchedMode {
+    /// Schedinfo when this kernel keeps it: /proc/<pid>/schedstat exists
+    /// (CONFIG_SCHED_INFO) and shows run-queue delay for init or for us
+    /// (older kernels keep it only with delay accounting on).
+    pub fn detect() -> Self {
+        let delay = |p: &str| {
+            std::fs::read_to_string(p)
+                .ok()
+                .and_then(|t| t.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()))
+        };
+        match (delay("/proc/1/schedstat"), delay("/proc/self/schedstat")) {
+            (Some(a), Some(b)) if a > 0 || b > 0 => SchedMode::Schedinfo,
+            _ => SchedMode::WakeupProbes,
+        }
+    }
 }
 
 impl Default for SchedOptions {
     fn default() -> Self {
-        Self { cgroups: sched::SCHED_CGROUPS, pairs: sched::SCHED_PAIRS, tasks: sched::SCHED_TASKS }
+        Self {
+            cgroups: sched::SCHED_CGROUPS,
+            pairs: sched::SCHED_PAIRS,
+            tasks: sched::SCHED_TASKS,
+            mode: SchedMode::detect(),
+        }
     }
 }
 
@@ -75,15 +109,23 @@ pub struct SchedProbes {
     cgroups: PerCpuHashMap<MapData, u64, SchedCgroupStats>,
     pairs: PerCpuHashMap<MapData, SchedPairKey, u64>,
     counters: PerCpuArray<MapData, u64>,
+    mode: SchedMode,
 }
 
 impl SchedProbes {
     /// Loads and verifies the programs and creates the maps.
     pub fn load(opts: &SchedOptions) -> Result<Self, LoadError> {
+        let mode: u32 = match opts.mode {
+            SchedMode::Schedinfo => 1,
+            SchedMode::WakeupProbes => 0,
+        };
+        // The per-task map is only used with the wakeup probes.
+        let tasks = if opts.mode == SchedMode::Schedinfo { 1 } else { opts.tasks };
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(maps::CGROUPS, opts.cgroups)
             .map_max_entries(maps::PAIRS, opts.pairs)
-            .map_max_entries(maps::TASKS, opts.tasks)
+            .map_max_entries(maps::TASKS, tasks)
+            .override_global(sched::globals::MODE, &mode, true)
             .load(sched::sched_object())
             .map_err(|source| {
                 let hint = hint_for(&source);
@@ -97,13 +139,20 @@ impl SchedProbes {
         let cgroups = take_map(&mut ebpf, maps::CGROUPS)?;
         let pairs = take_map(&mut ebpf, maps::PAIRS)?;
         let counters = take_map(&mut ebpf, maps::COUNTERS)?;
-        Ok(Self { ebpf, cgroups, pairs, counters })
+        Ok(Self { ebpf, cgroups, pairs, counters, mode: opts.mode })
     }
 
-    /// Attaches sched_switch first: a wakeup recorded before it could never be
-    /// matched to its switch-in and would sit in the tasks map.
+    pub fn mode(&self) -> SchedMode {
+        self.mode
+    }
+
+    /// Attaches sched_switch, and the wakeup probes when the mode needs them.
     pub fn attach(&mut self) -> Result<(), LoadError> {
-        for name in [programs::SWITCH, programs::WAKEUP, programs::WAKEUP_NEW] {
+        let names: &[&'static str] = match self.mode {
+            SchedMode::Schedinfo => &[programs::SWITCH],
+            SchedMode::WakeupProbes => &[programs::SWITCH, programs::WAKEUP, programs::WAKEUP_NEW],
+        };
+        for &name in names {
             let prog: &mut BtfTracePoint = program(&mut self.ebpf, name)?;
             prog.attach().map_err(|source| {
                 let hint = hint_for(&source);

@@ -89,6 +89,7 @@ impl RunQueueWindow {
             p50_ns: self.quantile_ns(0.5),
             p99_ns: self.quantile_ns(0.99),
             unattributed_ns: self.unattributed_ns,
+            wait_kinds_split: false,
         }
     }
 }

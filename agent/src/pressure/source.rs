@@ -16,7 +16,7 @@ use super::{
     runqueue::{Deltas, RunQueueWindow, SchedWindow},
 };
 use crate::{
-    ebpf::sched::SchedProbes,
+    ebpf::sched::{SchedMode, SchedProbes},
     identity::{
         cgroup::{parse_cgroup_path, CgroupOwner},
         WindowResolver,
@@ -163,6 +163,7 @@ impl PressureSource {
     ) -> Vec<pb::record::Kind> {
         let window_ns = window.1.saturating_sub(window.0);
         let sched = self.sched_window();
+        let split = self.sched.as_ref().is_some_and(|(p, _)| p.mode() == SchedMode::WakeupProbes);
         let mut pods: BTreeMap<String, PodGroup> = BTreeMap::new();
         let mut owner_of: HashMap<u64, CulpritKey> = HashMap::new();
         for c in cgroups {
@@ -218,7 +219,7 @@ impl PressureSource {
             let victim = record.local.clone().unwrap_or_default();
             let mut by_culprit: BTreeMap<CulpritKey, u64> = BTreeMap::new();
             if let Some(s) = &sched {
-                record.run_queue = Some(rq.to_pb());
+                record.run_queue = Some(pb::RunQueue { wait_kinds_split: split, ..rq.to_pb() });
                 let mine: HashSet<u64> = g.ids().collect();
                 for ((v, c), ns) in &s.pairs {
                     if !mine.contains(v) {
@@ -280,7 +281,7 @@ impl PressureSource {
                 for (id, path) in &g.containers {
                     let mut r = self.cgroup_record(*id, path, window_ns, ids);
                     if let Some(w) = sched.as_ref().map(|s| s.cgroups.get(id).copied().unwrap_or_default()) {
-                        r.run_queue = Some(w.to_pb());
+                        r.run_queue = Some(pb::RunQueue { wait_kinds_split: split, ..w.to_pb() });
                     }
                     out.push(pb::record::Kind::Pressure(r));
                 }

@@ -481,6 +481,11 @@ pub struct RunQueue {
     /// reach back to the wait's start, or the pair table was full).
     #[prost(uint64, tag = "9")]
     pub unattributed_ns: u64,
+    /// True when preemption waits are told apart from wakeup waits (the agent's
+    /// wakeup-probe timing); false with schedinfo timing, where every wait is
+    /// counted under wakeup\_\*.
+    #[prost(bool, tag = "10")]
+    pub wait_kinds_split: bool,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct Culprit {

@@ -10,7 +10,7 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use podlens_agent::ebpf::sched::{SchedOptions, SchedProbes};
+use podlens_agent::ebpf::sched::{SchedMode, SchedOptions, SchedProbes};
 use podlens_e2e::{cluster::cgroup2_root, privileged::unique};
 
 use crate::median;
@@ -48,8 +48,15 @@ fn xfer(read: &OwnedFd, write: &OwnedFd) -> Result<()> {
     Ok(())
 }
 
-/// Round trips per second of `rounds` ping-pongs on one CPU.
+/// Round trips per second of `rounds` ping-pongs on one CPU (two threads of
+/// their own, so the caller stays unpinned).
 fn pingpong(rounds: u64, cpu: usize) -> Result<f64> {
+    std::thread::spawn(move || pingpong_pinned(rounds, cpu))
+        .join()
+        .map_err(|_| anyhow::anyhow!("ping-pong thread panicked"))?
+}
+
+fn pingpong_pinned(rounds: u64, cpu: usize) -> Result<f64> {
     let (a_r, a_w) = pipe()?;
     let (b_r, b_w) = pipe()?;
     let peer = std::thread::spawn(move || -> Result<()> {
@@ -78,8 +85,9 @@ fn pingpong(rounds: u64, cpu: usize) -> Result<f64> {
     Ok(rate)
 }
 
-fn attached() -> Result<SchedProbes> {
-    let mut p = SchedProbes::load(&SchedOptions::default()).context("loading the scheduler probes")?;
+fn attached(mode: SchedMode) -> Result<SchedProbes> {
+    let mut p =
+        SchedProbes::load(&SchedOptions { mode, ..SchedOptions::default() }).context("loading the scheduler probes")?;
     p.attach().context("attaching the scheduler probes")?;
     Ok(p)
 }
@@ -135,54 +143,82 @@ fn populate(n: usize, probes: &SchedProbes) -> Result<usize> {
     result
 }
 
-pub fn run(reps: usize, rounds: u64) -> Result<()> {
-    let cpu = std::thread::available_parallelism().map_or(1, |n| n.get()) - 1;
-    // Keeps kernel.bpf_stats_enabled on while the fd lives.
-    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("enabling bpf_stats")?;
-    pingpong(rounds / 10, cpu)?; // warm-up
-    let (mut ratios, mut base_rates, mut probe_rates) = (Vec::new(), Vec::new(), Vec::new());
-    let mut per_prog: std::collections::BTreeMap<&str, (u64, u64)> = Default::default();
+struct ModeResult {
+    mode: SchedMode,
+    base: f64,
+    with: f64,
+    ratio: f64,
+    per_prog: Vec<(&'static str, u64, f64)>,
+}
+
+/// Interleaved runs without and with the probes (bpf_stats off, it costs
+/// time itself), then one run with bpf_stats on for the per-program cost.
+fn measure_mode(mode: SchedMode, reps: usize, rounds: u64, cpu: usize) -> Result<ModeResult> {
+    let (mut ratios, mut bases, mut withs) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..reps {
         let base = pingpong(rounds, cpu)?;
-        let probes = attached()?;
-        let before: Vec<_> = probes.program_info().into_iter().map(|(n, i)| (n, i.run_time(), i.run_count())).collect();
+        let probes = attached(mode)?;
         let with = pingpong(rounds, cpu)?;
-        for ((n, t0, c0), (_, i)) in before.into_iter().zip(probes.program_info()) {
-            let e = per_prog.entry(n).or_default();
-            e.0 += (i.run_time() - t0).as_nanos() as u64;
-            e.1 += i.run_count() - c0;
-        }
         drop(probes);
         ratios.push(with / base);
-        base_rates.push(base);
-        probe_rates.push(with);
+        bases.push(base);
+        withs.push(with);
     }
-    let probes = attached()?;
+    let probes = attached(mode)?;
+    let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("enabling bpf_stats")?;
+    let before: Vec<_> = probes.program_info().into_iter().map(|(n, i)| (n, i.run_time(), i.run_count())).collect();
+    pingpong(rounds, cpu)?;
+    let mut per_prog = Vec::new();
+    for ((n, t0, c0), (_, i)) in before.into_iter().zip(probes.program_info()) {
+        let runs = i.run_count() - c0;
+        if runs > 0 {
+            per_prog.push((n, runs, (i.run_time() - t0).as_nanos() as f64 / runs as f64));
+        }
+    }
+    drop(stats);
+    Ok(ModeResult { mode, base: median(bases), with: median(withs), ratio: median(ratios), per_prog })
+}
+
+pub fn run(reps: usize, rounds: u64) -> Result<()> {
+    let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cpu = ncpu - 1;
+    pingpong(rounds / 10, cpu)?; // warm-up
+    let detected = SchedMode::detect();
+    let mut results = Vec::new();
+    for mode in [SchedMode::Schedinfo, SchedMode::WakeupProbes] {
+        results.push(measure_mode(mode, reps, rounds, cpu)?);
+    }
+    let probes = attached(detected)?;
     let populated = populate(1000, &probes)?;
     let maps = map_memory("sched_")?;
     drop(probes);
 
     println!("### Scheduler probes (`cargo xtask bench sched`)\n");
-    println!("Pipe ping-pong between two threads pinned to CPU {cpu}, {rounds} round trips per run, {reps} interleaved runs each way.\n");
-    println!("| | round trips/s (median) |\n|---|---|");
-    println!("| without probes | {:.0} |", median(base_rates));
-    println!("| with probes | {:.0} |", median(probe_rates));
-    println!("| **ratio** (median of pairs; target >= 0.95) | **{:.3}** |\n", median(ratios));
-    println!("| program | runs | ns per run (bpf_stats) |\n|---|---|---|");
-    for (name, (ns, runs)) in &per_prog {
-        println!("| {name} | {runs} | {:.0} |", *ns as f64 / (*runs).max(1) as f64);
+    println!(
+        "Pipe ping-pong between two threads pinned to CPU {cpu} (two wakeups and two context switches per round \
+         trip), {rounds} round trips per run, {reps} interleaved runs each way. This kernel's default timing: {detected:?}.\n"
+    );
+    println!("| timing | round trips/s without | with probes | **ratio** (median of pairs; target >= 0.95) |");
+    println!("|---|---|---|---|");
+    for r in &results {
+        println!("| {:?} | {:.0} | {:.0} | **{:.3}** |", r.mode, r.base, r.with, r.ratio);
     }
-    println!("\nMap memory (memlock from fdinfo) after 1000 cgroups each ran a task ({populated} of them have stats entries):\n");
+    println!("\n| timing | program | runs | ns per run (bpf_stats) |\n|---|---|---|---|");
+    for r in &results {
+        for (name, runs, ns) in &r.per_prog {
+            println!("| {:?} | {name} | {runs} | {ns:.0} |", r.mode);
+        }
+    }
+    println!(
+        "\nMap memory (memlock from fdinfo, {detected:?} timing) after 1000 cgroups each ran a task ({populated} of them \
+         have stats entries; the hash maps are preallocated, so this is also their size when empty):\n"
+    );
     println!("| map | max entries | memlock bytes |\n|---|---|---|");
     let mut total = 0;
     for (name, mem, max) in &maps {
         total += mem;
         println!("| {name} | {max} | {mem} |");
     }
-    println!(
-        "| **total** | | **{total}** ({:.1} MiB, {} CPUs) |",
-        total as f64 / (1 << 20) as f64,
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    );
+    println!("| **total** | | **{total}** ({:.1} MiB on {ncpu} CPUs) |", total as f64 / (1 << 20) as f64);
     Ok(())
 }
