@@ -92,37 +92,9 @@ fn check_btf() -> Result<(), PreflightError> {
     check_btf_header(&head[..n])
 }
 
-/// Unescapes the octal escapes mountinfo uses for spaces and the like.
-fn unescape(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\' && i + 3 < bytes.len() && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b)) {
-            let v = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// The first cgroup2 mount point whose root is the hierarchy root.
 pub fn find_cgroup2(mountinfo: &str) -> Option<PathBuf> {
-    for line in mountinfo.lines() {
-        let Some((pre, post)) = line.split_once(" - ") else {
-            continue;
-        };
-        let pre: Vec<&str> = pre.split(' ').collect();
-        let fstype = post.split(' ').next().unwrap_or("");
-        if fstype == "cgroup2" && pre.len() >= 5 && pre[3] == "/" {
-            return Some(PathBuf::from(unescape(pre[4])));
-        }
-    }
-    None
+    crate::pressure::mounts::parse_mountinfo(mountinfo).v2
 }
 
 fn is_cgroup2(path: &Path) -> bool {

@@ -438,7 +438,18 @@ fn ten_thousand_short_connections_are_all_counted_across_drains() {
     let listen = SocketAddr::new(server.ip(false), 7100);
     let mut srv = server.spawn(&["tcp-server", "--listen", &listen.to_string(), "--conns", &N.to_string()]);
     srv.first_line();
-    let c = client.run(&["tcp-churn", "--connect", &listen.to_string(), "--count", &N.to_string(), "--send", "10"]);
+    // Paced to span at least two 1 s windows however fast the machine is.
+    let c = client.run(&[
+        "tcp-churn",
+        "--connect",
+        &listen.to_string(),
+        "--count",
+        &N.to_string(),
+        "--send",
+        "10",
+        "--rate",
+        "4000",
+    ]);
     let sv = srv.wait_json(Duration::from_secs(300));
     let (c, sv) = (&c[0], sv.last().expect("summary"));
     assert_eq!(c["total_retrans"].as_u64(), Some(0));

@@ -220,6 +220,10 @@ impl DnsSource {
                 self.counters.tcp_gaps += c.gaps;
                 self.counters.tcp_lost_sync += c.lost_sync;
                 self.counters.tcp_resync_rejected += c.resync_rejected;
+                // bytes that cannot start a DNS message: garbage on a DNS port
+                for _ in 0..c.resync_rejected {
+                    self.malformed(&conn, &"not a plausible DNS message start on a TCP stream");
+                }
                 self.counters.tcp_unfinished += c.unfinished;
                 self.counters.tcp_retransmits += c.retransmits;
                 self.counters.tcp_retransmitted_bytes += c.retransmitted_bytes;
@@ -244,6 +248,15 @@ impl DnsSource {
         }
     }
 
+    /// A message that does not decode, counted for its workload.
+    fn malformed(&mut self, conn: &Conn, error: &dyn std::fmt::Display) {
+        self.counters.malformed += 1;
+        tracing::debug!(cgroup = conn.cgroup_id, remote = %conn.remote, %error, "malformed DNS message");
+        let role = if self.cfg.ports.contains(&conn.remote.port()) { Role::Client } else { Role::Server };
+        let limits = self.cfg.limits;
+        self.window.malformed(conn, role, &limits);
+    }
+
     /// One whole (or cut) message: `first_ns` when it started, `last_ns` when
     /// its last byte passed. A query counts from its first byte, a response
     /// from its last.
@@ -262,10 +275,7 @@ impl DnsSource {
         let msg = match wire::parse(bytes, if whole { Completeness::Whole } else { Completeness::Cut }) {
             Ok(m) => m,
             Err(e) => {
-                self.counters.malformed += 1;
-                tracing::debug!(cgroup = conn.cgroup_id, remote = %conn.remote, error = %e, "malformed DNS message");
-                let role = if self.cfg.ports.contains(&conn.remote.port()) { Role::Client } else { Role::Server };
-                self.window.malformed(&conn, role, &limits);
+                self.malformed(&conn, &e);
                 return;
             }
         };
@@ -391,7 +401,8 @@ impl DnsSource {
             ("dns", "tcp_streams_full", c.streams_full),
             ("dns", "tcp_gap", c.tcp_gaps),
             ("dns", "tcp_lost_sync", c.tcp_lost_sync),
-            ("dns", "tcp_resync_rejected", c.tcp_resync_rejected),
+            // also counted as malformed: reported here as activity, not a second loss
+            ("dns_activity", "tcp_resync_rejected", c.tcp_resync_rejected),
             ("dns", "tcp_unfinished", c.tcp_unfinished),
             ("dns", "workloads_over_limit", c.workloads_dropped),
             ("dns_activity", "messages", c.messages),

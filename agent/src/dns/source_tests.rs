@@ -200,9 +200,11 @@ fn tcp_framing_guesses_retransmissions_and_unfinished_messages_are_counted() {
     assert_eq!(r.len(), 1, "no server record from the stray bytes");
     let c = r[0].counts.unwrap();
     assert_eq!((c.queries, c.responses, c.noerror), (1, 1, 1));
+    assert_eq!(c.malformed, 1, "the stray bytes are garbage on a DNS port");
     let losses = s.losses();
     for expected in [
-        ("dns", "tcp_resync_rejected", 1),
+        ("dns_activity", "tcp_resync_rejected", 1),
+        ("dns", "malformed", 1),
         ("dns", "tcp_unfinished", 1),
         ("dns_activity", "tcp_retransmits", 1),
         ("dns_activity", "tcp_retransmitted_bytes", q.len() as u64),

@@ -161,9 +161,24 @@ impl PressureSource {
         window: (u64, u64),
         ids: &mut WindowResolver<'_>,
     ) -> Vec<pb::record::Kind> {
-        let window_ns = window.1.saturating_sub(window.0);
         let sched = self.sched_window();
         let split = self.sched.as_ref().is_some_and(|(p, _)| p.mode() == SchedMode::WakeupProbes);
+        let out = self.build(sched, split, cgroups, window, ids);
+        self.forget_removed(cgroups);
+        out
+    }
+
+    /// The window's records from the scheduler's window (None: probes off)
+    /// and the cgroup files; the kernel-free part of [`Self::window`].
+    pub(crate) fn build(
+        &mut self,
+        sched: Option<SchedWindow>,
+        split: bool,
+        cgroups: &[CgroupInfo],
+        window: (u64, u64),
+        ids: &mut WindowResolver<'_>,
+    ) -> Vec<pb::record::Kind> {
+        let window_ns = window.1.saturating_sub(window.0);
         let mut pods: BTreeMap<String, PodGroup> = BTreeMap::new();
         let mut owner_of: HashMap<u64, CulpritKey> = HashMap::new();
         for c in cgroups {
@@ -295,7 +310,6 @@ impl PressureSource {
         self.last_seen.retain(|uid, _| self.detector.pod(uid).is_some());
         self.prev.retain(|id, _| seen.contains(id));
         out.push(pb::record::Kind::Pressure(self.node_record(window_ns)));
-        self.forget_removed(cgroups);
         out
     }
 
@@ -362,6 +376,10 @@ impl PressureSource {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "source_tests.rs"]
+mod tests;
 
 fn culprit_workload(
     k: &CulpritKey,

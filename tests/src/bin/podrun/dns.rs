@@ -7,6 +7,7 @@ use std::{
     collections::HashMap,
     io::{Read, Write},
     net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    os::fd::AsRawFd,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc,
@@ -93,9 +94,11 @@ pub fn server(listen: SocketAddr, delay: Duration, drop: u64, zone: Zone) -> Res
         });
     }
     let mut buf = [0u8; 4096];
+    super::rxts::enable(udp.as_raw_fd())?;
     loop {
-        let (n, from) = udp.recv_from(&mut buf)?;
+        let (n, from, rx) = super::rxts::recv(udp.as_raw_fd(), &mut buf)?;
         let received = Instant::now();
+        let Some(from) = from else { continue };
         if dropped.fetch_add(1, Ordering::SeqCst) < drop {
             print_line(json!({"proto": "udp", "dropped": true}));
             continue;
@@ -107,8 +110,8 @@ pub fn server(listen: SocketAddr, delay: Duration, drop: u64, zone: Zone) -> Res
         let (udp, zone) = (udp.clone(), zone.clone());
         std::thread::spawn(move || {
             let reply = zone.answer(&query).to_vec().unwrap_or_default();
-            std::thread::sleep(delay.saturating_sub(received.elapsed()));
-            let held = received.elapsed();
+            std::thread::sleep(delay.saturating_sub(super::rxts::since(rx, received)));
+            let held = super::rxts::since(rx, received);
             let _ = udp.send_to(&reply, from);
             print_line(
                 json!({"proto": "udp", "id": query.metadata.id, "name": name_of(&query), "held_ns": held.as_nanos() as u64}),
@@ -123,13 +126,16 @@ fn name_of(m: &Message) -> String {
 
 fn serve_tcp(mut conn: TcpStream, delay: Duration, drop: u64, dropped: &AtomicU64, zone: &Zone) -> Result<()> {
     conn.set_read_timeout(Some(Duration::from_secs(30)))?;
+    super::rxts::enable(conn.as_raw_fd())?;
     loop {
         let mut len = [0u8; 2];
-        if conn.read_exact(&mut len).is_err() {
+        let Ok(Some(_)) = super::rxts::read_exact(conn.as_raw_fd(), &mut len) else {
             return Ok(());
-        }
+        };
         let mut msg = vec![0u8; usize::from(u16::from_be_bytes(len))];
-        conn.read_exact(&mut msg)?;
+        let Some(rx) = super::rxts::read_exact(conn.as_raw_fd(), &mut msg)? else {
+            return Ok(());
+        };
         let received = Instant::now();
         if dropped.fetch_add(1, Ordering::SeqCst) < drop {
             print_line(json!({"proto": "tcp", "dropped": true}));
@@ -140,8 +146,8 @@ fn serve_tcp(mut conn: TcpStream, delay: Duration, drop: u64, dropped: &AtomicU6
             return Ok(());
         };
         let reply = zone.answer(&query).to_vec().unwrap_or_default();
-        std::thread::sleep(delay.saturating_sub(received.elapsed()));
-        let held = received.elapsed();
+        std::thread::sleep(delay.saturating_sub(super::rxts::since(rx, received)));
+        let held = super::rxts::since(rx, received);
         let mut framed = (reply.len() as u16).to_be_bytes().to_vec();
         framed.extend_from_slice(&reply);
         conn.write_all(&framed)?;

@@ -7,6 +7,7 @@
 
 mod cpu;
 mod dns;
+mod rxts;
 
 use std::{
     io::{Read, Write},
