@@ -124,7 +124,7 @@ fn files_become_totals_and_window_deltas_and_absent_stays_absent() {
     let pod_a = f.v2.join(format!("kubepods/burstable/pod{UID_A}"));
     write(&pod_a, "cpu.pressure", &psi(1_500_000));
     let out = run(&mut s, &mut f, None, 1);
-    let cpu = pod_record(&out, UID_A).cpu.clone().unwrap();
+    let cpu = pod_record(&out, UID_A).cpu.unwrap();
     assert_eq!(cpu.some_usec, Some(pb::Counter { total: 1_500_000, delta: 500_000 }));
     assert!((cpu.some_share - 0.1).abs() < 1e-9, "{}", cpu.some_share);
     assert_eq!(cpu.full_usec, Some(pb::Counter { total: 0, delta: 0 }));
