@@ -35,7 +35,7 @@
  * cgroups that ran meanwhile. Map sizes are defaults the agent may override.
  */
 #define PL_RUNQ_BUCKETS 24
-#define PL_CPU_HISTORY 16
+#define PL_CPU_HISTORY 32
 #define PL_SCHED_CGROUPS 2048
 #define PL_SCHED_PAIRS 8192
 #define PL_SCHED_TASKS 32768

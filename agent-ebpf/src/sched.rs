@@ -15,9 +15,15 @@ pub mod programs {
     pub const WAKEUP_NEW: &str = "podlens_sched_wakeup_new";
     /// tp_btf/sched_switch.
     pub const SWITCH: &str = "podlens_sched_switch";
+    /// tp_btf/sched_process_exit (wakeup-probe timing: frees the task's entry).
+    pub const EXIT: &str = "podlens_sched_exit";
     /// Every program with the tracepoint it attaches to.
-    pub const ALL: [(&str, &str); 3] =
-        [(WAKEUP, "sched_wakeup"), (WAKEUP_NEW, "sched_wakeup_new"), (SWITCH, "sched_switch")];
+    pub const ALL: [(&str, &str); 4] = [
+        (WAKEUP, "sched_wakeup"),
+        (WAKEUP_NEW, "sched_wakeup_new"),
+        (SWITCH, "sched_switch"),
+        (EXIT, "sched_process_exit"),
+    ];
 }
 
 /// Globals set at load time.
@@ -43,7 +49,7 @@ pub mod maps {
 /// Histogram buckets (`PL_RUNQ_BUCKETS`).
 pub const RUNQ_BUCKETS: usize = 24;
 /// Switches each CPU remembers (`PL_CPU_HISTORY`).
-pub const CPU_HISTORY: usize = 16;
+pub const CPU_HISTORY: usize = 32;
 /// Default cgroups with stats (`PL_SCHED_CGROUPS`).
 pub const SCHED_CGROUPS: u32 = 2048;
 /// Default (victim, culprit) pairs (`PL_SCHED_PAIRS`).

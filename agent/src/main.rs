@@ -8,8 +8,14 @@ use std::{
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use podlens_agent::{
-    config::{pressure::SchedMode, AgentArgs, KubeMode, LogFormat},
-    ebpf::{sched::SchedProbes, Kernel, LoadOptions},
+    config::{
+        pressure::{SchedMode, SchedTiming},
+        AgentArgs, KubeMode, LogFormat,
+    },
+    ebpf::{
+        sched::{SchedMode as Timing, SchedOptions, SchedProbes},
+        Kernel, LoadOptions,
+    },
     export::{
         stream::{self, StreamConfig},
         Exporter,
@@ -131,9 +137,18 @@ fn pressure_source(
         tracing::info!("pressure reporting off (--pressure false)");
         return Ok(None);
     }
+    let load = |o: &SchedOptions| SchedProbes::load(o).and_then(|mut s| s.attach().map(|()| s));
     let sched = match p.sched {
         SchedMode::Off => None,
-        mode => match SchedProbes::load(&p.sched_options()).and_then(|mut s| s.attach().map(|()| s)) {
+        mode => match load(&p.sched_options()).or_else(|e| {
+            let opts = p.sched_options();
+            if p.timing != SchedTiming::Auto || opts.mode != Timing::Schedinfo {
+                return Err(e);
+            }
+            // e.g. a kernel without CONFIG_FAIR_GROUP_SCHED: no run-queue clock to read
+            tracing::warn!(error = %e, "schedinfo timing unavailable; using the wakeup probes");
+            load(&SchedOptions { mode: Timing::WakeupProbes, ..opts })
+        }) {
             Ok(s) => Some(s),
             Err(e) if mode == SchedMode::Auto => {
                 tracing::warn!(error = %e, "scheduler probes unavailable: no run-queue latency or culprits (--sched auto)");
@@ -194,6 +209,9 @@ async fn main() -> Result<()> {
         "flow programs attached"
     );
 
+    // Every probe is attached before the API opens: what it serves is complete from then on.
+    let pressure = pressure_source(&args, &cgroup_root, &node)?;
+
     let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();
     let mut tasks = Vec::new();
     let mut hub = None;
@@ -223,7 +241,6 @@ async fn main() -> Result<()> {
 
     let dns = args.dns.config();
     tracing::info!(dns_ports = ?args.dns.ports.0, dns_timeout = ?args.dns.timeout, "DNS capture");
-    let pressure = pressure_source(&args, &cgroup_root, &node)?;
     let pipeline = Pipeline::new(kernel, Resolver::new(cgroups, pods), node, Arc::new(Fanout(sinks)), dns, pressure)?;
     let run = tokio::spawn(pipeline.run(args.interval, stop_rx));
     shutdown_signal().await?;

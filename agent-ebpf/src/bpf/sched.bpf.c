@@ -21,8 +21,13 @@
  * migrated, or more than PL_CPU_HISTORY switches ago) is "unattributed".
  *
  * Cost. Stats and the last charge are cached per CPU (cpu_history) and added
- * to the hash maps only when another cgroup needs the slot or after a
- * millisecond: switches among the same cgroups touch no hash map.
+ * to the hash maps when another cgroup needs the slot, after a millisecond,
+ * or when the CPU goes idle: switches among the same cgroups touch no hash map.
+ *
+ * Limits. With schedinfo timing the scheduler restamps a queued task that is
+ * migrated, so the part of a wait spent queued on the first CPU is not seen
+ * (the kernel adds it to the task's run_delay, which has no per-cgroup view).
+ * On-CPU time is added when a task leaves the CPU.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -161,10 +166,6 @@ static __always_inline struct sched_cgroup_stats *cached_stats(struct cpu_histor
 		sl->since_ns = now;
 		return &sl->s;
 	}
-	if (now - sl->since_ns >= CACHE_FLUSH_NS) {
-		flush_slot(sl);
-		sl->since_ns = now;
-	}
 	return &sl->s;
 }
 
@@ -188,6 +189,26 @@ static __always_inline void flush_pair(struct cpu_history *h)
 			s->unattributed_ns += h->pair_ns;
 	}
 	h->pair_ns = 0;
+}
+
+/*
+ * Flushes whatever cache is older than CACHE_FLUSH_NS (all of them when
+ * `all`, e.g. the CPU goes idle), so a window never misses more than the last
+ * millisecond of a CPU that keeps switching, and nothing of one that idles.
+ */
+static __always_inline void flush_stale(struct cpu_history *h, __u64 now, int all)
+{
+	for (int i = 0; i < 2; i++) {
+		struct sched_stats_slot *sl = &h->slot[i];
+		if (sl->cgroup_id && (all || now - sl->since_ns >= CACHE_FLUSH_NS)) {
+			flush_slot(sl);
+			sl->since_ns = now;
+		}
+	}
+	if (h->pair_ns && (all || now - h->pair_since_ns >= CACHE_FLUSH_NS)) {
+		flush_pair(h);
+		h->pair_since_ns = now;
+	}
 }
 
 static __always_inline void charge(struct cpu_history *h, __u64 victim, __u64 culprit, __u64 ns, __u64 now)
@@ -283,7 +304,17 @@ int BPF_PROG(podlens_sched_wakeup_new, struct task_struct *p)
 	return on_wakeup(p);
 }
 
-/* Wakeup-probe mode: remember a preempted prev; returns nothing. */
+/* Wakeup-probe mode: a thread's entry dies with it, so the map holds live tasks only. */
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(podlens_sched_exit, struct task_struct *p)
+{
+	__u32 pid = p->pid;
+
+	bpf_map_delete_elem(&sched_tasks, &pid);
+	return 0;
+}
+
+/* Wakeup-probe mode: remember a preempted prev. */
 static __always_inline void stamp_preempted(struct task_struct *prev, __u32 pid, __u64 now)
 {
 	__u64 csw = task_csw(prev);
@@ -350,8 +381,10 @@ int BPF_PROG(podlens_sched_switch, bool preempt, struct task_struct *prev, struc
 		}
 	}
 	h->current_start_ns = now;
+	flush_stale(h, now, next_pid == 0);
 
-	if (!pl_sched_mode && prev_pid && task_runnable(prev))
+	/* preempted before it could sleep (state set, schedule() not yet called): still queued */
+	if (!pl_sched_mode && prev_pid && (preempt || task_runnable(prev)))
 		stamp_preempted(prev, prev_pid, now);
 
 	if (!next_pid)

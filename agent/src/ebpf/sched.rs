@@ -150,7 +150,7 @@ impl SchedProbes {
     pub fn attach(&mut self) -> Result<(), LoadError> {
         let names: &[&'static str] = match self.mode {
             SchedMode::Schedinfo => &[programs::SWITCH],
-            SchedMode::WakeupProbes => &[programs::SWITCH, programs::WAKEUP, programs::WAKEUP_NEW],
+            SchedMode::WakeupProbes => &[programs::SWITCH, programs::WAKEUP, programs::WAKEUP_NEW, programs::EXIT],
         };
         for &name in names {
             let prog: &mut BtfTracePoint = program(&mut self.ebpf, name)?;

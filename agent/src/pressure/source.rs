@@ -56,20 +56,31 @@ pub struct CgroupInfo {
     pub removed: bool,
 }
 
-/// A pod's cgroups: the pod level (when seen) and its containers.
+/// A pod's cgroups: the pod level (when seen), its containers, and cgroups of
+/// it removed since (a restarted container's old one: its last run-queue
+/// window still counts, and waits behind it are the pod's own).
 #[derive(Debug, Default)]
 struct PodGroup {
     pod: Option<(u64, String)>,
     containers: Vec<(u64, String)>,
+    removed: Vec<u64>,
 }
 
 impl PodGroup {
     fn ids(&self) -> impl Iterator<Item = u64> + '_ {
-        self.pod.iter().map(|p| p.0).chain(self.containers.iter().map(|c| c.0))
+        self.pod.iter().map(|p| p.0).chain(self.containers.iter().map(|c| c.0)).chain(self.removed.iter().copied())
     }
 
     fn identity_id(&self) -> Option<u64> {
-        self.pod.as_ref().map(|p| p.0).or_else(|| self.containers.first().map(|c| c.0))
+        self.pod
+            .as_ref()
+            .map(|p| p.0)
+            .or_else(|| self.containers.first().map(|c| c.0))
+            .or_else(|| self.removed.first().copied())
+    }
+
+    fn live(&self) -> bool {
+        self.pod.is_some() || !self.containers.is_empty()
     }
 }
 
@@ -163,8 +174,15 @@ impl PressureSource {
     ) -> Vec<pb::record::Kind> {
         let sched = self.sched_window();
         let split = self.sched.as_ref().is_some_and(|(p, _)| p.mode() == SchedMode::WakeupProbes);
+        let idle: HashSet<u64> = match &sched {
+            Some(w) => self
+                .sched
+                .as_ref()
+                .map_or_else(HashSet::new, |(_, d)| d.known().filter(|id| !w.cgroups.contains_key(id)).collect()),
+            None => HashSet::new(),
+        };
         let out = self.build(sched, split, cgroups, window, ids);
-        self.forget_removed(cgroups);
+        self.forget_gone(cgroups, &idle);
         out
     }
 
@@ -187,6 +205,7 @@ impl PressureSource {
                     owner_of.insert(c.id, CulpritKey::Pod(p.uid.clone()));
                     let g = pods.entry(p.uid).or_default();
                     if c.removed {
+                        g.removed.push(c.id);
                         continue;
                     }
                     match p.container {
@@ -220,6 +239,11 @@ impl PressureSource {
         let mut seen = HashSet::new();
         for (uid, g) in &pods {
             let Some(pod_id) = g.identity_id() else { continue };
+            let active = sched.as_ref().is_some_and(|s| g.ids().any(|id| s.cgroups.contains_key(&id)));
+            if !g.live() && !active {
+                // deleted, and its last window already reported
+                continue;
+            }
             seen.extend(g.ids());
             let mut rq = RunQueueWindow::default();
             for id in g.ids() {
@@ -240,12 +264,12 @@ impl PressureSource {
                     if !mine.contains(v) {
                         continue;
                     }
-                    let key = if *c == 0 {
-                        CulpritKey::Idle
-                    } else if mine.contains(c) {
-                        CulpritKey::SelfPod
-                    } else {
-                        owner_of.get(c).cloned().unwrap_or(CulpritKey::Unattributed)
+                    let key = match owner_of.get(c) {
+                        _ if *c == 0 => CulpritKey::Idle,
+                        _ if mine.contains(c) => CulpritKey::SelfPod,
+                        Some(CulpritKey::Pod(u)) if u == uid => CulpritKey::SelfPod,
+                        Some(k) => k.clone(),
+                        None => CulpritKey::Unattributed,
                     };
                     *by_culprit.entry(key).or_default() += ns;
                 }
@@ -363,16 +387,18 @@ impl PressureSource {
         r
     }
 
-    /// Removed cgroups had their last window read above: free their kernel entries.
-    fn forget_removed(&mut self, cgroups: &[CgroupInfo]) {
+    /// Frees the kernel entries of cgroups that are not live (removed, or
+    /// never known to the identity table) and had no activity this window:
+    /// their last window was reported above, and the maps must only ever fill
+    /// with live cgroups. One that becomes active again starts from zero.
+    fn forget_gone(&mut self, cgroups: &[CgroupInfo], idle: &HashSet<u64>) {
         let Some((probes, deltas)) = self.sched.as_mut() else { return };
         let live: HashSet<u64> = cgroups.iter().filter(|c| !c.removed).map(|c| c.id).collect();
-        let removed: HashSet<u64> = cgroups.iter().filter(|c| c.removed).map(|c| c.id).collect();
-        let gone: Vec<u64> = deltas.known().filter(|id| removed.contains(id) && !live.contains(id)).collect();
+        let gone: Vec<u64> = idle.iter().copied().filter(|id| !live.contains(id)).collect();
         if !gone.is_empty() {
             let n = probes.forget(&gone);
             deltas.forget(&gone);
-            tracing::debug!(cgroups = gone.len(), entries = n, "scheduler entries of removed cgroups freed");
+            tracing::debug!(cgroups = gone.len(), entries = n, "scheduler entries of gone cgroups freed");
         }
     }
 }

@@ -191,3 +191,40 @@ fn waits_are_charged_to_pods_and_the_host_and_a_finding_opens_after_two_windows(
     assert_eq!(findings[1].1.id, first.id, "one id per episode");
     assert!(first.id.starts_with("node/1/nn-"));
 }
+
+#[test]
+fn a_restarted_container_is_its_own_pod_not_a_neighbour_and_its_last_window_counts() {
+    let mut f = fixture();
+    let mut s = source(&f);
+    // container 11 was replaced by 12 (a restart); 11 is removed but its last waits are in the window
+    let new_path = format!("/kubepods/burstable/pod{UID_A}/{}", "f".repeat(64));
+    std::fs::create_dir_all(f.v2.join(new_path.trim_start_matches('/'))).unwrap();
+    f.resolver.cgroups.insert(12, &new_path);
+    f.cgroups.push(CgroupInfo { id: 12, path: new_path, removed: false });
+    f.cgroups.iter_mut().filter(|c| c.id == 11).for_each(|c| c.removed = true);
+    let mut hist = [0u64; RUNQ_BUCKETS];
+    hist[12] = 100;
+    let mut w = SchedWindow::default();
+    w.cgroups.insert(11, RunQueueWindow { wakeup_waits: 3, wakeup_wait_ns: 300, ..Default::default() });
+    w.cgroups
+        .insert(12, RunQueueWindow { wakeup_waits: 100, wakeup_wait_ns: 1_000_000_000, hist, ..Default::default() });
+    w.pairs.insert((12, 11), 900_000_000);
+    let pod_a = f.v2.join(format!("kubepods/burstable/pod{UID_A}"));
+    write(&pod_a, "cpu.pressure", &psi(1_000_000));
+    run(&mut s, &mut f, Some(w.clone()), 0);
+    write(&pod_a, "cpu.pressure", &psi(2_000_000));
+    let out = run(&mut s, &mut f, Some(w), 1);
+    let a = pod_record(&out, UID_A);
+    let q = a.run_queue.as_ref().unwrap();
+    assert_eq!((q.wakeup_waits, q.wakeup_wait_ns), (103, 1_000_000_300), "the removed container's last window counts");
+    let v = a.verdict.as_ref().unwrap();
+    assert_eq!(v.window_kind(), pb::VerdictKind::SelfContention, "waits behind its own old container: {v:?}");
+    let containers =
+        out.iter().filter(|k| matches!(k, pb::record::Kind::Pressure(p) if !p.node && p.verdict.is_none())).count();
+    assert_eq!(containers, 2, "live containers only: the new one and pod B's");
+    assert!(findings_free(&out));
+}
+
+fn findings_free(out: &[pb::record::Kind]) -> bool {
+    !out.iter().any(|k| matches!(k, pb::record::Kind::Finding(_)))
+}

@@ -1,7 +1,8 @@
-//! `podlens-demo` (run by `cargo xtask demo`): an emulated node with three pods
-//! talking to each other and a host service, the real agent in standalone mode,
-//! and `podlens observe` printing what it sees. Everything is removed at the end
-//! or on Ctrl-C.
+//! `podlens-demo` (run by `cargo xtask demo`): an emulated node with pods
+//! talking to each other and a host service, a batch pod that turns into a
+//! noisy neighbour of the frontend, the real agent in standalone mode, and
+//! `podlens observe` printing what it sees, then `podlens top --sort pressure`
+//! and `podlens findings`. Everything is removed at the end or on Ctrl-C.
 
 use std::{
     net::SocketAddr,
@@ -64,9 +65,10 @@ fn run(args: &Args, dir: &std::path::Path) -> Result<()> {
     let backend = node.pod("demo", "backend-84d5b", Qos::Burstable);
     let db = node.pod("demo", "postgres-0", Qos::Guaranteed);
     let coredns = node.pod("kube-system", "coredns-5d78c", Qos::Burstable);
+    let batch = node.pod("batch", "report-generator-x7k2p", Qos::BestEffort);
     let cron = node.host_unit("system.slice/demo-backup.service");
     let inventory = dir.join("pods.yaml");
-    write_inventory(&inventory, "demo-node", &[&frontend, &backend, &db, &coredns]);
+    write_inventory(&inventory, "demo-node", &[&frontend, &backend, &db, &coredns, &batch]);
 
     eprintln!(
         "podlens demo: node netns {}, pods demo/frontend-6c9f7 {} / {}, demo/backend-84d5b {}, demo/postgres-0 {}",
@@ -101,15 +103,29 @@ fn run(args: &Args, dir: &std::path::Path) -> Result<()> {
     ];
     std::thread::sleep(Duration::from_millis(300));
 
+    let server = format!("http://{}", agent.addr);
     let mut observe = std::process::Command::new(&args.cli)
-        .args(["observe", "--server", &format!("http://{}", agent.addr), "-o", &args.output])
+        .args(["observe", "--server", &server, "-o", &args.output])
         .args(["--namespace", "demo", "--namespace", "kube-system"])
+        .args(["--kind", "flow", "--kind", "dns", "--kind", "finding"])
         .spawn()
         .context("starting podlens observe")?;
+
+    // A noisy neighbour: the frontend wakes every millisecond on the last CPU;
+    // from a third of the run on, a batch pod burns that CPU for a third of it.
+    let cpu = (std::thread::available_parallelism().map_or(1, |n| n.get()) - 1).to_string();
+    let _latency_sensitive =
+        frontend.spawn(&["victim", "--cpu", &cpu, "--work-us", "200", "--seconds", &args.seconds.to_string()]);
+    let noisy_at = Instant::now() + Duration::from_secs(args.seconds / 3);
+    let mut noisy = None;
 
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
     let mut round = 0u32;
     while Instant::now() < deadline && !STOP.load(Ordering::SeqCst) {
+        if noisy.is_none() && Instant::now() >= noisy_at {
+            let secs = (args.seconds / 3).max(1).to_string();
+            noisy = Some(batch.spawn(&["burn", "--cpu", &cpu, "--threads", "3", "--seconds", &secs]));
+        }
         // the frontend resolves the backend's service name, then calls it
         let at = format!("@{}", resolver.ip());
         let lookup = if round.is_multiple_of(4) { "backend.demo.svc" } else { backend_name };
@@ -134,6 +150,13 @@ fn run(args: &Args, dir: &std::path::Path) -> Result<()> {
     }
     let _ = observe.kill();
     let _ = observe.wait();
+    for (title, cmd) in [
+        ("pods ranked by CPU pressure", vec!["top", "--sort", "pressure", "--since", "10m"]),
+        ("noisy-neighbour findings", vec!["findings"]),
+    ] {
+        println!("\n== podlens {} ({title})", cmd.join(" "));
+        let _ = std::process::Command::new(&args.cli).args(&cmd).args(["--server", &server]).status();
+    }
     drop(agent);
     eprintln!("\npodlens demo: {round} rounds of traffic; cleaning up");
     Ok(())

@@ -56,7 +56,13 @@ pub fn victim(cpu: usize, period_us: u64, work_us: u64, seconds: u64) -> Result<
     let end = mono_ns() + seconds * 1_000_000_000;
     let mut deadline = mono_ns() + period;
     let (mut wakeups, mut late_sum, mut late_max, mut hist) = (0u64, 0u64, 0u64, [0u64; BUCKETS]);
+    // Iterations that really slept (their deadline was still ahead): each is one wakeup the
+    // scheduler saw. One preempted past its next deadline returns from the sleep at once.
+    let mut slept = 0u64;
     while deadline < end {
+        if mono_ns() < deadline {
+            slept += 1;
+        }
         let ts =
             libc::timespec { tv_sec: (deadline / 1_000_000_000) as i64, tv_nsec: (deadline % 1_000_000_000) as i64 };
         // SAFETY: absolute sleep on CLOCK_MONOTONIC with a valid timespec.
@@ -81,7 +87,7 @@ pub fn victim(cpu: usize, period_us: u64, work_us: u64, seconds: u64) -> Result<
     }
     println!(
         "{}",
-        json!({"role": "victim", "wakeups": wakeups, "late_sum_ns": late_sum, "late_max_ns": late_max,
+        json!({"role": "victim", "wakeups": wakeups, "slept": slept, "late_sum_ns": late_sum, "late_max_ns": late_max,
                "late_mean_ns": late_sum.checked_div(wakeups).unwrap_or(0), "hist": hist.to_vec()})
     );
     Ok(())
