@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod cli;
+pub mod cluster;
 pub mod dedup;
 pub mod filter;
 pub mod findings;
@@ -12,6 +13,7 @@ pub mod hub;
 pub mod ingest;
 pub mod metrics;
 pub mod observe;
+pub mod policy;
 pub mod pressure;
 pub mod query;
 pub mod runtime;

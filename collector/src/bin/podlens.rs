@@ -27,17 +27,29 @@ enum Command {
     Top(cli::top::TopArgs),
     /// Findings (noisy neighbours) from every node, newest first, and the worst neighbours.
     Findings(cli::findings::FindingsArgs),
+    /// NetworkPolicy questions answered from manifests (offline).
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Would the policies allow a connection? Each direction: not isolated, allowed (by which
+    /// policy and rule), or denied.
+    Check(cli::policy::PolicyCheckArgs),
 }
 
 #[tokio::main(flavor = "current_thread")]
-async fn main() -> Result<()> {
+async fn main() -> Result<std::process::ExitCode> {
     let cli = Cli::parse();
+    let ok = std::process::ExitCode::SUCCESS;
     match cli.command {
-        Command::Observe(args) => cli::observe::run(args).await,
-        Command::Status(args) => cli::query::status(args).await,
-        Command::Talkers(args) => cli::query::talkers(args).await,
-        Command::Top(args) => cli::top::run(args).await,
-        Command::Findings(args) => cli::findings::run(args).await,
+        Command::Observe(args) => cli::observe::run(args).await.map(|()| ok),
+        Command::Status(args) => cli::query::status(args).await.map(|()| ok),
+        Command::Talkers(args) => cli::query::talkers(args).await.map(|()| ok),
+        Command::Top(args) => cli::top::run(args).await.map(|()| ok),
+        Command::Findings(args) => cli::findings::run(args).await.map(|()| ok),
+        Command::Policy(PolicyCommand::Check(args)) => cli::policy::run(args),
     }
 }
 

@@ -4,5 +4,6 @@ pub mod connect;
 pub mod findings;
 pub mod format;
 pub mod observe;
+pub mod policy;
 pub mod query;
 pub mod top;

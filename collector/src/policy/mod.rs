@@ -1,0 +1,9 @@
+//! NetworkPolicy semantics (networking.k8s.io/v1) over a cluster view, for
+//! `podlens policy check` and for classifying observed flows.
+
+pub mod eval;
+pub mod peer;
+pub mod selector;
+
+#[cfg(test)]
+mod eval_tests;
