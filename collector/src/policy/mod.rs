@@ -4,6 +4,9 @@
 pub mod eval;
 pub mod peer;
 pub mod selector;
+pub mod suggest;
 
 #[cfg(test)]
 mod eval_tests;
+#[cfg(test)]
+mod suggest_tests;

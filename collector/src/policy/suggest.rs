@@ -166,15 +166,11 @@ pub fn suggest(workload: &Workload) -> Result<Suggestion, SuggestError> {
     );
     if !left_out.is_empty() {
         yaml.push_str("# Left out, as these pod peers have no stable labels to select them by:\n");
-        for flow in &left_out {
-            if let Peer::Pod { namespace, .. } = &flow.peer {
-                let (d, port, proto) = (flow.direction, flow.port, flow.protocol);
-                yaml.push_str(&format!(
-                    "#   {d} {port}/{proto} with an unlabelled pod in {}\n",
-                    comment_safe(namespace)
-                ));
-            }
-        }
+    }
+    for flow in &left_out {
+        let Peer::Pod { namespace, .. } = &flow.peer else { continue };
+        let (d, port, proto, ns) = (flow.direction, flow.port, flow.protocol, comment_safe(namespace));
+        yaml.push_str(&format!("#   {d} {port}/{proto} with an unlabelled pod in {ns}\n"));
     }
     yaml.push_str(&to_yaml(&policy, &workload.flows)?);
     Ok(Suggestion { policy, yaml, left_out })
@@ -189,10 +185,11 @@ pub fn minimal_change(existing: &NetworkPolicy, observed_not_allowed: &[Flow]) -
     let mut policy = existing.clone();
     let ns = existing.metadata.namespace.clone().unwrap_or_else(|| "default".to_owned());
     let (covers_ingress, covers_egress) = existing.spec.as_ref().map_or((true, false), covered);
-    let flows: BTreeSet<&Flow> = observed_not_allowed.iter().collect();
+    let covers = |f: &&Flow| if f.direction == Direction::Ingress { covers_ingress } else { covers_egress };
+    let flows: BTreeSet<&Flow> = observed_not_allowed.iter().filter(covers).collect();
     let mut skipped = Vec::new();
-    let ingress = if covers_ingress { plan(&flows, Direction::Ingress, false, &mut skipped) } else { Vec::new() };
-    let egress = if covers_egress { plan(&flows, Direction::Egress, false, &mut skipped) } else { Vec::new() };
+    let ingress = plan(&flows, Direction::Ingress, false, &mut skipped);
+    let egress = plan(&flows, Direction::Egress, false, &mut skipped);
     if ingress.is_empty() && egress.is_empty() {
         return policy;
     }
@@ -249,36 +246,26 @@ fn host_cidr(ip: IpAddr) -> String {
     format!("{ip}/{}", if ip.is_ipv4() { 32 } else { 128 })
 }
 
-/// A peer as a rule selects it.
+/// A peer as a rule selects it; `exclude` holds label values that keep other
+/// observed peers out.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum Target {
-    /// `exclude`: label values that keep other observed peers out.
-    Pods {
-        namespace: String,
-        labels: Labels,
-        exclude: BTreeMap<String, BTreeSet<String>>,
-    },
+    Pods { namespace: String, labels: Labels, exclude: Exclusions },
     Address(IpAddr),
 }
 
+type Exclusions = BTreeMap<String, BTreeSet<String>>;
 type PortSet = BTreeSet<(u16, Protocol)>;
-
-#[derive(Debug)]
-struct Rule {
-    peers: BTreeSet<Target>,
-    ports: PortSet,
-}
+/// Peers and ports, every pairing of them observed.
+type Rule = (BTreeSet<Target>, PortSet);
 
 /// None when the peer cannot be selected without selecting a whole namespace.
 fn target(peer: &Peer) -> Option<Target> {
     match peer {
         Peer::Pod { namespace, labels } => {
             let labels = without_churn(labels);
-            (!labels.is_empty()).then(|| Target::Pods {
-                namespace: namespace.clone(),
-                labels,
-                exclude: BTreeMap::new(),
-            })
+            let namespace = namespace.clone();
+            (!labels.is_empty()).then(|| Target::Pods { namespace, labels, exclude: Exclusions::new() })
         }
         Peer::External { ip, .. } => Some(Target::Address(ip.to_canonical())),
     }
@@ -288,7 +275,7 @@ fn target(peer: &Peer) -> Option<Target> {
 /// in its namespace whose labels strictly contain its own.
 fn narrow(base: &Target, all: &BTreeSet<Target>) -> Target {
     let Target::Pods { namespace, labels, .. } = base else { return base.clone() };
-    let mut exclude: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut exclude = Exclusions::new();
     for other in all {
         let Target::Pods { namespace: other_ns, labels: more, .. } = other else { continue };
         if other_ns != namespace || more.len() <= labels.len() || !labels.iter().all(|(k, v)| more.get(k) == Some(v)) {
@@ -323,11 +310,11 @@ fn plan(flows: &BTreeSet<&Flow>, direction: Direction, dns: bool, left_out: &mut
     for (target, ports) in pairs {
         by_ports.entry(ports).or_default().insert(narrow(&target, &all));
     }
-    let mut rules: Vec<Rule> = by_ports.into_iter().map(|(ports, peers)| Rule { peers, ports }).collect();
-    rules.sort_by(|a, b| a.peers.cmp(&b.peers));
+    let mut rules: Vec<Rule> = by_ports.into_iter().map(|(ports, peers)| (peers, ports)).collect();
+    rules.sort();
     if !resolvers.is_empty() {
         let peers = resolvers.iter().map(|t| narrow(t, &all)).collect();
-        rules.push(Rule { peers, ports: PortSet::from([(DNS_PORT, Protocol::Tcp), (DNS_PORT, Protocol::Udp)]) });
+        rules.push((peers, PortSet::from([(DNS_PORT, Protocol::Tcp), (DNS_PORT, Protocol::Udp)])));
     }
     rules
 }
@@ -342,9 +329,9 @@ fn egress_rule(rule: &Rule, policy_ns: &str) -> NetworkPolicyEgressRule {
     NetworkPolicyEgressRule { to: Some(peers), ports: Some(ports) }
 }
 
-fn k8s_rule(rule: &Rule, policy_ns: &str) -> (Vec<NetworkPolicyPeer>, Vec<NetworkPolicyPort>) {
-    let peers = rule.peers.iter().map(|t| k8s_peer(t, policy_ns)).collect();
-    let ports = rule.ports.iter().map(|&(port, protocol)| NetworkPolicyPort {
+fn k8s_rule((peers, ports): &Rule, policy_ns: &str) -> (Vec<NetworkPolicyPeer>, Vec<NetworkPolicyPort>) {
+    let peers = peers.iter().map(|t| k8s_peer(t, policy_ns)).collect();
+    let ports = ports.iter().map(|&(port, protocol)| NetworkPolicyPort {
         port: Some(IntOrString::Int(i32::from(port))),
         protocol: Some(protocol.as_k8s().to_owned()),
         end_port: None,

@@ -3,7 +3,8 @@
 //! observed connection in the direction the policy governs, deny probes just
 //! outside them, and allow nothing that no observed flow accounts for.
 //! Connections are written `from -> to port/PROTO`, an end being
-//! `namespace/pod` or an address, optionally `address@name`.
+//! `namespace/pod` or an address, optionally `address@name`; a leading
+//! `-> ` means from prod/web-a.
 
 use std::net::IpAddr;
 
@@ -58,7 +59,7 @@ fn view<'a>(policies: impl IntoIterator<Item = &'a NetworkPolicy>) -> ClusterVie
 }
 
 fn parse(conn: &str) -> (&str, &str, u16, Protocol) {
-    let (from, rest) = conn.split_once(" -> ").unwrap();
+    let (from, rest) = conn.strip_prefix("-> ").map_or_else(|| conn.split_once(" -> ").unwrap(), |r| ("prod/web-a", r));
     let (to, port) = rest.split_once(' ').unwrap();
     let (port, protocol) = port.split_once('/').unwrap();
     (from, to, port.parse().unwrap(), Protocol::from_k8s(protocol).unwrap())
@@ -99,14 +100,11 @@ fn allowed_by(d: &Decision, policy: &str) -> bool {
 
 fn workload(pods: &[&str], observed: &[&str], resolved_names: bool) -> Workload {
     let bare = view([]);
-    let pod_labels = pods.iter().map(|id| endpoint(&bare, id)).map(|e| match e {
-        Endpoint::Pod(p) => p.labels().clone(),
-        Endpoint::External(_) => unreachable!(),
-    });
+    let pod_labels = pods.iter().map(|id| id.split_once('/').unwrap()).map(|(ns, n)| bare.pod(ns, n).unwrap().labels());
     Workload {
         namespace: "prod".to_owned(),
         name: "web".to_owned(),
-        pod_labels: pod_labels.collect(),
+        pod_labels: pod_labels.cloned().collect(),
         flows: observed.iter().map(|c| flow(&bare, pods, c)).collect(),
         resolved_names,
     }
@@ -133,15 +131,13 @@ fn round_trip(observed: &[&str], probes: &[&str], resolved_names: bool, existing
     // address on any mentioned port has an observed flow behind it.
     let mut ends: Vec<String> = view.pods().map(|p| format!("{}/{}", p.namespace(), p.name())).collect();
     let mut ports = vec![(53, Protocol::Udp), (53, Protocol::Tcp)];
-    for (_, to, port, protocol) in observed.iter().chain(probes).map(|c| parse(c)) {
-        ends.push(to.split('@').next().unwrap().to_owned());
+    for (from, to, port, protocol) in observed.iter().chain(probes).map(|c| parse(c)) {
+        ends.extend([from, to].map(|end| end.split('@').next().unwrap().to_owned()));
         ports.push((port, protocol));
     }
     for end in ends.iter().filter(|e| !WEB.contains(&e.as_str())) {
         for &(port, protocol) in &ports {
-            for conn in
-                [format!("prod/web-a -> {end} {port}/{protocol}"), format!("{end} -> prod/web-a {port}/{protocol}")]
-            {
+            for conn in [format!("-> {end} {port}/{protocol}"), format!("{end} -> prod/web-a {port}/{protocol}")] {
                 if !governed(&view, WEB, &conn).permits() {
                     continue;
                 }
@@ -175,13 +171,13 @@ fn spec_json(s: &Suggestion) -> Value {
 
 #[test]
 fn same_namespace_pod_to_pod() {
-    let observed = ["prod/web-a -> prod/api 8080/TCP", "prod/web-b -> prod/api 8080/TCP"];
+    let observed = ["-> prod/api 8080/TCP", "prod/web-b -> prod/api 8080/TCP"];
     let probes = [
-        "prod/web-a -> prod/api 8081/TCP",
-        "prod/web-a -> prod/cache 8080/TCP",
-        "prod/web-a -> prod/api 8080/UDP",
-        "prod/web-a -> 203.0.113.9 8080/TCP",
-        "prod/web-a -> prod/db-0 8080/TCP",
+        "-> prod/api 8081/TCP",
+        "-> prod/cache 8080/TCP",
+        "-> prod/api 8080/UDP",
+        "-> 203.0.113.9 8080/TCP",
+        "-> prod/db-0 8080/TCP",
         // Both directions are isolated, and no ingress was observed.
         "prod/gateway -> prod/web-a 8080/TCP",
     ];
@@ -203,8 +199,8 @@ fn same_namespace_pod_to_pod() {
 #[test]
 fn cross_namespace_selects_the_namespace_by_name() {
     let s = round_trip(
-        &["prod/web-a -> data/db-0 5432/TCP", "prod/web-a -> data/db-1 5432/TCP"],
-        &["prod/web-a -> prod/db-0 5432/TCP", "prod/web-a -> data/db-0 5433/TCP", "prod/web-a -> 10.0.2.1 22/TCP"],
+        &["-> data/db-0 5432/TCP", "-> data/db-1 5432/TCP"],
+        &["-> prod/db-0 5432/TCP", "-> data/db-0 5433/TCP", "-> 10.0.2.1 22/TCP"],
         false,
         &[],
     );
@@ -225,16 +221,16 @@ fn cross_namespace_selects_the_namespace_by_name() {
 fn external_addresses_get_host_blocks_and_names_as_comments() {
     let s = round_trip(
         &[
-            "prod/web-a -> 203.0.113.7@api.example.com 443/TCP",
-            "prod/web-a -> 2001:db8::7@api.example.com 443/TCP",
-            "prod/web-a -> ::ffff:198.51.100.1 123/UDP",
+            "-> 203.0.113.7@api.example.com 443/TCP",
+            "-> 2001:db8::7@api.example.com 443/TCP",
+            "-> ::ffff:198.51.100.1 123/UDP",
         ],
         &[
-            "prod/web-a -> 203.0.113.8 443/TCP",
-            "prod/web-a -> 2001:db8::8 443/TCP",
-            "prod/web-a -> 203.0.113.7 80/TCP",
-            "prod/web-a -> 198.51.100.1 123/TCP",
-            "prod/web-a -> 198.51.100.1 443/TCP",
+            "-> 203.0.113.8 443/TCP",
+            "-> 2001:db8::8 443/TCP",
+            "-> 203.0.113.7 80/TCP",
+            "-> 198.51.100.1 123/TCP",
+            "-> 198.51.100.1 443/TCP",
         ],
         false,
         &[],
@@ -252,10 +248,8 @@ fn external_addresses_get_host_blocks_and_names_as_comments() {
 
 #[test]
 fn several_ports_to_one_peer_share_a_rule() {
-    let observed =
-        ["prod/web-a -> prod/api 8080/TCP", "prod/web-a -> prod/api 8443/TCP", "prod/web-a -> prod/api 9090/UDP"];
-    let probes =
-        ["prod/web-a -> prod/api 9090/TCP", "prod/web-a -> prod/api 8081/TCP", "prod/web-a -> prod/cache 8443/TCP"];
+    let observed = ["-> prod/api 8080/TCP", "-> prod/api 8443/TCP", "-> prod/api 9090/UDP"];
+    let probes = ["-> prod/api 9090/TCP", "-> prod/api 8081/TCP", "-> prod/cache 8443/TCP"];
     let s = round_trip(&observed, &probes, false, &[]);
     let ports = json!([
         {"port": 8080, "protocol": "TCP"}, {"port": 8443, "protocol": "TCP"}, {"port": 9090, "protocol": "UDP"}
@@ -268,14 +262,10 @@ fn several_ports_to_one_peer_share_a_rule() {
 
 #[test]
 fn one_port_to_several_peers_never_lends_ports() {
-    let observed = [
-        "prod/web-a -> prod/api 8080/TCP",
-        "prod/web-a -> prod/gateway 8080/TCP",
-        "prod/web-a -> prod/cache 8080/TCP",
-        "prod/web-a -> prod/cache 6379/TCP",
-    ];
+    let observed =
+        ["-> prod/api 8080/TCP", "-> prod/gateway 8080/TCP", "-> prod/cache 8080/TCP", "-> prod/cache 6379/TCP"];
     // cache's 6379 must not reach api or gateway, though all share 8080.
-    let probes = ["prod/web-a -> prod/api 6379/TCP", "prod/web-a -> prod/gateway 6379/TCP"];
+    let probes = ["-> prod/api 6379/TCP", "-> prod/gateway 6379/TCP"];
     let s = round_trip(&observed, &probes, false, &[]);
     let sel = |app: &str| json!({"podSelector": {"matchLabels": {"app": app}}});
     let port = |p: u16| json!({"port": p, "protocol": "TCP"});
@@ -290,8 +280,8 @@ fn one_port_to_several_peers_never_lends_ports() {
 
 #[test]
 fn observed_peers_with_more_labels_are_kept_out() {
-    let observed = ["prod/web-a -> prod/api 8080/TCP", "prod/web-a -> prod/api-canary 9090/TCP"];
-    let probes = ["prod/web-a -> prod/api-canary 8080/TCP", "prod/web-a -> prod/api 9090/TCP"];
+    let observed = ["-> prod/api 8080/TCP", "-> prod/api-canary 9090/TCP"];
+    let probes = ["-> prod/api-canary 8080/TCP", "-> prod/api 9090/TCP"];
     let s = round_trip(&observed, &probes, false, &[]);
     let api = &spec_json(&s)["egress"][0]["to"][0]["podSelector"];
     assert_eq!(api["matchExpressions"], json!([{"key": "track", "operator": "NotIn", "values": ["canary"]}]));
@@ -311,7 +301,7 @@ fn ingress_from_two_client_workloads_next_to_default_deny() {
         "prod/cache -> prod/web-a 8080/TCP",
         "prod/api -> prod/web-a 9100/TCP",
         "203.0.113.1 -> prod/web-a 8080/TCP",
-        "prod/web-a -> prod/api 8080/TCP",
+        "-> prod/api 8080/TCP",
     ];
     let s = round_trip(&observed, &probes, false, &[deny]);
     let spec = spec_json(&s);
@@ -322,21 +312,21 @@ fn ingress_from_two_client_workloads_next_to_default_deny() {
 
 #[test]
 fn dns_rule_allows_both_protocols_to_observed_resolvers_only() {
-    let observed = ["prod/web-a -> kube-system/coredns 53/UDP", "prod/web-a -> prod/api 8080/TCP"];
+    let observed = ["-> kube-system/coredns 53/UDP", "-> prod/api 8080/TCP"];
     let mut probes = vec![
-        "prod/web-a -> kube-system/metrics 53/UDP",
-        "prod/web-a -> 8.8.8.8 53/UDP",
-        "prod/web-a -> kube-system/coredns 9153/TCP",
-        "prod/web-a -> prod/api 53/UDP",
+        "-> kube-system/metrics 53/UDP",
+        "-> 8.8.8.8 53/UDP",
+        "-> kube-system/coredns 9153/TCP",
+        "-> prod/api 53/UDP",
     ];
     let s = round_trip(&observed, &probes, true, &[]);
     let view = view([&s.policy]);
-    assert!(allowed_by(&governed(&view, WEB, "prod/web-a -> kube-system/coredns 53/TCP"), "podlens-suggested-web"));
+    assert!(allowed_by(&governed(&view, WEB, "-> kube-system/coredns 53/TCP"), "podlens-suggested-web"));
     let dns = &spec_json(&s)["egress"][1];
     assert_eq!(dns["ports"], json!([{"port": 53, "protocol": "TCP"}, {"port": 53, "protocol": "UDP"}]));
     assert_eq!(dns["to"][0]["podSelector"], json!({"matchLabels": {"k8s-app": "kube-dns"}}));
     // Without the flag port 53 is one more port, allowed exactly as seen.
-    probes.push("prod/web-a -> kube-system/coredns 53/TCP");
+    probes.push("-> kube-system/coredns 53/TCP");
     round_trip(&observed, &probes, false, &[]);
 }
 
@@ -357,7 +347,7 @@ fn stable_labels_drop_churn_and_keep_what_all_pods_share() {
 
 #[test]
 fn unlabelled_pod_peers_are_left_out_and_reported() {
-    let observed = ["prod/web-a -> prod/api 8080/TCP", "prod/web-a -> prod/batch 8080/TCP"];
+    let observed = ["-> prod/api 8080/TCP", "-> prod/batch 8080/TCP"];
     let w = workload(WEB, &observed, false);
     let s = suggest(&w).unwrap();
     assert_eq!(s.left_out, vec![w.flows[1].clone()]);
@@ -368,11 +358,7 @@ fn unlabelled_pod_peers_are_left_out_and_reported() {
 
 #[test]
 fn output_is_deterministic() {
-    let observed = [
-        "prod/web-a -> prod/cache 6379/TCP",
-        "prod/gateway -> prod/web-a 8080/TCP",
-        "prod/web-a -> 2001:db8::1 443/TCP",
-    ];
+    let observed = ["-> prod/cache 6379/TCP", "prod/gateway -> prod/web-a 8080/TCP", "-> 2001:db8::1 443/TCP"];
     let mut w = workload(WEB, &observed, true);
     let first = suggest(&w).unwrap();
     w.flows.reverse();
@@ -393,7 +379,7 @@ fn minimal_change_appends_only_the_missing_rules() {
     }))
     .unwrap();
     let before = view([&existing]);
-    let denied = "prod/web-a -> prod/cache 6379/TCP";
+    let denied = "-> prod/cache 6379/TCP";
     let ingress = "prod/gateway -> prod/web-a 8080/TCP";
     assert!(matches!(governed(&before, WEB, denied), Decision::Denied { .. }));
     assert_eq!(governed(&before, WEB, ingress), Decision::NotIsolated);
@@ -409,12 +395,10 @@ fn minimal_change_appends_only_the_missing_rules() {
     assert_eq!(back, changed);
 
     let after = view([&changed]);
-    for conn in [denied, "prod/web-a -> prod/api 8080/TCP"] {
+    for conn in [denied, "-> prod/api 8080/TCP"] {
         assert!(allowed_by(&governed(&after, WEB, conn), "web-egress"), "{conn}");
     }
-    for probe in
-        ["prod/web-a -> prod/cache 8080/TCP", "prod/web-a -> prod/api 6379/TCP", "prod/web-a -> prod/cache 6379/UDP"]
-    {
+    for probe in ["-> prod/cache 8080/TCP", "-> prod/api 6379/TCP", "-> prod/cache 6379/UDP"] {
         assert!(matches!(governed(&after, WEB, probe), Decision::Denied { .. }), "{probe}");
     }
     // The ingress flow is not this policy's doing: ingress stays open.
