@@ -220,6 +220,8 @@ impl<'a> Classifier<'a> {
             (out.egress, out.ingress) = self.judge(remote, local, flow.local_port, protocol);
             return out;
         }
+        // A pod's address wins over a service claiming it too (only in an
+        // inconsistent snapshot): that flow already reached the pod.
         let target = frontend.filter(|_| self.view.pod_by_ip(flow.remote_ip).is_none());
         let Some((protocol, target)) = target else {
             let remote = self.view.endpoint(flow.remote_ip);

@@ -1,7 +1,6 @@
 //! Flow classification, service resolution and workload owners over one small
-//! cluster. Classification cases are a set of policies and one observed flow,
-//! written as `local -> remote`, where the local pod is `namespace/name`,
-//! `uid:...` or `-` (address only).
+//! cluster. Classification cases name the policies in force (from [`policy`])
+//! and one observed flow, written as [`flow`] describes.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -16,7 +15,7 @@ use k8s_openapi::{
 use serde_json::{json, Value};
 
 use super::{
-    classify::{BackendClass, Class, Classifier, FlowEnd, ObservedFlow},
+    classify::{BackendClass, Class, Classifier, FlowClass, FlowEnd, ObservedFlow},
     eval::{ClusterView, Direction, Protocol, RuleRef},
     owners::{OwnerIndex, OwnerObject, Workload},
     services::ServiceIndex,
@@ -57,55 +56,69 @@ fn slice(service: &str, family: &str, ports: Value, endpoints: Value) -> Endpoin
     .unwrap()
 }
 
+#[rustfmt::skip]
 fn services() -> ServiceIndex {
-    let http = json!([{"name": "http", "port": 8080, "protocol": "TCP"}]);
+    let one = |port: u16| json!([{"port": port}]);
     let services = [
-        svc(
-            "api",
-            json!({"clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10", "fd00:96::10"], "ports": [
-            {"name": "http", "port": 80, "targetPort": "http"},
-            {"name": "metrics", "port": 9090, "targetPort": 9090}]}),
-        ),
-        svc("db", json!({"clusterIP": "10.96.0.20", "ports": [{"port": 5432}]})),
-        svc("empty", json!({"clusterIP": "10.96.0.30", "ports": [{"port": 80}]})),
+        svc("api", json!({"clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10", "fd00:96::10"], "ports": [
+            {"name": "http", "port": 80, "targetPort": "http"}, {"name": "metrics", "port": 9090}]})),
+        svc("db", json!({"clusterIP": "10.96.0.20", "ports": one(5432)})),
+        svc("empty", json!({"clusterIP": "10.96.0.30", "ports": one(80)})),
         svc("drain", json!({"clusterIP": "10.96.0.40", "ports": [{"name": "http", "port": 80}]})),
-        svc("headless", json!({"clusterIP": "None", "ports": [{"port": 80}]})),
-        svc(
-            "ext",
-            json!({"type": "ExternalName", "externalName": "example.com", "clusterIP": "10.96.0.50",
-                          "ports": [{"port": 80}]}),
-        ),
+        svc("headless", json!({"clusterIP": "None", "ports": one(80)})),
+        svc("ext", json!({"type": "ExternalName", "externalName": "a.example", "clusterIP": "10.96.0.50",
+            "ports": one(80)})),
     ];
+    let http = json!([{"name": "http", "port": 8080, "protocol": "TCP"}]);
     let slices = [
-        slice(
-            "api",
-            "IPv4",
-            http.clone(),
-            json!([
-            {"addresses": ["10.0.1.3"], "conditions": {"ready": true}},
-            {"addresses": ["10.0.1.2"]},
-            {"addresses": ["10.0.1.9"], "conditions": {"ready": false, "serving": false}}]),
-        ),
+        slice("api", "IPv4", http.clone(), json!([
+            {"addresses": ["10.0.1.3"], "conditions": {"ready": true}}, {"addresses": ["10.0.1.2"]},
+            {"addresses": ["10.0.1.9"], "conditions": {"ready": false, "serving": false}}])),
         slice("api", "IPv6", http.clone(), json!([{"addresses": ["fd00::3"]}])),
         // A hand-written slice whose only port is not named like the service's.
         slice("db", "IPv4", json!([{"name": "pg", "port": 5432}]), json!([{"addresses": ["10.0.1.4"]}])),
-        slice(
-            "drain",
-            "IPv4",
-            http,
-            json!([{"addresses": ["10.0.1.2"], "conditions": {"ready": false, "serving": true}}]),
-        ),
-        slice("headless", "IPv4", json!([{"port": 80}]), json!([{"addresses": ["10.0.1.4"]}])),
+        slice("drain", "IPv4", http,
+            json!([{"addresses": ["10.0.1.2"], "conditions": {"ready": false, "serving": true}}])),
+        slice("headless", "IPv4", one(80), json!([{"addresses": ["10.0.1.4"]}])),
     ];
     ServiceIndex::new(&services, &slices)
 }
 
-fn np(id: &str, spec: Value) -> Value {
-    let (ns, name) = id.split_once('/').unwrap();
-    json!({"metadata": {"namespace": ns, "name": name}, "spec": spec})
+/// The policies cases pick by name, all in `prod`.
+#[rustfmt::skip]
+fn policy(name: &str) -> Value {
+    let is = |key: &str, value: &str| json!({"matchLabels": {key: value}});
+    let from_web = json!([{"podSelector": is("app", "web")}]);
+    let (web, db, api) = (is("app", "web"), is("app", "db"), is("app", "api"));
+    let spec = match name {
+        "web-out" => json!({"podSelector": web, "policyTypes": ["Egress"],
+            "egress": [{"to": [{"podSelector": api}], "ports": [{"port": 8080}]}]}),
+        "api-in" => json!({"podSelector": api, "ingress": [{"from": [{"namespaceSelector": {}}]}, {"from": from_web}]}),
+        "web-any" => json!({"podSelector": web, "policyTypes": ["Egress"],
+            "egress": [{"to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}]}]}),
+        "api-ns" => json!({"podSelector": api, "ingress": [{"from": [{"namespaceSelector": {}}]}]}),
+        "db-deny" => json!({"podSelector": db, "policyTypes": ["Ingress"]}),
+        "web-deny" => json!({"podSelector": web, "policyTypes": ["Egress"]}),
+        "web-cidr" => json!({"podSelector": web, "policyTypes": ["Egress"],
+            "egress": [{"to": [{"ipBlock": {"cidr": "93.184.216.0/24"}}], "ports": [{"port": 443}]}]}),
+        "web-public" => json!({"podSelector": web,
+            "ingress": [{"from": [{"ipBlock": {"cidr": "0.0.0.0/0"}}], "ports": [{"port": 443}]}]}),
+        "db-dns" => json!({"podSelector": db,
+            "ingress": [{"from": from_web, "ports": [{"protocol": "UDP", "port": 5353}]}]}),
+        "a-in" => json!({"podSelector": is("shard", "a"),
+            "ingress": [{"from": from_web, "ports": [{"port": "http"}]}]}),
+        "b-in" => json!({"podSelector": is("shard", "b"), "ingress": [{"from": from_web, "ports": [{"port": 8080}]}]}),
+        "lock-b" => json!({"podSelector": is("shard", "b"), "policyTypes": ["Ingress"]}),
+        _ => panic!("no policy {name}"),
+    };
+    json!({"metadata": {"namespace": "prod", "name": name}, "spec": spec})
 }
 
-fn flow(local: &str, from: &str, to: &str, protocol: u8, local_is_client: Option<bool>) -> ObservedFlow {
+/// `local address > remote address protocol`, where `>` says the local end
+/// is the client, `<` the server and `?` unknown; `local` is `namespace/name`,
+/// `uid:...` or `-` (address only).
+fn flow(spec: &str) -> ObservedFlow {
+    let [local, from, arrow, to, protocol] = spec.split(' ').collect::<Vec<_>>()[..] else { panic!("{spec}") };
     let (from, to): (SocketAddr, SocketAddr) = (from.parse().unwrap(), to.parse().unwrap());
     let end = match (local.strip_prefix("uid:"), local.split_once('/')) {
         (Some(uid), _) => FlowEnd { uid: Some(uid.to_owned()), ..FlowEnd::default() },
@@ -118,8 +131,17 @@ fn flow(local: &str, from: &str, to: &str, protocol: u8, local_is_client: Option
         local_port: from.port(),
         remote_ip: to.ip(),
         remote_port: to.port(),
-        protocol,
-        local_is_client,
+        protocol: match protocol {
+            "tcp" => 6,
+            "udp" => 17,
+            "icmp" => 1,
+            _ => panic!("{spec}"),
+        },
+        local_is_client: match arrow {
+            ">" => Some(true),
+            "<" => Some(false),
+            _ => None,
+        },
         fqdn: None,
     }
 }
@@ -155,209 +177,118 @@ fn id_of(id: &str) -> Option<(String, String)> {
     id.split_once('/').map(|(ns, name)| (ns.to_owned(), name.to_owned()))
 }
 
-fn view(policies: &[Value]) -> ClusterView {
+fn view(policies: &[&str]) -> ClusterView {
     let namespaces: Vec<Namespace> = ["prod", "dev"]
         .iter()
         .map(|n| serde_json::from_value(json!({"metadata": {"name": n, "labels": {"env": n}}})).unwrap())
         .collect();
-    let policies: Vec<NetworkPolicy> = policies.iter().map(|p| serde_json::from_value(p.clone()).unwrap()).collect();
+    let policies: Vec<NetworkPolicy> = policies.iter().map(|p| serde_json::from_value(policy(p)).unwrap()).collect();
     let (view, errors) = ClusterView::new(pods(), namespaces, policies);
     assert!(errors.is_empty(), "{errors:?}");
     view
 }
 
-struct Case {
-    name: &'static str,
-    policies: Vec<Value>,
-    flow: ObservedFlow,
-    /// local is client, client pod, server pod, service, server port
-    ends: (bool, &'static str, &'static str, &'static str, u16),
-    egress: E,
-    ingress: E,
+fn classify(policies: &[&str], spec: &str) -> FlowClass {
+    let (view, index) = (view(policies), services());
+    Classifier::new(&view, &index, pods()).classify(&flow(spec))
 }
+
+/// (local is client, client pod, server pod, service, server port); "" for none.
+type Ends = (bool, &'static str, &'static str, &'static str, u16);
+/// (name, policies, flow, ends, egress, ingress)
+type FlowCase = (&'static str, &'static [&'static str], &'static str, Ends, E, E);
 
 #[test]
 fn classifies_flows() {
-    let web_out = np(
-        "prod/web-out",
-        json!({"podSelector": {"matchLabels": {"app": "web"}}, "policyTypes": ["Egress"],
-        "egress": [{"to": [{"podSelector": {"matchLabels": {"app": "api"}}}], "ports": [{"port": 8080}]}]}),
-    );
-    let api_in = np(
-        "prod/api-in",
-        json!({"podSelector": {"matchLabels": {"app": "api"}}, "ingress": [
-        {"from": [{"namespaceSelector": {}}]}, {"from": [{"podSelector": {"matchLabels": {"app": "web"}}}]}]}),
-    );
-    let web_any = np(
-        "prod/web-any",
-        json!({"podSelector": {"matchLabels": {"app": "web"}}, "policyTypes": ["Egress"],
-        "egress": [{"to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}]}]}),
-    );
-    let api_ns = np(
-        "prod/api-ns",
-        json!({"podSelector": {"matchLabels": {"app": "api"}},
-        "ingress": [{"from": [{"namespaceSelector": {}}]}]}),
-    );
-    let db_deny =
-        np("prod/db-deny", json!({"podSelector": {"matchLabels": {"app": "db"}}, "policyTypes": ["Ingress"]}));
-    let web_deny =
-        np("prod/web-deny", json!({"podSelector": {"matchLabels": {"app": "web"}}, "policyTypes": ["Egress"]}));
-    let web_cidr = np(
-        "prod/web-cidr",
-        json!({"podSelector": {"matchLabels": {"app": "web"}}, "policyTypes": ["Egress"],
-        "egress": [{"to": [{"ipBlock": {"cidr": "93.184.216.0/24"}}], "ports": [{"port": 443}]}]}),
-    );
-    let web_public = np(
-        "prod/web-public",
-        json!({"podSelector": {"matchLabels": {"app": "web"}},
-        "ingress": [{"from": [{"ipBlock": {"cidr": "0.0.0.0/0"}}], "ports": [{"port": 443}]}]}),
-    );
-    let db_dns = np(
-        "prod/db-dns",
-        json!({"podSelector": {"matchLabels": {"app": "db"}}, "ingress": [
-        {"from": [{"podSelector": {"matchLabels": {"app": "web"}}}], "ports": [{"protocol": "UDP", "port": 5353}]}]}),
-    );
-    let (web, api_a, db) = ("prod/web", "prod/api-a", "prod/db");
+    use E::*;
+    const WEB_DB: &str = "prod/web 10.0.1.1:40000 > 10.0.1.4:5432 tcp";
     #[rustfmt::skip]
-    let cases = vec![
-        Case { name: "pod to pod, specific both ways", policies: vec![web_out, api_in],
-            flow: flow(web, "10.0.1.1:40000", "10.0.1.2:8080", 6, Some(true)), ends: (true, web, api_a, "", 8080),
-            egress: E::Specific(&[("prod/web-out", 0)]), ingress: E::Specific(&[("prod/api-in", 1)]) },
-        Case { name: "only 0.0.0.0/0 allows it", policies: vec![web_any.clone()],
-            flow: flow(web, "10.0.1.1:40000", "10.0.1.2:8080", 6, Some(true)), ends: (true, web, api_a, "", 8080),
-            egress: E::Broad(&[("prod/web-any", 0)]), ingress: E::Open },
-        Case { name: "namespaceSelector {} is broad", policies: vec![api_ns],
-            flow: flow("dev/tool", "10.0.2.1:40000", "10.0.1.2:8080", 6, Some(true)),
-            ends: (true, "dev/tool", api_a, "", 8080), egress: E::Open, ingress: E::Broad(&[("prod/api-ns", 0)]) },
-        Case { name: "not isolated", policies: vec![],
-            flow: flow(web, "10.0.1.1:40000", "10.0.1.4:5432", 6, Some(true)), ends: (true, web, db, "", 5432),
-            egress: E::Open, ingress: E::Open },
-        Case { name: "denied but observed", policies: vec![db_deny.clone(), web_deny],
-            flow: flow(web, "10.0.1.1:40000", "10.0.1.4:5432", 6, Some(true)), ends: (true, web, db, "", 5432),
-            egress: E::Gap(&["prod/web-deny"]), ingress: E::Gap(&["prod/db-deny"]) },
-        Case { name: "external destination", policies: vec![web_cidr],
-            flow: flow(web, "10.0.1.1:40000", "93.184.216.34:443", 6, Some(true)), ends: (true, web, "", "", 443),
-            egress: E::Specific(&[("prod/web-cidr", 0)]), ingress: E::Na },
-        Case { name: "external client to a pod", policies: vec![web_public],
-            flow: flow(web, "10.0.1.1:443", "203.0.113.5:51000", 6, Some(false)), ends: (false, "", web, "", 443),
-            egress: E::Na, ingress: E::Broad(&[("prod/web-public", 0)]) },
-        Case { name: "unknown direction: the lower port serves", policies: vec![],
-            flow: flow(api_a, "10.0.1.2:8080", "10.0.1.1:45000", 6, None), ends: (false, web, api_a, "", 8080),
-            egress: E::Open, ingress: E::Open },
-        Case { name: "unknown direction: a tie makes local the client", policies: vec![],
-            flow: flow(web, "10.0.1.1:5000", "10.0.1.4:5000", 6, None), ends: (true, web, db, "", 5000),
-            egress: E::Open, ingress: E::Open },
-        Case { name: "unknown direction: a service port is a server", policies: vec![db_deny.clone()],
-            flow: flow(web, "10.0.1.1:22", "10.96.0.20:5432", 6, None), ends: (true, web, db, "prod/db", 5432),
-            egress: E::Open, ingress: E::Gap(&["prod/db-deny"]) },
-        Case { name: "UDP allowed by a UDP port", policies: vec![db_dns.clone()],
-            flow: flow(web, "10.0.1.1:40000", "10.0.1.4:5353", 17, Some(true)), ends: (true, web, db, "", 5353),
-            egress: E::Open, ingress: E::Specific(&[("prod/db-dns", 0)]) },
-        Case { name: "TCP to a UDP-only rule", policies: vec![db_dns],
-            flow: flow(web, "10.0.1.1:40000", "10.0.1.4:5353", 6, Some(true)), ends: (true, web, db, "", 5353),
-            egress: E::Open, ingress: E::Gap(&["prod/db-dns"]) },
-        Case { name: "ICMP is not policy-relevant", policies: vec![db_deny],
-            flow: flow(web, "10.0.1.1:0", "10.0.1.4:0", 1, None), ends: (true, web, db, "", 0),
-            egress: E::Na, ingress: E::Na },
-        Case { name: "ICMP to a ClusterIP is not a service flow", policies: vec![],
-            flow: flow(web, "10.0.1.1:0", "10.96.0.10:0", 1, None), ends: (true, web, "", "", 0),
-            egress: E::Na, ingress: E::Na },
-        Case { name: "local pod by uid", policies: vec![web_any.clone()],
-            flow: flow("uid:uid-web", "10.0.1.1:40000", "10.0.1.4:5432", 6, Some(true)), ends: (true, web, db, "", 5432),
-            egress: E::Broad(&[("prod/web-any", 0)]), ingress: E::Open },
-        Case { name: "local pod by address", policies: vec![web_any.clone()],
-            flow: flow("-", "10.0.1.1:40000", "10.0.1.4:5432", 6, Some(true)), ends: (true, web, db, "", 5432),
-            egress: E::Broad(&[("prod/web-any", 0)]), ingress: E::Open },
-        Case { name: "local pod newer than the view", policies: vec![web_any.clone()],
-            flow: flow("prod/web-2", "10.0.1.1:40000", "10.0.1.4:5432", 6, Some(true)), ends: (true, "", db, "", 5432),
-            egress: E::Na, ingress: E::Open },
-        Case { name: "unknown uid", policies: vec![web_any],
-            flow: flow("uid:nope", "10.0.1.1:40000", "10.0.1.4:5432", 6, Some(true)), ends: (true, "", db, "", 5432),
-            egress: E::Na, ingress: E::Open },
+    let cases: &[FlowCase] = &[
+        ("pod to pod, specific both ways; the broad rule left out", &["web-out", "api-in"],
+            "prod/web 10.0.1.1:40000 > 10.0.1.2:8080 tcp", (true, "prod/web", "prod/api-a", "", 8080),
+            Specific(&[("prod/web-out", 0)]), Specific(&[("prod/api-in", 1)])),
+        ("allowed only by 0.0.0.0/0", &["web-any"], "prod/web 10.0.1.1:40000 > 10.0.1.2:8080 tcp",
+            (true, "prod/web", "prod/api-a", "", 8080), Broad(&[("prod/web-any", 0)]), Open),
+        ("namespaceSelector {} is broad", &["api-ns"], "dev/tool 10.0.2.1:40000 > 10.0.1.2:8080 tcp",
+            (true, "dev/tool", "prod/api-a", "", 8080), Open, Broad(&[("prod/api-ns", 0)])),
+        ("not isolated", &[], WEB_DB, (true, "prod/web", "prod/db", "", 5432), Open, Open),
+        ("denied but observed", &["db-deny", "web-deny"], WEB_DB, (true, "prod/web", "prod/db", "", 5432),
+            Gap(&["prod/web-deny"]), Gap(&["prod/db-deny"])),
+        ("external destination", &["web-cidr"], "prod/web 10.0.1.1:40000 > 93.184.216.34:443 tcp",
+            (true, "prod/web", "", "", 443), Specific(&[("prod/web-cidr", 0)]), Na),
+        ("external client", &["web-public"], "prod/web 10.0.1.1:443 < 203.0.113.5:51000 tcp",
+            (false, "", "prod/web", "", 443), Na, Broad(&[("prod/web-public", 0)])),
+        ("unknown direction: the lower port serves", &[], "prod/api-a 10.0.1.2:8080 ? 10.0.1.1:45000 tcp",
+            (false, "prod/web", "prod/api-a", "", 8080), Open, Open),
+        ("unknown direction: on a tie local is the client", &[], "prod/web 10.0.1.1:5000 ? 10.0.1.4:5000 tcp",
+            (true, "prod/web", "prod/db", "", 5000), Open, Open),
+        ("unknown direction: a service port serves", &["db-deny"], "prod/web 10.0.1.1:22 ? 10.96.0.20:5432 tcp",
+            (true, "prod/web", "prod/db", "prod/db", 5432), Open, Gap(&["prod/db-deny"])),
+        ("UDP allowed by a UDP port", &["db-dns"], "prod/web 10.0.1.1:40000 > 10.0.1.4:5353 udp",
+            (true, "prod/web", "prod/db", "", 5353), Open, Specific(&[("prod/db-dns", 0)])),
+        ("TCP to a UDP-only rule", &["db-dns"], "prod/web 10.0.1.1:40000 > 10.0.1.4:5353 tcp",
+            (true, "prod/web", "prod/db", "", 5353), Open, Gap(&["prod/db-dns"])),
+        ("ICMP is outside policy", &["db-deny"], "prod/web 10.0.1.1:0 ? 10.0.1.4:0 icmp",
+            (true, "prod/web", "prod/db", "", 0), Na, Na),
+        ("ICMP to a ClusterIP is no service flow", &[], "prod/web 10.0.1.1:0 ? 10.96.0.10:0 icmp",
+            (true, "prod/web", "", "", 0), Na, Na),
+        ("local pod by uid", &["web-any"], "uid:uid-web 10.0.1.1:40000 > 10.0.1.4:5432 tcp",
+            (true, "prod/web", "prod/db", "", 5432), Broad(&[("prod/web-any", 0)]), Open),
+        ("local pod by address", &["web-any"], "- 10.0.1.1:40000 > 10.0.1.4:5432 tcp",
+            (true, "prod/web", "prod/db", "", 5432), Broad(&[("prod/web-any", 0)]), Open),
+        ("local pod newer than the view", &["web-any"], "prod/web-2 10.0.1.1:40000 > 10.0.1.4:5432 tcp",
+            (true, "", "prod/db", "", 5432), Na, Open),
+        ("unknown uid", &["web-any"], "uid:nope 10.0.1.1:40000 > 10.0.1.4:5432 tcp",
+            (true, "", "prod/db", "", 5432), Na, Open),
     ];
-    let index = services();
-    for case in cases {
-        let view = view(&case.policies);
-        let mut observed = case.flow.clone();
-        observed.fqdn = Some("name.example".to_owned());
+    for &(name, policies, spec, (local_is_client, client, server, service, port), egress, ingress) in cases {
+        let (view, index) = (view(policies), services());
+        let observed = ObservedFlow { fqdn: Some("name.example".to_owned()), ..flow(spec) };
         let got = Classifier::new(&view, &index, pods()).classify(&observed);
-        let (local_is_client, client, server, service, port) = case.ends;
-        let name = case.name;
         assert_eq!(got.local_is_client, local_is_client, "{name}: direction");
         assert_eq!(got.client_pod, id_of(client), "{name}: client");
         assert_eq!(got.server_pod, id_of(server), "{name}: server");
         assert_eq!(got.service, id_of(service), "{name}: service");
         assert_eq!(got.server_port, port, "{name}: server port");
-        assert_eq!(got.egress, class(case.egress, Direction::Egress), "{name}: egress");
-        assert_eq!(got.ingress, class(case.ingress, Direction::Ingress), "{name}: ingress");
-        assert_eq!((got.protocol, got.fqdn.as_deref()), (case.flow.protocol, Some("name.example")), "{name}");
+        assert_eq!(got.egress, class(egress, Direction::Egress), "{name}: egress");
+        assert_eq!(got.ingress, class(ingress, Direction::Ingress), "{name}: ingress");
+        assert_eq!((got.protocol, got.fqdn.as_deref()), (observed.protocol, Some("name.example")), "{name}");
+        assert_eq!(got.backends.len(), usize::from(!service.is_empty()), "{name}: backends");
     }
-}
-
-fn backend(ip: &str, pod: &str, egress: E, ingress: E) -> BackendClass {
-    let (egress, ingress) = (class(egress, Direction::Egress), class(ingress, Direction::Ingress));
-    BackendClass { ip: ip.parse().unwrap(), port: 8080, pod: id_of(pod), egress, ingress }
 }
 
 #[test]
 fn service_flows_are_classified_per_backend() {
-    let web = json!({"podSelector": {"matchLabels": {"app": "web"}}});
-    let allow = |id: &str, shard: &str, port: Value| {
-        np(
-            id,
-            json!({"podSelector": {"matchLabels": {"shard": shard}}, "ingress": [{"from": [web.clone()], "ports": [{"port": port}]}]}),
-        )
-    };
-    let lock_b = np("prod/lock-b", json!({"podSelector": {"matchLabels": {"shard": "b"}}, "policyTypes": ["Ingress"]}));
-    let both = [allow("prod/a-in", "a", json!("http")), allow("prod/b-in", "b", json!(8080))];
-    let one_locked = [allow("prod/a-in", "a", json!("http")), lock_b];
-    let (a, b) = (E::Specific(&[("prod/a-in", 0)]), E::Specific(&[("prod/b-in", 0)]));
+    use E::*;
+    let (a, b, locked) = (Specific(&[("prod/a-in", 0)]), Specific(&[("prod/b-in", 0)]), Gap(&["prod/lock-b"]));
     #[rustfmt::skip]
-    let cases: [(&str, &[Value], E, Vec<BackendClass>); 2] = [
-        ("both allowed, by named and numbered target port", &both,
-            E::Specific(&[("prod/a-in", 0), ("prod/b-in", 0)]),
-            vec![backend("10.0.1.2", "prod/api-a", E::Open, a), backend("10.0.1.3", "prod/api-b", E::Open, b)]),
-        ("one backend denied: the worst wins", &one_locked, E::Gap(&["prod/lock-b"]),
-            vec![backend("10.0.1.2", "prod/api-a", E::Open, a),
-                 backend("10.0.1.3", "prod/api-b", E::Open, E::Gap(&["prod/lock-b"]))]),
+    let cases: [(&str, &[&str], E, [E; 2]); 2] = [
+        ("both allowed, by named and numbered target port", &["a-in", "b-in"],
+            Specific(&[("prod/a-in", 0), ("prod/b-in", 0)]), [a, b]),
+        ("one backend denied: the worst wins", &["a-in", "lock-b"], locked, [a, locked]),
     ];
-    let index = services();
-    for (name, policies, ingress, backends) in cases {
-        let view = view(policies);
-        let got = Classifier::new(&view, &index, pods()).classify(&flow(
-            "prod/web",
-            "10.0.1.1:40000",
-            "10.96.0.10:80",
-            6,
-            Some(true),
-        ));
+    for (name, policies, ingress, [ingress_a, ingress_b]) in cases {
+        let got = classify(policies, "prod/web 10.0.1.1:40000 > 10.96.0.10:80 tcp");
         assert_eq!(got.service, id_of("prod/api"), "{name}");
         assert_eq!((got.server_port, got.server_pod.clone()), (80, None), "{name}");
         assert_eq!(got.egress, Class::NotIsolated, "{name}");
         assert_eq!(got.ingress, class(ingress, Direction::Ingress), "{name}");
-        assert_eq!(got.backends, backends, "{name}");
+        let want =
+            [("10.0.1.2", "prod/api-a", ingress_a), ("10.0.1.3", "prod/api-b", ingress_b)].map(|(ip, pod, e)| {
+                let (egress, ingress) = (Class::NotIsolated, class(e, Direction::Ingress));
+                BackendClass { ip: ip.parse().unwrap(), port: 8080, pod: id_of(pod), egress, ingress }
+            });
+        assert_eq!(got.backends, want, "{name}");
     }
 }
 
 #[test]
 fn service_without_backends_reports_only_an_open_client() {
-    let index = services();
-    let deny =
-        [np("prod/web-deny", json!({"podSelector": {"matchLabels": {"app": "web"}}, "policyTypes": ["Egress"]}))];
-    for (policies, egress) in [(&[][..], Class::NotIsolated), (&deny[..], Class::NotApplicable)] {
-        let view = view(policies);
-        let got = Classifier::new(&view, &index, pods()).classify(&flow(
-            "prod/web",
-            "10.0.1.1:40000",
-            "10.96.0.30:80",
-            6,
-            Some(true),
-        ));
+    for (policies, egress) in [(&[][..], Class::NotIsolated), (&["web-deny"][..], Class::NotApplicable)] {
+        let got = classify(policies, "prod/web 10.0.1.1:40000 > 10.96.0.30:80 tcp");
         assert_eq!(got.service, id_of("prod/empty"));
-        assert_eq!(
-            (got.egress, got.ingress, got.backends, got.server_pod),
-            (egress, Class::NotApplicable, vec![], None)
-        );
+        let want = (egress, Class::NotApplicable, vec![], None);
+        assert_eq!((got.egress, got.ingress, got.backends, got.server_pod), want);
     }
 }
 
@@ -429,52 +360,54 @@ fn owner(api_version: &str, kind: &str, name: &str, uid: Option<&str>, refs: Vec
 
 #[test]
 fn owners_resolve_to_workloads() {
-    let rs = |name: &str| reference("apps/v1", "ReplicaSet", name, "", true);
-    let layer = |n: usize| reference("example.com/v1", "Layer", &format!("l{n}"), "", true);
+    let to = |api_version: &str, kind: &str, name: &str| reference(api_version, kind, name, "", true);
+    let weak = |api_version: &str, kind: &str, name: &str| reference(api_version, kind, name, "", false);
+    let rs = |name: &str| to("apps/v1", "ReplicaSet", name);
+    let layer = |n: usize| to("example.com/v1", "Layer", &format!("l{n}"));
     let mut objects = vec![
-        owner(
-            "apps/v1",
-            "ReplicaSet",
-            "web-5d8",
-            Some("rs-1"),
-            vec![reference("apps/v1", "Deployment", "web", "", true)],
-        ),
-        // Something owning the Deployment is not followed.
-        owner("apps/v1", "Deployment", "web", None, vec![reference("example.com/v1", "Platform", "main", "", true)]),
-        owner("batch/v1", "Job", "nightly-2900", None, vec![reference("batch/v1", "CronJob", "nightly", "", true)]),
+        owner("apps/v1", "ReplicaSet", "web-5d8", Some("rs-1"), vec![to("apps/v1", "Deployment", "web")]),
+        // What owns a Deployment is not followed.
+        owner("apps/v1", "Deployment", "web", None, vec![to("example.com/v1", "Platform", "main")]),
+        owner("batch/v1", "Job", "nightly-2900", None, vec![to("batch/v1", "CronJob", "nightly")]),
         owner("batch/v1", "CronJob", "nightly", None, vec![]),
         owner("apps/v1", "StatefulSet", "db", None, vec![]),
+        // A cycle of three, so that stopping at the hop bound would end elsewhere (loop-b).
         owner("apps/v1", "ReplicaSet", "loop-a", None, vec![rs("loop-b")]),
-        owner("apps/v1", "ReplicaSet", "loop-b", None, vec![rs("loop-a")]),
+        owner("apps/v1", "ReplicaSet", "loop-b", None, vec![rs("loop-c")]),
+        owner("apps/v1", "ReplicaSet", "loop-c", None, vec![rs("loop-a")]),
     ];
     objects.extend((0..10).map(|n| owner("example.com/v1", "Layer", &format!("l{n}"), None, vec![layer(n + 1)])));
     let index = OwnerIndex::new(objects);
     #[rustfmt::skip]
     let cases = [
         ("Deployment via ReplicaSet", "prod", vec![rs("web-5d8")], ("Deployment", "web")),
-        ("CronJob via Job", "prod", vec![reference("batch/v1", "Job", "nightly-2900", "j", true)], ("CronJob", "nightly")),
-        ("StatefulSet", "prod", vec![reference("apps/v1", "StatefulSet", "db", "s", true)], ("StatefulSet", "db")),
-        ("DaemonSet not listed", "prod", vec![reference("apps/v1", "DaemonSet", "agent", "d", true)], ("DaemonSet", "agent")),
+        ("CronJob via Job", "prod", vec![to("batch/v1", "Job", "nightly-2900")], ("CronJob", "nightly")),
+        ("StatefulSet", "prod", vec![to("apps/v1", "StatefulSet", "db")], ("StatefulSet", "db")),
+        ("DaemonSet not listed", "prod", vec![to("apps/v1", "DaemonSet", "agent")], ("DaemonSet", "agent")),
         ("bare pod", "prod", vec![], ("Pod", "p")),
         ("missing ReplicaSet", "prod", vec![rs("gone-6c7")], ("ReplicaSet", "gone-6c7")),
-        ("a cycle stops at its last new object", "prod", vec![rs("loop-a")], ("ReplicaSet", "loop-b")),
-        ("controller preferred", "prod", vec![reference("v1", "Node", "n1", "", false), rs("web-5d8")], ("Deployment", "web")),
+        ("a cycle stops at its last new object", "prod", vec![rs("loop-a")], ("ReplicaSet", "loop-c")),
+        ("controller preferred", "prod", vec![weak("v1", "Node", "n1"), rs("web-5d8")], ("Deployment", "web")),
         ("no controller: the first", "prod",
-            vec![reference("apps/v1", "StatefulSet", "db", "", false), reference("apps/v1", "ReplicaSet", "web-5d8", "", false)],
+            vec![weak("apps/v1", "StatefulSet", "db"), weak("apps/v1", "ReplicaSet", "web-5d8")],
             ("StatefulSet", "db")),
         ("long chain bounded", "prod", vec![layer(0)], ("Layer", "l7")),
         ("by uid", "prod", vec![reference("apps/v1", "ReplicaSet", "renamed", "rs-1", true)], ("Deployment", "web")),
-        ("another group's kind", "prod", vec![reference("x.io/v1", "ReplicaSet", "web-5d8", "", true)],
-            ("ReplicaSet", "web-5d8")),
+        ("another group's kind", "prod", vec![to("x.io/v1", "ReplicaSet", "web-5d8")], ("ReplicaSet", "web-5d8")),
         ("owners are namespace-local", "dev", vec![rs("web-5d8")], ("ReplicaSet", "web-5d8")),
     ];
     for (name, namespace, refs, (kind, workload)) in cases {
         let want = Workload { namespace: namespace.into(), kind: kind.into(), name: workload.into() };
         assert_eq!(index.workload(namespace, "p", &refs), want, "{name}");
     }
-    let pod: Pod = serde_json::from_value(json!({"metadata": {"name": "web-5d8-x", "ownerReferences": [
-        {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-5d8", "uid": "rs-1", "controller": true}]}}))
-    .unwrap();
-    let want = Workload { namespace: "default".into(), kind: "ReplicaSet".into(), name: "web-5d8".into() };
-    assert_eq!(index.workload_of(&pod), want, "uid found, but in another namespace; the pod defaults to default");
+    // The uid is known, but its object is in prod, and a pod without a namespace is in default.
+    for (namespace, want) in
+        [(json!("prod"), ("prod", "Deployment", "web")), (Value::Null, ("default", "ReplicaSet", "web-5d8"))]
+    {
+        let pod: Pod = serde_json::from_value(json!({"metadata": {"name": "web-5d8-x", "namespace": namespace,
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-5d8", "uid": "rs-1"}]}}))
+        .unwrap();
+        let want = Workload { namespace: want.0.into(), kind: want.1.into(), name: want.2.into() };
+        assert_eq!(index.workload_of(&pod), want);
+    }
 }

@@ -1,11 +1,16 @@
 //! NetworkPolicy semantics (networking.k8s.io/v1) over a cluster view, for
 //! `podlens policy check` and for classifying observed flows.
 
+pub mod classify;
 pub mod eval;
+pub mod owners;
 pub mod peer;
 pub mod selector;
+pub mod services;
 pub mod suggest;
 
+#[cfg(test)]
+mod classify_tests;
 #[cfg(test)]
 mod eval_tests;
 #[cfg(test)]
