@@ -1,8 +1,10 @@
 //! NetworkPolicy semantics (networking.k8s.io/v1) over a cluster view, for
 //! `podlens policy check` and for classifying observed flows.
 
+pub mod baseline;
 pub mod classify;
 pub mod eval;
+pub mod gaps;
 pub mod owners;
 pub mod peer;
 pub mod selector;
@@ -13,5 +15,7 @@ pub mod suggest;
 mod classify_tests;
 #[cfg(test)]
 mod eval_tests;
+#[cfg(test)]
+mod gaps_tests;
 #[cfg(test)]
 mod suggest_tests;
