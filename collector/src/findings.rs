@@ -46,7 +46,16 @@ impl FindingsFilter {
         f.end_unix_nano >= self.since
             && (self.node.is_empty() || self.node == node)
             && (self.kinds.is_empty() || self.kinds.iter().any(|k| *k as i32 == f.kind))
-            && (self.namespaces.is_empty() || victim_pod(f).is_some_and(|p| self.namespaces.contains(&p.namespace)))
+            && (self.namespaces.is_empty()
+                || subject_namespace(f).is_some_and(|ns| self.namespaces.iter().any(|n| n == ns)))
+    }
+}
+
+/// The namespace of what a finding is about: the victim pod's, or the workload's for policy gaps.
+pub fn subject_namespace(f: &pb::Finding) -> Option<&str> {
+    match &f.detail {
+        Some(Detail::PolicyGap(g)) => g.workload.as_ref().map(|w| w.namespace.as_str()),
+        _ => victim_pod(f).map(|p| p.namespace.as_str()),
     }
 }
 

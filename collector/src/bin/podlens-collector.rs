@@ -76,6 +76,15 @@ struct Args {
     /// Findings whose episode ended longer ago than this are dropped (e.g. 24h, 90m).
     #[arg(long, env = "PODLENS_FINDINGS_RETENTION", default_value = "24h", value_parser = parse_duration)]
     findings_retention: Duration,
+    /// Directory of cluster manifests (pods, namespaces, services, endpoint slices, NetworkPolicies,
+    /// workload owners; YAML/JSON as in a GitOps repo): turns on NetworkPolicy gap findings. Reloaded
+    /// every minute.
+    #[arg(long, env = "PODLENS_MANIFESTS")]
+    manifests: Option<PathBuf>,
+    /// Where each workload's known external destinations are kept (unexpected-egress findings);
+    /// default: egress-baseline.json in --state-dir, else memory only.
+    #[arg(long, env = "PODLENS_EGRESS_BASELINE")]
+    egress_baseline: Option<PathBuf>,
     /// Time consumers get to read the last records at shutdown.
     #[arg(long, env = "PODLENS_SHUTDOWN_GRACE", default_value = "5", value_name = "SECONDS")]
     shutdown_grace: u64,
@@ -176,6 +185,12 @@ async fn main() -> Result<()> {
             None
         }
     };
+    let mut policy_task = None;
+    if let Some(dir) = &args.manifests {
+        let baseline =
+            args.egress_baseline.clone().or_else(|| args.state_dir.as_ref().map(|d| d.join("egress-baseline.json")));
+        podlens_collector::policy::watch::start(&hub, dir.clone(), baseline)?;
+    }
     // Ingest stops first (agents keep what was not acknowledged and replay it
     // to the next collector), then consumers get what was published.
     let (ingest_stop_tx, ingest_stop_rx) = watch::channel(false);
@@ -196,6 +211,10 @@ async fn main() -> Result<()> {
         listeners: vec![("consumers", consumer_stats.clone()), ("ingest", ingest_stats.clone())],
     };
     let metrics_task = tokio::spawn(metrics::serve(args.metrics_listen, metrics_state, stopped(stop_rx.clone())));
+    if let Some(dir) = &args.manifests {
+        policy_task =
+            Some(tokio::spawn(podlens_collector::policy::watch::run(hub.clone(), dir.clone(), stop_rx.clone())));
+    }
     let mut ingest_task =
         tokio::spawn(ingest.serve_ingest(hub.clone(), store, sec.ingest_tls, ingest_stats, ingest_stop_rx));
     let mut consumer_task = tokio::spawn(consumers.serve_consumers(
@@ -223,6 +242,10 @@ async fn main() -> Result<()> {
         Err(_) => tracing::warn!(?grace, "consumers still connected at the end of the grace period"),
     }
     let _ = tokio::time::timeout(grace, metrics_task).await;
+    if let Some(t) = policy_task {
+        // writes the egress baseline one last time
+        let _ = tokio::time::timeout(grace, t).await;
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -32,12 +32,24 @@ Enum values are the proto names without their prefix, in lower case; unknown val
 pub enum Kind {
     /// A pod waited for CPU behind other pods or host processes.
     NoisyNeighbour,
+    /// A pod no NetworkPolicy selects, and the peers it talks to.
+    UnprotectedPod,
+    /// Egress no policy covers, or only a broad rule allows.
+    UncoveredEgress,
+    /// Traffic observed although the policies deny it.
+    EnforcementGap,
+    /// A destination outside the cluster first seen after the learning period.
+    UnexpectedEgress,
 }
 
 impl Kind {
     fn to_pb(self) -> pb::FindingKind {
         match self {
             Kind::NoisyNeighbour => pb::FindingKind::NoisyNeighbour,
+            Kind::UnprotectedPod => pb::FindingKind::UnprotectedPod,
+            Kind::UncoveredEgress => pb::FindingKind::UncoveredEgress,
+            Kind::EnforcementGap => pb::FindingKind::EnforcementGap,
+            Kind::UnexpectedEgress => pb::FindingKind::UnexpectedEgress,
         }
     }
 }

@@ -23,6 +23,7 @@ use podlens_proto::{compact::Tables, v1 as pb};
 use crate::{
     filter::Filter,
     findings::{Findings, FindingsFilter, DEFAULT_MAX_FINDINGS, DEFAULT_RETENTION},
+    policy::detector::PolicyDetector,
     talkers::Talkers,
     workloads::Workloads,
 };
@@ -159,9 +160,22 @@ pub struct Hub {
     talkers: Mutex<Talkers>,
     workloads: Mutex<Workloads>,
     findings: Mutex<Findings>,
+    /// Classifies flows against the cluster's NetworkPolicies, when a cluster view is configured.
+    policy: Mutex<Option<PolicyRun>>,
     consumer_buffer: usize,
     max_consumers: usize,
     pub stats: HubStats,
+}
+
+/// How often policy findings are refreshed in the findings store (ns of traffic time).
+pub const POLICY_FINDINGS_EVERY: u64 = 5_000_000_000;
+/// The node name policy findings carry: they are about the cluster, not one node.
+pub const POLICY_NODE: &str = "cluster";
+
+struct PolicyRun {
+    detector: PolicyDetector,
+    epoch: u64,
+    last_emit: u64,
 }
 
 fn now_unix_nanos() -> u64 {
@@ -184,6 +198,7 @@ impl Hub {
             // 15 minutes, 20 000 workloads a minute
             workloads: Mutex::new(Workloads::new(15, 20_000)),
             findings: Mutex::new(Findings::new(DEFAULT_MAX_FINDINGS, DEFAULT_RETENTION)),
+            policy: Mutex::new(None),
             consumer_buffer: consumer_buffer.max(1),
             max_consumers,
             stats: HubStats::default(),
@@ -193,6 +208,42 @@ impl Hub {
     /// Keeps at most `max` findings, none that ended more than `retention` ago.
     pub fn with_findings_limits(self, max: usize, retention: std::time::Duration) -> Self {
         Self { findings: Mutex::new(Findings::new(max, retention)), ..self }
+    }
+
+    /// Turns the policy detector on; its findings join the others every
+    /// `POLICY_FINDINGS_EVERY` of published traffic.
+    pub fn set_policy_detector(&self, d: PolicyDetector) {
+        *self.policy.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(PolicyRun { detector: d, epoch: now_unix_nanos(), last_emit: 0 });
+    }
+
+    /// Runs `f` on the policy detector, if there is one (reloads, persistence).
+    pub fn with_policy_detector<T>(&self, f: impl FnOnce(&mut PolicyDetector) -> T) -> Option<T> {
+        self.policy.lock().unwrap_or_else(|e| e.into_inner()).as_mut().map(|p| f(&mut p.detector))
+    }
+
+    fn run_policy(&self, records: &[pb::Record], tables: &Tables<'_>, now: u64) {
+        let mut guard = self.policy.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(run) = guard.as_mut() else { return };
+        run.detector.observe(records, tables, now);
+        if now.saturating_sub(run.last_emit) < POLICY_FINDINGS_EVERY {
+            return;
+        }
+        run.last_emit = now;
+        let found: Vec<pb::Record> = run
+            .detector
+            .findings(now)
+            .into_iter()
+            .map(|f| pb::Record {
+                node: POLICY_NODE.into(),
+                kind: Some(pb::record::Kind::Finding(f)),
+                ..Default::default()
+            })
+            .collect();
+        let epoch = run.epoch;
+        drop(guard);
+        let none = Tables::default();
+        self.findings.lock().unwrap_or_else(|e| e.into_inner()).add(&found, &none, epoch, now);
     }
 
     /// Restores what a previous collector run admitted, so replays are recognised.
@@ -285,6 +336,7 @@ impl Hub {
         self.workloads.lock().unwrap_or_else(|e| e.into_inner()).add(&batch.records, &tables, now);
         let agent_epoch = batch.node.as_ref().map_or(0, |n| n.agent_epoch_unix_nano);
         self.findings.lock().unwrap_or_else(|e| e.into_inner()).add(&batch.records, &tables, agent_epoch, now);
+        self.run_policy(&batch.records, &tables, now);
         let node = batch.node.unwrap_or_default();
         let published = Published {
             origin: Arc::new(pb::Origin {

@@ -3,6 +3,7 @@
 
 pub mod baseline;
 pub mod classify;
+pub mod detector;
 pub mod eval;
 pub mod gaps;
 pub mod owners;
@@ -10,6 +11,7 @@ pub mod peer;
 pub mod selector;
 pub mod services;
 pub mod suggest;
+pub mod watch;
 
 #[cfg(test)]
 mod classify_tests;

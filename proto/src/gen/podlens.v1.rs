@@ -660,7 +660,7 @@ pub struct Finding {
     /// One line for people.
     #[prost(string, tag = "6")]
     pub summary: ::prost::alloc::string::String,
-    #[prost(oneof = "finding::Detail", tags = "10")]
+    #[prost(oneof = "finding::Detail", tags = "10, 11")]
     pub detail: ::core::option::Option<finding::Detail>,
 }
 /// Nested message and enum types in `Finding`.
@@ -669,7 +669,47 @@ pub mod finding {
     pub enum Detail {
         #[prost(message, tag = "10")]
         NoisyNeighbour(super::NoisyNeighbour),
+        #[prost(message, tag = "11")]
+        PolicyGap(super::PolicyGap),
     }
+}
+/// A workload by its owner (Deployment, StatefulSet, DaemonSet, CronJob, Job, or the bare Pod).
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct WorkloadRef {
+    #[prost(string, tag = "1")]
+    pub namespace: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub kind: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub name: ::prost::alloc::string::String,
+}
+/// Observed traffic and the NetworkPolicies that do (not) cover it.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct PolicyGap {
+    #[prost(message, optional, tag = "1")]
+    pub workload: ::core::option::Option<WorkloadRef>,
+    /// "egress" (the workload is the client) or "ingress" (the server).
+    #[prost(string, tag = "2")]
+    pub direction: ::prost::alloc::string::String,
+    /// The other end, as precisely as known: a workload, a service, a name (FQDN) or a network.
+    #[prost(string, tag = "3")]
+    pub peer: ::prost::alloc::string::String,
+    /// The server port and protocol ("TCP", "UDP", "SCTP"); 0 / "" for an unprotected pod.
+    #[prost(uint32, tag = "4")]
+    pub port: u32,
+    #[prost(string, tag = "5")]
+    pub protocol: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "6")]
+    pub flows: u64,
+    #[prost(uint64, tag = "7")]
+    pub bytes: u64,
+    /// namespace/name: the denying policies of an enforcement gap, the policies whose broad rules
+    /// allow uncovered egress.
+    #[prost(string, repeated, tag = "8")]
+    pub policies: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// A minimal NetworkPolicy (YAML) that would cover exactly what was observed, when computed.
+    #[prost(string, tag = "9")]
+    pub suggestion: ::prost::alloc::string::String,
 }
 /// The victim, who delayed it, and by how much.
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -701,6 +741,14 @@ pub enum FindingKind {
     Unspecified = 0,
     /// A pod waited for CPU behind other pods or host processes.
     NoisyNeighbour = 1,
+    /// A pod no NetworkPolicy selects (for ingress or egress), and the peers it talks to.
+    UnprotectedPod = 2,
+    /// Egress of a workload that no policy covers, or only a broad rule allows.
+    UncoveredEgress = 3,
+    /// Traffic observed although the policies deny it: enforcement does not work.
+    EnforcementGap = 4,
+    /// A destination outside the cluster first seen after the workload's learning period.
+    UnexpectedEgress = 5,
 }
 impl FindingKind {
     /// String value of the enum field names used in the ProtoBuf definition.
@@ -711,6 +759,10 @@ impl FindingKind {
         match self {
             Self::Unspecified => "FINDING_KIND_UNSPECIFIED",
             Self::NoisyNeighbour => "FINDING_KIND_NOISY_NEIGHBOUR",
+            Self::UnprotectedPod => "FINDING_KIND_UNPROTECTED_POD",
+            Self::UncoveredEgress => "FINDING_KIND_UNCOVERED_EGRESS",
+            Self::EnforcementGap => "FINDING_KIND_ENFORCEMENT_GAP",
+            Self::UnexpectedEgress => "FINDING_KIND_UNEXPECTED_EGRESS",
         }
     }
     /// Creates an enum from field names used in the ProtoBuf definition.
@@ -718,6 +770,10 @@ impl FindingKind {
         match value {
             "FINDING_KIND_UNSPECIFIED" => Some(Self::Unspecified),
             "FINDING_KIND_NOISY_NEIGHBOUR" => Some(Self::NoisyNeighbour),
+            "FINDING_KIND_UNPROTECTED_POD" => Some(Self::UnprotectedPod),
+            "FINDING_KIND_UNCOVERED_EGRESS" => Some(Self::UncoveredEgress),
+            "FINDING_KIND_ENFORCEMENT_GAP" => Some(Self::EnforcementGap),
+            "FINDING_KIND_UNEXPECTED_EGRESS" => Some(Self::UnexpectedEgress),
             _ => None,
         }
     }

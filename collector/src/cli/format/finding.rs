@@ -30,11 +30,45 @@ pub fn state_name(v: i32) -> String {
 fn noisy_neighbour(f: &pb::Finding) -> Option<&pb::NoisyNeighbour> {
     match &f.detail {
         Some(Detail::NoisyNeighbour(n)) => Some(n),
-        None => None,
+        _ => None,
     }
 }
 
-/// One finding as JSON; `noisy_neighbour` is null for other kinds.
+fn policy_gap(f: &pb::Finding) -> Option<&pb::PolicyGap> {
+    match &f.detail {
+        Some(Detail::PolicyGap(g)) => Some(g),
+        _ => None,
+    }
+}
+
+fn workload_ref(w: Option<&pb::WorkloadRef>) -> String {
+    w.map_or_else(|| "-".into(), |w| format!("{}/{}/{}", w.namespace, w.kind.to_ascii_lowercase(), w.name))
+}
+
+fn gap_json(g: &pb::PolicyGap) -> Value {
+    json!({
+        "workload": g.workload.as_ref().map_or(Value::Null, |w| json!({"namespace": w.namespace, "kind": w.kind, "name": w.name})),
+        "direction": g.direction,
+        "peer": g.peer,
+        "port": g.port,
+        "protocol": g.protocol,
+        "flows": g.flows,
+        "bytes": g.bytes,
+        "policies": g.policies,
+        "suggestion": g.suggestion,
+    })
+}
+
+/// The peer and port of a policy gap, for people.
+fn gap_text(g: &pb::PolicyGap) -> String {
+    if g.port == 0 {
+        format!("{} {}", g.direction, g.peer)
+    } else {
+        format!("{} {} {}/{}", g.direction, g.peer, g.port, g.protocol)
+    }
+}
+
+/// One finding as JSON; `noisy_neighbour` and `policy_gap` are null for other kinds.
 pub fn finding_json(f: &pb::Finding) -> Value {
     let detail = noisy_neighbour(f).map_or(Value::Null, |n| {
         json!({
@@ -56,6 +90,7 @@ pub fn finding_json(f: &pb::Finding) -> Value {
         "end_unix_nano": f.end_unix_nano,
         "summary": f.summary,
         "noisy_neighbour": detail,
+        "policy_gap": policy_gap(f).map_or(Value::Null, gap_json),
     })
 }
 
@@ -120,6 +155,9 @@ pub fn range(start: u64, end: u64, now: u64) -> String {
 
 /// Who a finding is about (the victim), for people; "-" when unknown.
 pub fn subject(f: &pb::Finding) -> String {
+    if let Some(g) = policy_gap(f) {
+        return workload_ref(g.workload.as_ref());
+    }
     noisy_neighbour(f).and_then(|n| n.victim.as_ref()).map_or_else(|| "-".into(), who)
 }
 
@@ -128,6 +166,9 @@ fn verdict(f: &pb::Finding) -> String {
 }
 
 fn culprits(f: &pb::Finding, max: usize) -> String {
+    if let Some(g) = policy_gap(f) {
+        return gap_text(g);
+    }
     noisy_neighbour(f).map(|n| culprits_text(&n.culprits, max)).filter(|s| !s.is_empty()).unwrap_or("-".into())
 }
 

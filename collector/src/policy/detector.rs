@@ -1,0 +1,264 @@
+//! The collector's policy detector: every published flow record is classified
+//! against the cluster's NetworkPolicies, aggregated into gap findings, and
+//! its external destinations checked against each workload's baseline.
+
+use std::{
+    collections::HashSet,
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
+
+use k8s_openapi::api::core::v1::Pod;
+use podlens_proto::{compact::Tables, v1 as pb};
+
+use super::{
+    baseline::{Baseline, BaselineConfig, BaselineError, ExternalDest, UnexpectedEgress},
+    classify::{Class, Classifier, FlowEnd, ObservedFlow},
+    eval::ClusterView,
+    gaps::{protocol_name, Gap, GapAggregator, GapKind},
+    owners::{OwnerIndex, OwnerObject, Workload},
+    services::ServiceIndex,
+};
+use crate::cluster::manifests::Manifests;
+
+/// The cluster as the detector sees it.
+pub struct ClusterState {
+    pub view: ClusterView,
+    pub services: ServiceIndex,
+    pub owners: OwnerIndex,
+    pub pods: Vec<Pod>,
+    /// Manifest and policy problems (the rest loaded).
+    pub errors: Vec<String>,
+}
+
+impl ClusterState {
+    pub fn from_manifests(m: &Manifests) -> Self {
+        let (view, policy_errors) = ClusterView::new(&m.pods, &m.namespaces, &m.policies);
+        let owners = OwnerIndex::new(m.owners.iter().map(|o| OwnerObject {
+            api_version: o.api_version.clone(),
+            kind: o.kind.clone(),
+            namespace: o.namespace.clone(),
+            name: o.name.clone(),
+            uid: o.uid.clone(),
+            owner_references: o.owner_references.clone(),
+            labels: o.labels.clone(),
+        }));
+        let mut errors: Vec<String> = m.errors.iter().map(ToString::to_string).collect();
+        errors.extend(policy_errors.iter().map(ToString::to_string));
+        Self {
+            view,
+            services: ServiceIndex::new(&m.services, &m.endpoint_slices),
+            owners,
+            pods: m.pods.clone(),
+            errors,
+        }
+    }
+
+    fn workload(&self, pod: &(String, String)) -> Option<Workload> {
+        let p = self.pods.iter().find(|p| {
+            p.metadata.namespace.as_deref().unwrap_or("default") == pod.0
+                && p.metadata.name.as_deref() == Some(pod.1.as_str())
+        })?;
+        Some(self.owners.workload_of(p))
+    }
+}
+
+/// Gaps and unexpected egress, fed with published records.
+pub struct PolicyDetector {
+    state: ClusterState,
+    gaps: GapAggregator,
+    baseline: Baseline,
+    baseline_path: Option<PathBuf>,
+    unexpected: Vec<UnexpectedEgress>,
+    reported: HashSet<String>,
+}
+
+fn ip(s: &str) -> Option<IpAddr> {
+    s.parse().ok()
+}
+
+impl PolicyDetector {
+    /// `baseline_path`: where the unexpected-egress baseline survives restarts.
+    pub fn new(state: ClusterState, baseline_path: Option<&Path>) -> Result<Self, BaselineError> {
+        let baseline = match baseline_path {
+            Some(p) => Baseline::load(p)?,
+            None => Baseline::default(),
+        };
+        Ok(Self {
+            state,
+            gaps: GapAggregator::default(),
+            baseline,
+            baseline_path: baseline_path.map(Path::to_path_buf),
+            unexpected: Vec::new(),
+            reported: HashSet::new(),
+        })
+    }
+
+    /// How long each workload's external destinations are learned before new
+    /// ones become unexpected-egress findings (default 24 h).
+    pub fn with_learning(mut self, learning: std::time::Duration) -> Self {
+        let config = BaselineConfig {
+            learning_nanos: u64::try_from(learning.as_nanos()).unwrap_or(u64::MAX),
+            ..BaselineConfig::default()
+        };
+        self.baseline = std::mem::take(&mut self.baseline).with_config(config);
+        self
+    }
+
+    /// A reloaded cluster view; the findings so far are kept.
+    pub fn set_state(&mut self, state: ClusterState) {
+        self.state = state;
+    }
+
+    pub fn state(&self) -> &ClusterState {
+        &self.state
+    }
+
+    /// Classifies the flow records of one published batch.
+    pub fn observe(&mut self, records: &[pb::Record], tables: &Tables<'_>, now: u64) {
+        let classifier = Classifier::new(&self.state.view, &self.state.services, &self.state.pods);
+        for r in records {
+            let Some(pb::record::Kind::Flow(f)) = &r.kind else { continue };
+            let (Some(local_ip), Some(remote)) = (ip(&f.local_ip), f.remote.as_ref()) else { continue };
+            let Some(remote_ip) = ip(&remote.ip) else { continue };
+            let local = match tables.local(f).and_then(|w| w.kind.as_ref()) {
+                Some(pb::workload::Kind::Pod(p)) => FlowEnd {
+                    namespace: (!p.namespace.is_empty()).then(|| p.namespace.clone()),
+                    name: (!p.name.is_empty()).then(|| p.name.clone()),
+                    uid: (!p.uid.is_empty()).then(|| p.uid.clone()),
+                },
+                // host processes are not subject to NetworkPolicies
+                _ => continue,
+            };
+            let obs = ObservedFlow {
+                local,
+                local_ip,
+                local_port: f.local_port as u16,
+                remote_ip,
+                remote_port: remote.port as u16,
+                protocol: f.protocol as u8,
+                // counts of SYN per direction cannot tell SYN from SYN-ACK: decided by ports
+                local_is_client: None,
+                fqdn: (!remote.fqdn.is_empty()).then(|| remote.fqdn.clone()),
+            };
+            let class = classifier.classify(&obs);
+            let client = class.client_pod.as_ref().and_then(|p| self.state.workload(p));
+            let server = class.server_pod.as_ref().and_then(|p| self.state.workload(p));
+            let bytes = f.egress.as_ref().map_or(0, |c| c.bytes) + f.ingress.as_ref().map_or(0, |c| c.bytes);
+            self.gaps.add_observed(&obs, &class, client.as_ref(), server.as_ref(), bytes, now);
+            let external =
+                class.ingress == Class::NotApplicable && class.service.is_none() && class.server_pod.is_none();
+            if let (true, Some(w), true) = (external, &client, class.egress != Class::NotApplicable) {
+                let server_ip = if class.local_is_client { remote_ip } else { local_ip };
+                let dest = ExternalDest::new(server_ip, class.fqdn.as_deref(), class.server_port);
+                if let Some(u) = self.baseline.observe(w, &dest, now) {
+                    self.unexpected.push(u);
+                }
+            }
+        }
+    }
+
+    /// Writes the baseline (call periodically and at shutdown).
+    pub fn persist(&self) -> Result<(), BaselineError> {
+        match &self.baseline_path {
+            Some(p) => self.baseline.save(p),
+            None => Ok(()),
+        }
+    }
+
+    /// The current gap findings plus the unexpected egress seen since the last call.
+    pub fn findings(&mut self, now: u64) -> Vec<pb::Finding> {
+        let mut out: Vec<pb::Finding> = Vec::new();
+        for g in self.gaps.entries() {
+            let first = self.reported.insert(g.id.clone());
+            out.push(gap_finding(g, first));
+        }
+        for u in self.unexpected.drain(..) {
+            let (peer, port) = match &u.dest {
+                ExternalDest::Ip { ip, port } => (ip.to_string(), *port),
+                ExternalDest::Fqdn { name, port } => (name.clone(), *port),
+            };
+            let w = &u.workload;
+            out.push(pb::Finding {
+                id: format!("policy-unexpected-{}", super::gaps::stable_id(&format!("{w:?}|{peer}|{port}"))),
+                kind: pb::FindingKind::UnexpectedEgress as i32,
+                state: pb::FindingState::Open as i32,
+                start_unix_nano: u.seen,
+                end_unix_nano: now.max(u.seen),
+                summary: format!("{}/{} {} sent to {peer}:{port} for the first time", w.namespace, w.kind, w.name),
+                detail: Some(pb::finding::Detail::PolicyGap(pb::PolicyGap {
+                    workload: Some(workload_ref(w)),
+                    direction: "egress".into(),
+                    peer,
+                    port: u32::from(port),
+                    ..Default::default()
+                })),
+            });
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+#[path = "detector_tests.rs"]
+mod tests;
+
+fn workload_ref(w: &Workload) -> pb::WorkloadRef {
+    pb::WorkloadRef { namespace: w.namespace.clone(), kind: w.kind.clone(), name: w.name.clone() }
+}
+
+fn gap_finding(g: &Gap, first: bool) -> pb::Finding {
+    let kind = match g.kind {
+        GapKind::UnprotectedPod => pb::FindingKind::UnprotectedPod,
+        GapKind::UncoveredEgress => pb::FindingKind::UncoveredEgress,
+        GapKind::EnforcementGap => pb::FindingKind::EnforcementGap,
+    };
+    let w = &g.workload;
+    let peer = g.peer.canonical();
+    let summary = match g.kind {
+        GapKind::UnprotectedPod => {
+            format!("{}/{} {}: no policy selects it for {}", w.namespace, w.kind, w.name, g.direction)
+        }
+        GapKind::UncoveredEgress => format!(
+            "{}/{} {} -> {peer} {}/{}: {}",
+            w.namespace,
+            w.kind,
+            w.name,
+            g.port,
+            protocol_name(g.protocol),
+            if g.policies.is_empty() {
+                "no egress policy".to_string()
+            } else {
+                "only a broad rule allows it".to_string()
+            }
+        ),
+        GapKind::EnforcementGap => format!(
+            "{}/{} {} {} {peer} {}/{} observed although denied",
+            w.namespace,
+            w.kind,
+            w.name,
+            g.direction,
+            g.port,
+            protocol_name(g.protocol)
+        ),
+    };
+    pb::Finding {
+        id: format!("policy-{}", g.id),
+        kind: kind as i32,
+        state: if first { pb::FindingState::Open } else { pb::FindingState::Ongoing } as i32,
+        start_unix_nano: g.first_seen,
+        end_unix_nano: g.last_seen,
+        summary,
+        detail: Some(pb::finding::Detail::PolicyGap(pb::PolicyGap {
+            workload: Some(workload_ref(w)),
+            direction: g.direction.to_string(),
+            peer,
+            port: u32::from(g.port),
+            protocol: if g.protocol == 0 { String::new() } else { protocol_name(g.protocol) },
+            flows: g.flows,
+            bytes: g.bytes,
+            policies: g.policies.iter().map(|(ns, p)| format!("{ns}/{p}")).collect(),
+            suggestion: String::new(),
+        })),
+    }
+}

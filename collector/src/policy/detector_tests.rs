@@ -1,0 +1,145 @@
+//! The detector behind a hub: flow records in, policy findings out.
+
+use std::time::Duration;
+
+use podlens_proto::v1 as pb;
+
+use super::*;
+use crate::{findings::FindingsFilter, hub::Hub};
+
+const MANIFESTS: &str = r#"
+apiVersion: v1
+kind: List
+items:
+- {apiVersion: v1, kind: Namespace, metadata: {name: shop}}
+- {apiVersion: v1, kind: Namespace, metadata: {name: ops}}
+- apiVersion: v1
+  kind: Pod
+  metadata: {name: web-7d9f-abcde, namespace: shop, uid: u-web, labels: {app: web},
+             ownerReferences: [{apiVersion: apps/v1, kind: ReplicaSet, name: web-7d9f, uid: rs-web, controller: true}]}
+  spec: {containers: [{name: web, image: nginx}]}
+  status: {podIP: 10.0.0.10}
+- apiVersion: v1
+  kind: Pod
+  metadata: {name: api-0, namespace: shop, uid: u-api, labels: {app: api}}
+  spec: {containers: [{name: api, image: api, ports: [{name: http, containerPort: 8080}]}]}
+  status: {podIP: 10.0.0.11}
+- apiVersion: v1
+  kind: Pod
+  metadata: {name: debug, namespace: ops, uid: u-debug, labels: {app: debug}}
+  spec: {containers: [{name: sh, image: busybox}]}
+  status: {podIP: 10.0.0.12}
+- apiVersion: apps/v1
+  kind: ReplicaSet
+  metadata: {name: web-7d9f, namespace: shop, uid: rs-web,
+             ownerReferences: [{apiVersion: apps/v1, kind: Deployment, name: web, uid: d-web, controller: true}]}
+- apiVersion: networking.k8s.io/v1
+  kind: NetworkPolicy
+  metadata: {name: api-from-web, namespace: shop}
+  spec:
+    podSelector: {matchLabels: {app: api}}
+    ingress: [{from: [{podSelector: {matchLabels: {app: web}}}], ports: [{port: http}]}]
+"#;
+
+fn state() -> ClusterState {
+    let mut m = crate::cluster::manifests::Manifests::default();
+    crate::cluster::manifests::parse_file("cluster.yaml", MANIFESTS, &mut m);
+    assert!(m.errors.is_empty(), "{:?}", m.errors);
+    ClusterState::from_manifests(&m)
+}
+
+fn flow(uid: &str, ns: &str, name: &str, local: (&str, u32), remote: (&str, u32), fqdn: &str) -> pb::Record {
+    pb::Record {
+        kind: Some(pb::record::Kind::Flow(pb::FlowRecord {
+            local: Some(pb::Workload {
+                cgroup_id: 1,
+                cgroup_path: format!("/kubepods/pod{uid}"),
+                kind: Some(pb::workload::Kind::Pod(pb::PodRef {
+                    uid: uid.into(),
+                    namespace: ns.into(),
+                    name: name.into(),
+                    ..Default::default()
+                })),
+                unknown_layout: false,
+            }),
+            local_ip: local.0.into(),
+            local_port: local.1,
+            remote: Some(pb::Peer { ip: remote.0.into(), port: remote.1, fqdn: fqdn.into(), ..Default::default() }),
+            protocol: 6,
+            egress: Some(pb::FlowCounts { bytes: 100, packets: 1, ..Default::default() }),
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+fn publish(hub: &Hub, seq: u64, records: Vec<pb::Record>) {
+    let node = pb::NodeIdentity { name: "n1".into(), agent_epoch_unix_nano: 1, ..Default::default() };
+    hub.publish(podlens_proto::compact::compact(node, seq, records));
+}
+
+fn kinds(r: &pb::FindingsResponse) -> Vec<(String, i32, String)> {
+    let mut v: Vec<(String, i32, String)> = r
+        .findings
+        .iter()
+        .filter_map(|nf| {
+            let f = nf.finding.as_ref()?;
+            let Some(pb::finding::Detail::PolicyGap(g)) = &f.detail else { return None };
+            let w = g.workload.clone().unwrap_or_default();
+            Some((
+                format!("{}/{}/{}", w.namespace, w.kind, w.name),
+                f.kind,
+                format!("{} {} {}", g.direction, g.peer, g.port),
+            ))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn flows_become_gap_and_unexpected_egress_findings_in_the_hub() {
+    let hub = Hub::new(64);
+    hub.set_policy_detector(PolicyDetector::new(state(), None).unwrap().with_learning(Duration::ZERO));
+    publish(
+        &hub,
+        1,
+        vec![
+            // allowed by api-from-web on ingress; web's egress is not isolated
+            flow("u-web", "shop", "web-7d9f-abcde", ("10.0.0.10", 40000), ("10.0.0.11", 8080), ""),
+            // denied by api-from-web: an enforcement gap on api's ingress
+            flow("u-debug", "ops", "debug", ("10.0.0.12", 40001), ("10.0.0.11", 8080), ""),
+            // external egress by name: uncovered, and unexpected (learning is off)
+            flow("u-web", "shop", "web-7d9f-abcde", ("10.0.0.10", 40002), ("203.0.113.7", 443), "api.example.com"),
+        ],
+    );
+    let r = hub.findings(&FindingsFilter::default(), 100);
+    let k = kinds(&r);
+    let has = |w: &str, kind: pb::FindingKind, what: &str| {
+        k.iter().any(|(a, b, c)| a == w && *b == kind as i32 && c.contains(what))
+    };
+    assert!(has("shop/Pod/api-0", pb::FindingKind::EnforcementGap, "ingress workload:ops/Pod/debug 8080"), "{k:#?}");
+    assert!(has("ops/Pod/debug", pb::FindingKind::UncoveredEgress, "egress workload:shop/Pod/api-0 8080"), "{k:#?}");
+    assert!(
+        has("shop/Deployment/web", pb::FindingKind::UncoveredEgress, "443"),
+        "owner through the ReplicaSet: {k:#?}"
+    );
+    assert!(has("shop/Deployment/web", pb::FindingKind::UnexpectedEgress, "api.example.com"), "{k:#?}");
+    assert!(has("shop/Deployment/web", pb::FindingKind::UnprotectedPod, "egress"), "{k:#?}");
+    assert!(
+        !k.iter().any(|(a, b, _)| a == "shop/Pod/api-0" && *b == pb::FindingKind::UnprotectedPod as i32),
+        "api is isolated for ingress: {k:#?}"
+    );
+    let unexpected = k.iter().filter(|(_, b, _)| *b == pb::FindingKind::UnexpectedEgress as i32).count();
+
+    // the same destination again, five seconds of traffic later: not unexpected a second time
+    std::thread::sleep(Duration::from_millis(10));
+    hub.with_policy_detector(|d| {
+        let found = d.findings(u64::MAX);
+        assert!(!found.iter().any(|f| f.kind == pb::FindingKind::UnexpectedEgress as i32), "reported once");
+    });
+    assert_eq!(unexpected, 1);
+    let only_ns = FindingsFilter { namespaces: vec!["ops".into()], ..Default::default() };
+    let r = hub.findings(&only_ns, 100);
+    assert!(kinds(&r).iter().all(|(w, _, _)| w.starts_with("ops/")), "namespace filter on the workload: {r:#?}");
+}
