@@ -85,6 +85,10 @@ struct Args {
     /// default: egress-baseline.json in --state-dir, else memory only.
     #[arg(long, env = "PODLENS_EGRESS_BASELINE")]
     egress_baseline: Option<PathBuf>,
+    /// How long each workload's external destinations are learned before a new one is reported as
+    /// unexpected egress (once per destination).
+    #[arg(long, env = "PODLENS_EGRESS_LEARNING", default_value = "24h", value_parser = parse_duration)]
+    egress_learning: Duration,
     /// Time consumers get to read the last records at shutdown.
     #[arg(long, env = "PODLENS_SHUTDOWN_GRACE", default_value = "5", value_name = "SECONDS")]
     shutdown_grace: u64,
@@ -189,7 +193,7 @@ async fn main() -> Result<()> {
     if let Some(dir) = &args.manifests {
         let baseline =
             args.egress_baseline.clone().or_else(|| args.state_dir.as_ref().map(|d| d.join("egress-baseline.json")));
-        podlens_collector::policy::watch::start(&hub, dir.clone(), baseline)?;
+        podlens_collector::policy::watch::start(&hub, dir.clone(), baseline, args.egress_learning)?;
     }
     // Ingest stops first (agents keep what was not acknowledged and replay it
     // to the next collector), then consumers get what was published.

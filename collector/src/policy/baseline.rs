@@ -94,7 +94,7 @@ struct Learned {
     destinations: BTreeSet<ExternalDest>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Baseline {
     config: BaselineConfig,
     workloads: BTreeMap<Workload, Learned>,

@@ -71,6 +71,8 @@ pub struct PolicyDetector {
     baseline_path: Option<PathBuf>,
     unexpected: Vec<UnexpectedEgress>,
     reported: HashSet<String>,
+    /// External destinations were checked since the baseline was last taken for saving.
+    dirty: bool,
 }
 
 fn ip(s: &str) -> Option<IpAddr> {
@@ -91,6 +93,7 @@ impl PolicyDetector {
             baseline_path: baseline_path.map(Path::to_path_buf),
             unexpected: Vec::new(),
             reported: HashSet::new(),
+            dirty: false,
         })
     }
 
@@ -151,6 +154,7 @@ impl PolicyDetector {
             if let (true, Some(w), true) = (external, &client, class.egress != Class::NotApplicable) {
                 let server_ip = if class.local_is_client { remote_ip } else { local_ip };
                 let dest = ExternalDest::new(server_ip, class.fqdn.as_deref(), class.server_port);
+                self.dirty = true;
                 if let Some(u) = self.baseline.observe(w, &dest, now) {
                     self.unexpected.push(u);
                 }
@@ -158,12 +162,11 @@ impl PolicyDetector {
         }
     }
 
-    /// Writes the baseline (call periodically and at shutdown).
-    pub fn persist(&self) -> Result<(), BaselineError> {
-        match &self.baseline_path {
-            Some(p) => self.baseline.save(p),
-            None => Ok(()),
-        }
+    /// The baseline and where to write it, when it changed since the last
+    /// call: saved outside the lock the ingest path takes.
+    pub fn baseline_to_save(&mut self) -> Option<(Baseline, PathBuf)> {
+        let path = self.baseline_path.clone()?;
+        std::mem::take(&mut self.dirty).then(|| (self.baseline.clone(), path))
     }
 
     /// The current gap findings plus the unexpected egress seen since the last call.
