@@ -3,7 +3,7 @@
 //! its external destinations checked against each workload's baseline.
 
 use std::{
-    collections::HashSet,
+    collections::{BTreeMap, BTreeSet, HashSet},
     net::IpAddr,
     path::{Path, PathBuf},
 };
@@ -13,11 +13,13 @@ use podlens_proto::{compact::Tables, v1 as pb};
 
 use super::{
     baseline::{Baseline, BaselineConfig, BaselineError, ExternalDest, UnexpectedEgress},
-    classify::{Class, Classifier, FlowEnd, ObservedFlow},
-    eval::ClusterView,
+    classify::{policy_protocol, Class, Classifier, FlowClass, FlowEnd, ObservedFlow},
+    eval::{ClusterView, Direction},
     gaps::{protocol_name, Gap, GapAggregator, GapKind},
     owners::{OwnerIndex, OwnerObject, Workload},
+    selector::Labels,
     services::ServiceIndex,
+    suggest,
 };
 use crate::cluster::manifests::Manifests;
 
@@ -54,6 +56,14 @@ impl ClusterState {
         }
     }
 
+    fn labels(&self, pod: &(String, String)) -> Option<Labels> {
+        let p = self.pods.iter().find(|p| {
+            p.metadata.namespace.as_deref().unwrap_or("default") == pod.0
+                && p.metadata.name.as_deref() == Some(pod.1.as_str())
+        })?;
+        Some(p.metadata.labels.clone().unwrap_or_default())
+    }
+
     fn workload(&self, pod: &(String, String)) -> Option<Workload> {
         let p = self.pods.iter().find(|p| {
             p.metadata.namespace.as_deref().unwrap_or("default") == pod.0
@@ -73,7 +83,20 @@ pub struct PolicyDetector {
     reported: HashSet<String>,
     /// External destinations were checked since the baseline was last taken for saving.
     dirty: bool,
+    /// Per workload, what it was seen doing and its pods' labels: the input of its suggested policy.
+    observed: BTreeMap<Workload, Observed>,
 }
+
+#[derive(Default)]
+struct Observed {
+    labels: BTreeMap<String, Labels>,
+    flows: BTreeSet<suggest::Flow>,
+}
+
+/// Bounds of the suggestion memory (workloads, flows and pods per workload).
+const MAX_OBSERVED_WORKLOADS: usize = 10_000;
+const MAX_OBSERVED_FLOWS: usize = 256;
+const MAX_OBSERVED_PODS: usize = 64;
 
 fn ip(s: &str) -> Option<IpAddr> {
     s.parse().ok()
@@ -94,6 +117,7 @@ impl PolicyDetector {
             unexpected: Vec::new(),
             reported: HashSet::new(),
             dirty: false,
+            observed: BTreeMap::new(),
         })
     }
 
@@ -149,6 +173,7 @@ impl PolicyDetector {
             let server = class.server_pod.as_ref().and_then(|p| self.state.workload(p));
             let bytes = f.egress.as_ref().map_or(0, |c| c.bytes) + f.ingress.as_ref().map_or(0, |c| c.bytes);
             self.gaps.add_observed(&obs, &class, client.as_ref(), server.as_ref(), bytes, now);
+            remember(&self.state, &mut self.observed, &obs, &class, client.as_ref(), server.as_ref());
             let external =
                 class.ingress == Class::NotApplicable && class.service.is_none() && class.server_pod.is_none();
             if let (true, Some(w), true) = (external, &client, class.egress != Class::NotApplicable) {
@@ -162,6 +187,19 @@ impl PolicyDetector {
         }
     }
 
+    /// A minimal NetworkPolicy (YAML) allowing exactly what `w` was seen doing.
+    fn suggestion(&self, w: &Workload) -> String {
+        let Some(o) = self.observed.get(w) else { return String::new() };
+        let input = suggest::Workload {
+            namespace: w.namespace.clone(),
+            name: w.name.clone(),
+            pod_labels: o.labels.values().cloned().collect(),
+            flows: o.flows.iter().cloned().collect(),
+            resolved_names: false,
+        };
+        suggest::suggest(&input).map(|s| s.yaml).unwrap_or_default()
+    }
+
     /// The baseline and where to write it, when it changed since the last
     /// call: saved outside the lock the ingest path takes.
     pub fn baseline_to_save(&mut self) -> Option<(Baseline, PathBuf)> {
@@ -172,9 +210,17 @@ impl PolicyDetector {
     /// The current gap findings plus the unexpected egress seen since the last call.
     pub fn findings(&mut self, now: u64) -> Vec<pb::Finding> {
         let mut out: Vec<pb::Finding> = Vec::new();
+        let mut suggestions: BTreeMap<&Workload, String> = BTreeMap::new();
         for g in self.gaps.entries() {
             let first = self.reported.insert(g.id.clone());
-            out.push(gap_finding(g, first));
+            let mut f = gap_finding(g, first);
+            if matches!(g.kind, GapKind::UnprotectedPod | GapKind::UncoveredEgress) {
+                let yaml = suggestions.entry(&g.workload).or_insert_with(|| self.suggestion(&g.workload)).clone();
+                if let Some(pb::finding::Detail::PolicyGap(p)) = &mut f.detail {
+                    p.suggestion = yaml;
+                }
+            }
+            out.push(f);
         }
         for u in self.unexpected.drain(..) {
             let (peer, port) = match &u.dest {
@@ -199,6 +245,44 @@ impl PolicyDetector {
             });
         }
         out
+    }
+}
+
+/// Keeps what a suggested policy for the client's and the server's workload needs.
+fn remember(
+    state: &ClusterState,
+    observed: &mut BTreeMap<Workload, Observed>,
+    obs: &ObservedFlow,
+    class: &FlowClass,
+    client: Option<&Workload>,
+    server: Option<&Workload>,
+) {
+    let Some(protocol) = policy_protocol(class.protocol) else { return };
+    let (client_ip, server_ip) =
+        if class.local_is_client { (obs.local_ip, obs.remote_ip) } else { (obs.remote_ip, obs.local_ip) };
+    let peer_of = |pod: &Option<(String, String)>, ip: IpAddr, fqdn: Option<String>| match pod {
+        Some(p) => state.labels(p).map(|labels| suggest::Peer::Pod { namespace: p.0.clone(), labels }),
+        None => Some(suggest::Peer::External { ip, fqdn }),
+    };
+    let to_server = peer_of(&class.server_pod, server_ip, class.fqdn.clone());
+    let to_client = peer_of(&class.client_pod, client_ip, None);
+    for (w, pod, direction, peer) in [
+        (client, &class.client_pod, Direction::Egress, to_server),
+        (server, &class.server_pod, Direction::Ingress, to_client),
+    ] {
+        let (Some(w), Some(pod), Some(peer)) = (w, pod, peer) else { continue };
+        if !observed.contains_key(w) && observed.len() >= MAX_OBSERVED_WORKLOADS {
+            continue;
+        }
+        let o = observed.entry(w.clone()).or_default();
+        if o.labels.len() < MAX_OBSERVED_PODS {
+            if let Some(l) = state.labels(pod) {
+                o.labels.insert(pod.1.clone(), l);
+            }
+        }
+        if o.flows.len() < MAX_OBSERVED_FLOWS {
+            o.flows.insert(suggest::Flow { direction, peer, port: class.server_port, protocol });
+        }
     }
 }
 

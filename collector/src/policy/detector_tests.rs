@@ -131,6 +131,36 @@ fn flows_become_gap_and_unexpected_egress_findings_in_the_hub() {
         "api is isolated for ingress: {k:#?}"
     );
     let unexpected = k.iter().filter(|(_, b, _)| *b == pb::FindingKind::UnexpectedEgress as i32).count();
+    // uncovered egress carries a policy allowing exactly what web did
+    let suggestion = r
+        .findings
+        .iter()
+        .filter_map(|nf| match nf.finding.as_ref()?.detail.as_ref()? {
+            pb::finding::Detail::PolicyGap(g) if g.workload.as_ref()?.name == "web" && !g.suggestion.is_empty() => {
+                Some(g.suggestion.clone())
+            }
+            _ => None,
+        })
+        .next()
+        .expect("a suggestion for web");
+    let policy: k8s_openapi::api::networking::v1::NetworkPolicy = serde_yaml::from_str(&suggestion).unwrap();
+    let mut m = crate::cluster::manifests::Manifests::default();
+    crate::cluster::manifests::parse_file("cluster.yaml", MANIFESTS, &mut m);
+    m.policies.push(policy);
+    let (view, errors) = crate::policy::eval::ClusterView::new(&m.pods, &m.namespaces, &m.policies);
+    assert!(errors.is_empty(), "{errors:?}");
+    let web = view.pod("shop", "web-7d9f-abcde").unwrap();
+    let to = |ip: &str, port: u16| crate::policy::eval::Connection {
+        from: crate::policy::eval::Endpoint::Pod(web),
+        to: view.endpoint(ip.parse().unwrap()),
+        port,
+        protocol: crate::policy::eval::Protocol::Tcp,
+    };
+    let egress = |c| crate::policy::eval::evaluate(&view, &c).egress.map(|d| d.permits());
+    assert_eq!(egress(to("10.0.0.11", 8080)), Some(true), "{suggestion}");
+    assert_eq!(egress(to("203.0.113.7", 443)), Some(true), "{suggestion}");
+    assert_eq!(egress(to("203.0.113.8", 443)), Some(false), "nothing broader: {suggestion}");
+    assert_eq!(egress(to("10.0.0.12", 8080)), Some(false), "nothing broader: {suggestion}");
 
     // the same destination again, five seconds of traffic later: not unexpected a second time
     std::thread::sleep(Duration::from_millis(10));
