@@ -83,6 +83,15 @@ impl Query for QueryService {
         let filter = findings_filter(r)?;
         Ok(Response::new(self.hub.findings(&filter, limit)))
     }
+
+    async fn policy_report(
+        &self,
+        request: Request<pb::PolicyReportRequest>,
+    ) -> Result<Response<pb::PolicyReportResponse>, Status> {
+        let r = request.into_inner();
+        let report = self.hub.with_policy_detector(|d| d.report(&r.namespaces)).unwrap_or_default();
+        Ok(Response::new(report))
+    }
 }
 
 fn findings_filter(r: pb::FindingsRequest) -> Result<FindingsFilter, Status> {

@@ -154,6 +154,29 @@ fn enforcement_gaps_uncovered_and_unexpected_egress_once_across_a_collector_rest
     assert_eq!(gap(&f, "unexpected_egress", "shop/web", &b).len(), 1, "{f:#?}");
     assert!(gap(&f, "unexpected_egress", "shop/web", &site_a.v4.to_string()).is_empty(), "learned: {f:#?}");
 
+    // coverage of what was observed, per namespace
+    let out = std::process::Command::new(cli_path())
+        .args(["policy", "report", "--server", &format!("http://{}", collector.consumers), "-o", "json"])
+        .output()
+        .expect("podlens policy report");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let ns = |name: &str| {
+        report["namespaces"]
+            .as_array()
+            .and_then(|a| a.iter().find(|n| n["namespace"] == name).cloned())
+            .unwrap_or_default()
+    };
+    let (shop, ops) = (ns("shop"), ns("ops"));
+    assert_eq!(
+        (shop["workloads"].as_u64(), shop["workloads_ingress_isolated"].as_u64()),
+        (Some(2), Some(1)),
+        "{report}"
+    );
+    assert_eq!(shop["workloads_egress_isolated"].as_u64(), Some(0), "{report}");
+    assert!(shop["flows_denied"].as_u64() >= Some(1) && shop["flows_covered"].as_u64() >= Some(1), "{report}");
+    assert!(ops["flows_uncovered"].as_u64() >= Some(1), "{report}");
+
     // a crash (the baseline is written within two seconds of a change) and a restart
     std::thread::sleep(Duration::from_secs(3));
     collector.restart();

@@ -37,6 +37,9 @@ enum PolicyCommand {
     /// Would the policies allow a connection? Each direction: not isolated, allowed (by which
     /// policy and rule), or denied.
     Check(cli::policy::PolicyCheckArgs),
+    /// Coverage per namespace of the traffic a collector observed: workloads a policy selects,
+    /// flows covered by specific rules, by broad rules, not at all, or denied yet observed.
+    Report(cli::policy_report::PolicyReportArgs),
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -50,6 +53,7 @@ async fn main() -> Result<std::process::ExitCode> {
         Command::Top(args) => cli::top::run(args).await.map(|()| ok),
         Command::Findings(args) => cli::findings::run(args).await.map(|()| ok),
         Command::Policy(PolicyCommand::Check(args)) => cli::policy::run(args),
+        Command::Policy(PolicyCommand::Report(args)) => cli::policy_report::run(args).await.map(|()| ok),
     }
 }
 

@@ -5,5 +5,6 @@ pub mod findings;
 pub mod format;
 pub mod observe;
 pub mod policy;
+pub mod policy_report;
 pub mod query;
 pub mod top;

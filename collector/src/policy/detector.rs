@@ -14,6 +14,7 @@ use podlens_proto::{compact::Tables, v1 as pb};
 use super::{
     baseline::{Baseline, BaselineConfig, BaselineError, ExternalDest, UnexpectedEgress},
     classify::{policy_protocol, Class, Classifier, FlowClass, FlowEnd, ObservedFlow},
+    coverage::Coverage,
     eval::{ClusterView, Direction},
     gaps::{protocol_name, Gap, GapAggregator, GapKind},
     owners::{OwnerIndex, OwnerObject, Workload},
@@ -85,6 +86,7 @@ pub struct PolicyDetector {
     dirty: bool,
     /// Per workload, what it was seen doing and its pods' labels: the input of its suggested policy.
     observed: BTreeMap<Workload, Observed>,
+    coverage: Coverage,
 }
 
 #[derive(Default)]
@@ -118,6 +120,7 @@ impl PolicyDetector {
             reported: HashSet::new(),
             dirty: false,
             observed: BTreeMap::new(),
+            coverage: Coverage::default(),
         })
     }
 
@@ -130,6 +133,15 @@ impl PolicyDetector {
         };
         self.baseline = std::mem::take(&mut self.baseline).with_config(config);
         self
+    }
+
+    /// Coverage per namespace of the traffic seen so far.
+    pub fn report(&self, namespaces: &[String]) -> pb::PolicyReportResponse {
+        pb::PolicyReportResponse {
+            enabled: true,
+            namespaces: self.coverage.report(namespaces),
+            manifest_errors: self.state.errors.clone(),
+        }
     }
 
     /// A reloaded cluster view; the findings so far are kept.
@@ -174,6 +186,12 @@ impl PolicyDetector {
             let bytes = f.egress.as_ref().map_or(0, |c| c.bytes) + f.ingress.as_ref().map_or(0, |c| c.bytes);
             self.gaps.add_observed(&obs, &class, client.as_ref(), server.as_ref(), bytes, now);
             remember(&self.state, &mut self.observed, &obs, &class, client.as_ref(), server.as_ref());
+            if let Some(w) = &client {
+                self.coverage.add(w, false, &class.egress);
+            }
+            if let Some(w) = &server {
+                self.coverage.add(w, true, &class.ingress);
+            }
             let external =
                 class.ingress == Class::NotApplicable && class.service.is_none() && class.server_pod.is_none();
             if let (true, Some(w), true) = (external, &client, class.egress != Class::NotApplicable) {

@@ -3,6 +3,7 @@
 
 pub mod baseline;
 pub mod classify;
+pub mod coverage;
 pub mod detector;
 pub mod eval;
 pub mod gaps;

@@ -1838,6 +1838,49 @@ pub struct FindingsResponse {
     #[prost(uint64, tag = "3")]
     pub retained_since_unix_nano: u64,
 }
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct PolicyReportRequest {
+    /// Only these namespaces; empty = all.
+    #[prost(string, repeated, tag = "1")]
+    pub namespaces: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+}
+/// Coverage of one namespace's workloads and of the traffic its pods took part in.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct NamespaceCoverage {
+    #[prost(string, tag = "1")]
+    pub namespace: ::prost::alloc::string::String,
+    /// Workloads seen in traffic, and how many of them a policy selects for each direction.
+    #[prost(uint32, tag = "2")]
+    pub workloads: u32,
+    #[prost(uint32, tag = "3")]
+    pub workloads_ingress_isolated: u32,
+    #[prost(uint32, tag = "4")]
+    pub workloads_egress_isolated: u32,
+    /// Flow records with an end in this namespace, by how a policy covers that end: allowed by a
+    /// rule naming its peers, allowed only by a broad rule, not covered (no policy selects the pod),
+    /// or denied although observed (enforcement gap).
+    #[prost(uint64, tag = "5")]
+    pub flows: u64,
+    #[prost(uint64, tag = "6")]
+    pub flows_covered: u64,
+    #[prost(uint64, tag = "7")]
+    pub flows_broad: u64,
+    #[prost(uint64, tag = "8")]
+    pub flows_uncovered: u64,
+    #[prost(uint64, tag = "9")]
+    pub flows_denied: u64,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct PolicyReportResponse {
+    /// False when the server has no cluster view (no --manifests).
+    #[prost(bool, tag = "1")]
+    pub enabled: bool,
+    #[prost(message, repeated, tag = "2")]
+    pub namespaces: ::prost::alloc::vec::Vec<NamespaceCoverage>,
+    /// Problems in the manifests (the rest loaded).
+    #[prost(string, repeated, tag = "3")]
+    pub manifest_errors: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+}
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
 #[repr(i32)]
 pub enum TopSort {
@@ -2058,6 +2101,32 @@ pub mod query_client {
             req.extensions_mut().insert(GrpcMethod::new("podlens.v1.Query", "Findings"));
             self.inner.unary(req, path, codec).await
         }
+        /// NetworkPolicy coverage per namespace of the traffic observed since the
+        /// collector started (needs the collector's --manifests).
+        pub async fn policy_report(
+            &mut self,
+            request: impl tonic::IntoRequest<super::PolicyReportRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::PolicyReportResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/podlens.v1.Query/PolicyReport",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("podlens.v1.Query", "PolicyReport"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -2098,6 +2167,15 @@ pub mod query_server {
             request: tonic::Request<super::FindingsRequest>,
         ) -> std::result::Result<
             tonic::Response<super::FindingsResponse>,
+            tonic::Status,
+        >;
+        /// NetworkPolicy coverage per namespace of the traffic observed since the
+        /// collector started (needs the collector's --manifests).
+        async fn policy_report(
+            &self,
+            request: tonic::Request<super::PolicyReportRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::PolicyReportResponse>,
             tonic::Status,
         >;
     }
@@ -2334,6 +2412,51 @@ pub mod query_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = FindingsSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/podlens.v1.Query/PolicyReport" => {
+                    #[allow(non_camel_case_types)]
+                    struct PolicyReportSvc<T: Query>(pub Arc<T>);
+                    impl<
+                        T: Query,
+                    > tonic::server::UnaryService<super::PolicyReportRequest>
+                    for PolicyReportSvc<T> {
+                        type Response = super::PolicyReportResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::PolicyReportRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Query>::policy_report(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = PolicyReportSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
