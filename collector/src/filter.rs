@@ -55,16 +55,26 @@ impl Filter {
         if self.namespaces.is_empty() && self.pods.is_empty() {
             return true;
         }
+        // A policy gap is about a workload: it matches its namespace (and, by name, its workload).
+        if let Some(Kind::Finding(pb::Finding { detail: Some(pb::finding::Detail::PolicyGap(g)), .. })) = &r.kind {
+            let w = g.workload.clone().unwrap_or_default();
+            return self.selects(&w.namespace, &w.name);
+        }
         let Some(pod) = local_pod(r, t) else {
             // Losses are about every pod of the node. The node's own pressure
             // record is not: it would match any namespace asked for.
             return matches!(r.kind, Some(Kind::Loss(_)));
         };
-        let ns_ok = self.namespaces.is_empty() || self.namespaces.contains(&pod.namespace);
+        self.selects(&pod.namespace, &pod.name)
+    }
+
+    /// Whether the namespace and pod (or workload) filters admit `namespace/name`.
+    fn selects(&self, namespace: &str, name: &str) -> bool {
+        let ns_ok = self.namespaces.is_empty() || self.namespaces.iter().any(|n| n == namespace);
         let pod_ok = self.pods.is_empty()
             || self.pods.iter().any(|p| match p.split_once('/') {
-                Some((ns, name)) => ns == pod.namespace && name == pod.name,
-                None => *p == pod.name,
+                Some((ns, n)) => ns == namespace && n == name,
+                None => p == name,
             });
         ns_ok && pod_ok
     }
@@ -226,6 +236,30 @@ mod tests {
         });
         assert!(!filter(&[], &["shop"], &[], &[]).matches(&on_host));
         assert!(filter(&[], &[], &[], &[pb::RecordKind::Finding]).matches(&on_host));
+    }
+
+    #[test]
+    fn policy_gaps_by_their_workload() {
+        let gap = pb::Record {
+            node: "cluster".into(),
+            kind: Some(Kind::Finding(pb::Finding {
+                detail: Some(pb::finding::Detail::PolicyGap(pb::PolicyGap {
+                    workload: Some(pb::WorkloadRef {
+                        namespace: "shop".into(),
+                        kind: "Deployment".into(),
+                        name: "web".into(),
+                    }),
+                    peer: "workload:ops/Pod/debug".into(),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        assert!(filter(&[], &["shop"], &[], &[]).matches(&gap));
+        assert!(filter(&[], &[], &["shop/web"], &[]).matches(&gap));
+        assert!(!filter(&[], &["ops"], &[], &[]).matches(&gap), "the workload's namespace, not the peer's");
+        assert!(!filter(&["n1"], &[], &[], &[]).matches(&gap), "about the cluster, not a node");
     }
 
     #[test]

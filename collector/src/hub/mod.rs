@@ -176,6 +176,8 @@ struct PolicyRun {
     detector: PolicyDetector,
     epoch: u64,
     last_emit: u64,
+    /// Of the batches of policy findings handed to consumers.
+    sequence: u64,
 }
 
 fn now_unix_nanos() -> u64 {
@@ -214,7 +216,7 @@ impl Hub {
     /// `POLICY_FINDINGS_EVERY` of published traffic.
     pub fn set_policy_detector(&self, d: PolicyDetector) {
         *self.policy.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some(PolicyRun { detector: d, epoch: now_unix_nanos(), last_emit: 0 });
+            Some(PolicyRun { detector: d, epoch: now_unix_nanos(), last_emit: 0, sequence: 0 });
     }
 
     /// Runs `f` on the policy detector, if there is one (reloads, persistence).
@@ -222,14 +224,17 @@ impl Hub {
         self.policy.lock().unwrap_or_else(|e| e.into_inner()).as_mut().map(|p| f(&mut p.detector))
     }
 
-    fn run_policy(&self, records: &[pb::Record], tables: &Tables<'_>, now: u64) {
+    /// Feeds the policy detector; every [`POLICY_FINDINGS_EVERY`] returns its
+    /// findings (already in the findings store) as a batch for consumers.
+    fn run_policy(&self, records: &[pb::Record], tables: &Tables<'_>, now: u64) -> Option<Published> {
         let mut guard = self.policy.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(run) = guard.as_mut() else { return };
+        let run = guard.as_mut()?;
         run.detector.observe(records, tables, now);
         if now.saturating_sub(run.last_emit) < POLICY_FINDINGS_EVERY {
-            return;
+            return None;
         }
         run.last_emit = now;
+        run.sequence += 1;
         let found: Vec<pb::Record> = run
             .detector
             .findings(now)
@@ -240,10 +245,21 @@ impl Hub {
                 ..Default::default()
             })
             .collect();
-        let epoch = run.epoch;
+        let (epoch, sequence) = (run.epoch, run.sequence);
         drop(guard);
-        let none = Tables::default();
-        self.findings.lock().unwrap_or_else(|e| e.into_inner()).add(&found, &none, epoch, now);
+        self.findings.lock().unwrap_or_else(|e| e.into_inner()).add(&found, &Tables::default(), epoch, now);
+        Some(Published {
+            origin: Arc::new(pb::Origin {
+                node: POLICY_NODE.into(),
+                boot_id: String::new(),
+                agent_epoch_unix_nano: epoch,
+                sequence,
+            }),
+            records: Arc::new(found),
+            workloads: Arc::new(Vec::new()),
+            pods: Arc::new(Vec::new()),
+            at: now,
+        })
     }
 
     /// Restores what a previous collector run admitted, so replays are recognised.
@@ -336,7 +352,7 @@ impl Hub {
         self.workloads.lock().unwrap_or_else(|e| e.into_inner()).add(&batch.records, &tables, now);
         let agent_epoch = batch.node.as_ref().map_or(0, |n| n.agent_epoch_unix_nano);
         self.findings.lock().unwrap_or_else(|e| e.into_inner()).add(&batch.records, &tables, agent_epoch, now);
-        self.run_policy(&batch.records, &tables, now);
+        let policy = self.run_policy(&batch.records, &tables, now);
         let node = batch.node.unwrap_or_default();
         let published = Published {
             origin: Arc::new(pb::Origin {
@@ -350,16 +366,24 @@ impl Hub {
             pods: Arc::new(batch.pods),
             at: now,
         };
+        self.deliver(&published);
+        if let Some(p) = policy {
+            self.deliver(&p);
+        }
+    }
+
+    /// Adds to the history and offers to every consumer.
+    fn deliver(&self, published: &Published) {
         // Only the history push and the snapshot of consumers happen under
         // the lock; offering (constant work per consumer) happens outside.
         let subs: Vec<Arc<Subscriber>> = {
             let mut delivery = self.delivery.lock().unwrap_or_else(|e| e.into_inner());
-            delivery.1.push(&published);
+            delivery.1.push(published);
             delivery.0.clone()
         };
         let mut gone: Vec<*const Subscriber> = Vec::new();
         for s in &subs {
-            match s.offer(&published, self.consumer_buffer) {
+            match s.offer(published, self.consumer_buffer) {
                 Offer::Queued => {
                     self.stats.records_fanned_out.fetch_add(published.records.len() as u64, Ordering::Relaxed);
                 }

@@ -97,10 +97,11 @@ fn kinds(r: &pb::FindingsResponse) -> Vec<(String, i32, String)> {
     v
 }
 
-#[test]
-fn flows_become_gap_and_unexpected_egress_findings_in_the_hub() {
+#[tokio::test]
+async fn flows_become_gap_and_unexpected_egress_findings_in_the_hub() {
     let hub = Hub::new(64);
     hub.set_policy_detector(PolicyDetector::new(state(), None).unwrap().with_learning(Duration::ZERO));
+    let mut consumer = hub.subscribe(crate::filter::Filter::default(), 0).unwrap();
     publish(
         &hub,
         1,
@@ -115,6 +116,15 @@ fn flows_become_gap_and_unexpected_egress_findings_in_the_hub() {
     );
     let r = hub.findings(&FindingsFilter::default(), 100);
     let k = kinds(&r);
+    // consumers of Observe receive them too, from the "cluster" node
+    let mut streamed = 0;
+    while let Ok(Some((rec, origin))) = tokio::time::timeout(Duration::from_millis(200), consumer.recv()).await {
+        if let Some(pb::record::Kind::Finding(_)) = rec.kind {
+            assert_eq!(origin.node, crate::hub::POLICY_NODE);
+            streamed += 1;
+        }
+    }
+    assert_eq!(streamed, r.findings.len(), "every finding also went to Observe consumers");
     let has = |w: &str, kind: pb::FindingKind, what: &str| {
         k.iter().any(|(a, b, c)| a == w && *b == kind as i32 && c.contains(what))
     };
