@@ -30,6 +30,7 @@ pub struct ClusterState {
     pub services: ServiceIndex,
     pub owners: OwnerIndex,
     pub pods: Vec<Pod>,
+    pub policies: Vec<k8s_openapi::api::networking::v1::NetworkPolicy>,
     /// Manifest and policy problems (the rest loaded).
     pub errors: Vec<String>,
 }
@@ -53,6 +54,7 @@ impl ClusterState {
             services: ServiceIndex::new(&m.services, &m.endpoint_slices),
             owners,
             pods: m.pods.clone(),
+            policies: m.policies.clone(),
             errors,
         }
     }
@@ -93,6 +95,8 @@ pub struct PolicyDetector {
 struct Observed {
     labels: BTreeMap<String, Labels>,
     flows: BTreeSet<suggest::Flow>,
+    /// Flows the policies selecting it deny, with those policies (namespace, name).
+    denied: BTreeMap<suggest::Flow, Vec<(String, String)>>,
 }
 
 /// Bounds of the suggestion memory (workloads, flows and pods per workload).
@@ -218,6 +222,25 @@ impl PolicyDetector {
         suggest::suggest(&input).map(|s| s.yaml).unwrap_or_default()
     }
 
+    /// For traffic a policy selecting `w` denies: that policy with the fewest
+    /// rules added to allow what was observed (YAML).
+    fn change(&self, w: &Workload, direction: Direction) -> String {
+        let Some(o) = self.observed.get(w) else { return String::new() };
+        let denied: Vec<&suggest::Flow> = o.denied.keys().filter(|f| f.direction == direction).collect();
+        let Some(first) = denied.first().and_then(|f| o.denied.get(*f)).and_then(|s| s.first()) else {
+            return String::new();
+        };
+        let Some(existing) = self.state.policies.iter().find(|p| {
+            p.metadata.namespace.as_deref().unwrap_or("default") == first.0
+                && p.metadata.name.as_deref() == Some(&first.1)
+        }) else {
+            return String::new();
+        };
+        let flows: Vec<suggest::Flow> = denied.into_iter().cloned().collect();
+        let changed = suggest::minimal_change(existing, &flows);
+        suggest::to_yaml(&changed, &flows).unwrap_or_default()
+    }
+
     /// The baseline and where to write it, when it changed since the last
     /// call: saved outside the lock the ingest path takes.
     pub fn baseline_to_save(&mut self) -> Option<(Baseline, PathBuf)> {
@@ -232,11 +255,14 @@ impl PolicyDetector {
         for g in self.gaps.entries() {
             let first = self.reported.insert(g.id.clone());
             let mut f = gap_finding(g, first);
-            if matches!(g.kind, GapKind::UnprotectedPod | GapKind::UncoveredEgress) {
-                let yaml = suggestions.entry(&g.workload).or_insert_with(|| self.suggestion(&g.workload)).clone();
-                if let Some(pb::finding::Detail::PolicyGap(p)) = &mut f.detail {
-                    p.suggestion = yaml;
+            let yaml = match g.kind {
+                GapKind::UnprotectedPod | GapKind::UncoveredEgress => {
+                    suggestions.entry(&g.workload).or_insert_with(|| self.suggestion(&g.workload)).clone()
                 }
+                GapKind::EnforcementGap => self.change(&g.workload, g.direction),
+            };
+            if let Some(pb::finding::Detail::PolicyGap(p)) = &mut f.detail {
+                p.suggestion = yaml;
             }
             out.push(f);
         }
@@ -284,9 +310,9 @@ fn remember(
     };
     let to_server = peer_of(&class.server_pod, server_ip, class.fqdn.clone());
     let to_client = peer_of(&class.client_pod, client_ip, None);
-    for (w, pod, direction, peer) in [
-        (client, &class.client_pod, Direction::Egress, to_server),
-        (server, &class.server_pod, Direction::Ingress, to_client),
+    for (w, pod, direction, peer, side) in [
+        (client, &class.client_pod, Direction::Egress, to_server, &class.egress),
+        (server, &class.server_pod, Direction::Ingress, to_client, &class.ingress),
     ] {
         let (Some(w), Some(pod), Some(peer)) = (w, pod, peer) else { continue };
         if !observed.contains_key(w) && observed.len() >= MAX_OBSERVED_WORKLOADS {
@@ -298,8 +324,12 @@ fn remember(
                 o.labels.insert(pod.1.clone(), l);
             }
         }
+        let flow = suggest::Flow { direction, peer, port: class.server_port, protocol };
+        if let (Class::EnforcementGap { selecting }, true) = (side, o.denied.len() < MAX_OBSERVED_FLOWS) {
+            o.denied.insert(flow.clone(), selecting.clone());
+        }
         if o.flows.len() < MAX_OBSERVED_FLOWS {
-            o.flows.insert(suggest::Flow { direction, peer, port: class.server_port, protocol });
+            o.flows.insert(flow);
         }
     }
 }

@@ -172,6 +172,39 @@ async fn flows_become_gap_and_unexpected_egress_findings_in_the_hub() {
     assert_eq!(egress(to("203.0.113.8", 443)), Some(false), "nothing broader: {suggestion}");
     assert_eq!(egress(to("10.0.0.12", 8080)), Some(false), "nothing broader: {suggestion}");
 
+    // the enforcement gap carries the minimal change to the policy that denies it
+    let change = r
+        .findings
+        .iter()
+        .find_map(|nf| {
+            let f = nf.finding.as_ref()?;
+            match f.detail.as_ref()? {
+                pb::finding::Detail::PolicyGap(g) if f.kind == pb::FindingKind::EnforcementGap as i32 => {
+                    Some(g.suggestion.clone())
+                }
+                _ => None,
+            }
+        })
+        .expect("an enforcement gap");
+    let changed: k8s_openapi::api::networking::v1::NetworkPolicy = serde_yaml::from_str(&change).unwrap();
+    assert_eq!(changed.metadata.name.as_deref(), Some("api-from-web"), "{change}");
+    let mut m = crate::cluster::manifests::Manifests::default();
+    crate::cluster::manifests::parse_file("cluster.yaml", MANIFESTS, &mut m);
+    m.policies = vec![changed];
+    let (view, _) = crate::policy::eval::ClusterView::new(&m.pods, &m.namespaces, &m.policies);
+    let into_api = |from: &str, port: u16| {
+        let c = crate::policy::eval::Connection {
+            from: view.endpoint(from.parse().unwrap()),
+            to: crate::policy::eval::Endpoint::Pod(view.pod("shop", "api-0").unwrap()),
+            port,
+            protocol: crate::policy::eval::Protocol::Tcp,
+        };
+        crate::policy::eval::evaluate(&view, &c).ingress.map(|d| d.permits())
+    };
+    assert_eq!(into_api("10.0.0.12", 8080), Some(true), "debug now allowed: {change}");
+    assert_eq!(into_api("10.0.0.10", 8080), Some(true), "web still allowed: {change}");
+    assert_eq!(into_api("10.0.0.12", 9090), Some(false), "nothing broader: {change}");
+
     // the same destination again, five seconds of traffic later: not unexpected a second time
     std::thread::sleep(Duration::from_millis(10));
     hub.with_policy_detector(|d| {
