@@ -6,6 +6,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
 use podlens_collector::{
     auth::{ConsumerAuth, TokenFile},
+    cluster::kube::KubeMode,
     dedup::DedupStore,
     findings::DEFAULT_MAX_FINDINGS,
     hub::{Hub, DEFAULT_CONSUMER_BUFFER, DEFAULT_HISTORY_RECORDS, DEFAULT_MAX_CONSUMERS},
@@ -81,6 +82,11 @@ struct Args {
     /// every minute.
     #[arg(long, env = "PODLENS_MANIFESTS")]
     manifests: Option<PathBuf>,
+    /// Watch pods, namespaces, services, endpoint slices, nodes, NetworkPolicies and workload owners
+    /// cluster-wide from the Kubernetes API (NetworkPolicy gap findings from the live cluster; needs
+    /// cluster-wide list/watch RBAC). auto: when running in a cluster and --manifests is not given.
+    #[arg(long, env = "PODLENS_KUBE", value_enum, default_value = "auto")]
+    kube: KubeMode,
     /// Where each workload's known external destinations are kept (unexpected-egress findings);
     /// default: egress-baseline.json in --state-dir, else memory only.
     #[arg(long, env = "PODLENS_EGRESS_BASELINE")]
@@ -189,12 +195,32 @@ async fn main() -> Result<()> {
             None
         }
     };
+    // checked before the manifests are read, so a conflicting pair of flags fails at once
+    let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
+    let use_kube = args.kube.use_api(args.manifests.is_some(), in_cluster)?;
     let mut policy_task = None;
+    let baseline =
+        args.egress_baseline.clone().or_else(|| args.state_dir.as_ref().map(|d| d.join("egress-baseline.json")));
     if let Some(dir) = &args.manifests {
-        let baseline =
-            args.egress_baseline.clone().or_else(|| args.state_dir.as_ref().map(|d| d.join("egress-baseline.json")));
-        podlens_collector::policy::watch::start(&hub, dir.clone(), baseline, args.egress_learning)?;
+        podlens_collector::policy::watch::start(&hub, dir.clone(), baseline.clone(), args.egress_learning)?;
     }
+    let kube = match use_kube {
+        false => None,
+        true => match ::kube::Client::try_default().await {
+            // the baseline is checked now so that a corrupt one stops startup, as with --manifests
+            Ok(client) => {
+                Some((client, podlens_collector::policy::watch_kube::prepare(baseline, args.egress_learning)?))
+            }
+            Err(e) if args.kube == KubeMode::On => {
+                return Err(e).context("connecting to the Kubernetes API (--kube on)");
+            }
+            Err(e) => {
+                // auto was not asked for explicitly: run without policy findings rather than not at all
+                tracing::warn!(error = %e, "in a cluster but the Kubernetes API is not usable; no policy findings (--kube off silences this)");
+                None
+            }
+        },
+    };
     // Ingest stops first (agents keep what was not acknowledged and replay it
     // to the next collector), then consumers get what was published.
     let (ingest_stop_tx, ingest_stop_rx) = watch::channel(false);
@@ -218,6 +244,11 @@ async fn main() -> Result<()> {
     if let Some(dir) = &args.manifests {
         policy_task =
             Some(tokio::spawn(podlens_collector::policy::watch::run(hub.clone(), dir.clone(), stop_rx.clone())));
+    }
+    if let Some((client, detector)) = kube {
+        tracing::info!("cluster state from the Kubernetes API (--kube)");
+        let run = podlens_collector::policy::watch_kube::run(hub.clone(), client, detector, stop_rx.clone());
+        policy_task = Some(tokio::spawn(run));
     }
     let mut ingest_task =
         tokio::spawn(ingest.serve_ingest(hub.clone(), store, sec.ingest_tls, ingest_stats, ingest_stop_rx));

@@ -13,6 +13,7 @@ pub mod selector;
 pub mod services;
 pub mod suggest;
 pub mod watch;
+pub mod watch_kube;
 
 #[cfg(test)]
 mod classify_tests;

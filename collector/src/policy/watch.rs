@@ -70,12 +70,12 @@ pub async fn run(hub: Arc<Hub>, dir: PathBuf, mut stop: tokio::sync::watch::Rece
     persist(&hub).await;
 }
 
-async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
+pub(super) async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
     // the guard wait_for returns must not live across the select's other branches
     let _ = stop.wait_for(|s| *s).await.map(|_| ());
 }
 
-async fn persist(hub: &Hub) {
+pub(super) async fn persist(hub: &Hub) {
     let Some(Some((baseline, path))) = hub.with_policy_detector(|d| d.baseline_to_save()) else { return };
     match tokio::task::spawn_blocking(move || baseline.save(&path)).await {
         Ok(Ok(())) => {}
