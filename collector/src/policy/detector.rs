@@ -389,11 +389,18 @@ fn gap_finding(g: &Gap, first: bool) -> pb::Finding {
             direction: g.direction.to_string(),
             peer,
             port: u32::from(g.port),
-            protocol: if g.protocol == 0 { String::new() } else { protocol_name(g.protocol) },
+            protocol: if g.protocol == 0 { String::new() } else { protocol_name(g.protocol).to_ascii_uppercase() },
             flows: g.flows,
             bytes: g.bytes,
             policies: g.policies.iter().map(|(ns, p)| format!("{ns}/{p}")).collect(),
             suggestion: String::new(),
+            peers: g
+                .peers
+                .iter()
+                .map(|p| {
+                    format!("{} {}/{}", p.peer.canonical(), p.port, protocol_name(p.protocol).to_ascii_uppercase())
+                })
+                .collect(),
         })),
     }
 }

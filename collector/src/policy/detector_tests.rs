@@ -136,6 +136,19 @@ async fn flows_become_gap_and_unexpected_egress_findings_in_the_hub() {
     );
     assert!(has("shop/Deployment/web", pb::FindingKind::UnexpectedEgress, "api.example.com"), "{k:#?}");
     assert!(has("shop/Deployment/web", pb::FindingKind::UnprotectedPod, "egress"), "{k:#?}");
+    let peers: Vec<String> = r
+        .findings
+        .iter()
+        .filter_map(|nf| match nf.finding.as_ref()?.detail.as_ref()? {
+            pb::finding::Detail::PolicyGap(g) if g.workload.as_ref()?.name == "web" && g.port == 0 => {
+                Some(g.peers.clone())
+            }
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert!(peers.iter().any(|p| p.contains("shop/Pod/api-0") && p.ends_with("8080/TCP")), "{peers:?}");
+    assert!(peers.iter().any(|p| p.contains("api.example.com") && p.ends_with("443/TCP")), "{peers:?}");
     assert!(
         !k.iter().any(|(a, b, _)| a == "shop/Pod/api-0" && *b == pb::FindingKind::UnprotectedPod as i32),
         "api is isolated for ingress: {k:#?}"

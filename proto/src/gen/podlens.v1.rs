@@ -710,6 +710,9 @@ pub struct PolicyGap {
     /// A minimal NetworkPolicy (YAML) that would cover exactly what was observed, when computed.
     #[prost(string, tag = "9")]
     pub suggestion: ::prost::alloc::string::String,
+    /// For an unprotected pod: the peers it talks to ("peer port/PROTO", most bytes first, bounded).
+    #[prost(string, repeated, tag = "10")]
+    pub peers: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
 /// The victim, who delayed it, and by how much.
 #[derive(Clone, PartialEq, ::prost::Message)]

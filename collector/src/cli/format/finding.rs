@@ -56,12 +56,15 @@ fn gap_json(g: &pb::PolicyGap) -> Value {
         "bytes": g.bytes,
         "policies": g.policies,
         "suggestion": g.suggestion,
+        "peers": g.peers,
     })
 }
 
 /// The peer and port of a policy gap, for people.
 fn gap_text(g: &pb::PolicyGap) -> String {
-    if g.port == 0 {
+    if g.port == 0 && !g.peers.is_empty() {
+        format!("{} {}", g.direction, g.peers.join(", "))
+    } else if g.port == 0 {
         format!("{} {}", g.direction, g.peer)
     } else {
         format!("{} {} {}/{}", g.direction, g.peer, g.port, g.protocol)
