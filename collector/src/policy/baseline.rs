@@ -167,6 +167,11 @@ impl Baseline {
         })
     }
 
+    /// Whether `dest` is already known for `workload` (observing it again changes nothing).
+    pub fn knows(&self, workload: &Workload, dest: &ExternalDest) -> bool {
+        self.workloads.get(workload).is_some_and(|l| l.destinations.contains(dest))
+    }
+
     /// Whether `workload` is still learning at `now_unix_nano` (true for one
     /// never seen).
     pub fn is_learning(&self, workload: &Workload, now_unix_nano: u64) -> bool {

@@ -201,7 +201,8 @@ impl PolicyDetector {
             if let (true, Some(w), true) = (external, &client, class.egress != Class::NotApplicable) {
                 let server_ip = if class.local_is_client { remote_ip } else { local_ip };
                 let dest = ExternalDest::new(server_ip, class.fqdn.as_deref(), class.server_port);
-                self.dirty = true;
+                // only a destination not known yet changes what must be written
+                self.dirty |= !self.baseline.knows(w, &dest);
                 if let Some(u) = self.baseline.observe(w, &dest, now) {
                     self.unexpected.push(u);
                 }
@@ -273,7 +274,10 @@ impl PolicyDetector {
             };
             let w = &u.workload;
             out.push(pb::Finding {
-                id: format!("policy-unexpected-{}", super::gaps::stable_id(&format!("{w:?}|{peer}|{port}"))),
+                id: format!(
+                    "policy-unexpected-{}",
+                    super::gaps::stable_id(&format!("{}/{}/{}|{peer}|{port}", w.namespace, w.kind, w.name))
+                ),
                 kind: pb::FindingKind::UnexpectedEgress as i32,
                 state: pb::FindingState::Open as i32,
                 start_unix_nano: u.seen,
