@@ -3,7 +3,7 @@
 //! its external destinations checked against each workload's baseline.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     net::IpAddr,
     path::{Path, PathBuf},
 };
@@ -33,6 +33,8 @@ pub struct ClusterState {
     pub policies: Vec<k8s_openapi::api::networking::v1::NetworkPolicy>,
     /// Manifest and policy problems (the rest loaded).
     pub errors: Vec<String>,
+    /// (namespace, name) -> index into `pods`: lookups run per flow record.
+    by_name: HashMap<(String, String), usize>,
 }
 
 impl ClusterState {
@@ -53,26 +55,31 @@ impl ClusterState {
             view,
             services: ServiceIndex::new(&m.services, &m.endpoint_slices),
             owners,
+            by_name: m
+                .pods
+                .iter()
+                .enumerate()
+                .filter_map(|(i, p)| {
+                    let ns = p.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+                    Some(((ns, p.metadata.name.clone()?), i))
+                })
+                .collect(),
             pods: m.pods.clone(),
             policies: m.policies.clone(),
             errors,
         }
     }
 
+    fn pod(&self, pod: &(String, String)) -> Option<&Pod> {
+        self.by_name.get(pod).and_then(|i| self.pods.get(*i))
+    }
+
     fn labels(&self, pod: &(String, String)) -> Option<Labels> {
-        let p = self.pods.iter().find(|p| {
-            p.metadata.namespace.as_deref().unwrap_or("default") == pod.0
-                && p.metadata.name.as_deref() == Some(pod.1.as_str())
-        })?;
-        Some(p.metadata.labels.clone().unwrap_or_default())
+        Some(self.pod(pod)?.metadata.labels.clone().unwrap_or_default())
     }
 
     fn workload(&self, pod: &(String, String)) -> Option<Workload> {
-        let p = self.pods.iter().find(|p| {
-            p.metadata.namespace.as_deref().unwrap_or("default") == pod.0
-                && p.metadata.name.as_deref() == Some(pod.1.as_str())
-        })?;
-        Some(self.owners.workload_of(p))
+        Some(self.owners.workload_of(self.pod(pod)?))
     }
 }
 
