@@ -129,7 +129,12 @@ struct flow_counts {
 	__u32 fin;
 	__u32 rst;
 	__u8 tcp_flags; /* OR of the TCP flags seen (FIN=0x01 ... CWR=0x80) */
-	__u8 _pad[3];
+	/*
+	 * 1 once a SYN without ACK went this way: the sending end opened the
+	 * connection. The SYN count cannot tell, as it counts the SYN-ACK too.
+	 */
+	__u8 opened;
+	__u8 _pad[2];
 };
 
 /*

@@ -265,8 +265,10 @@ pub struct FlowCounts {
     pub rst: u32,
     /// OR of the TCP flags seen.
     pub tcp_flags: u8,
+    /// 1 once a SYN without ACK went this way: the sender opened the connection.
+    pub opened: u8,
     /// Always zero.
-    pub _pad: [u8; 3],
+    pub _pad: [u8; 2],
 }
 
 /// `struct flow_value`.
@@ -424,7 +426,7 @@ mod layout_tests {
 
     #[test]
     fn flow_counts_matches_c() {
-        assert_layout!("flow_counts", FlowCounts, [bytes, packets, syn, fin, rst, tcp_flags, _pad]);
+        assert_layout!("flow_counts", FlowCounts, [bytes, packets, syn, fin, rst, tcp_flags, opened, _pad]);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use tokio::{io::unix::AsyncFd, sync::watch};
 use crate::{
     dns::{self, fqdn::Owner, DnsSource},
     ebpf::{clock::TickClock, events, Kernel},
-    flows::{monotonic_ns, unix_nanos, Clock, FlowWindow},
+    flows::{monotonic_ns, unix_nanos, Clock, FlowWindow, Initiators},
     identity::Resolver,
     losses::LossTracker,
     pressure::{CgroupInfo, PressureSource},
@@ -79,6 +79,7 @@ pub struct Pipeline {
     pressure: Option<PressureSource>,
     pub resolver: Resolver,
     window: FlowWindow,
+    initiators: Initiators,
     window_start: u64,
     last_drain: Instant,
     node: pb::NodeIdentity,
@@ -119,6 +120,7 @@ impl Pipeline {
             pressure,
             resolver,
             window: FlowWindow::default(),
+            initiators: Initiators::default(),
             window_start: unix_nanos(std::time::SystemTime::now()),
             last_drain: Instant::now(),
             node,
@@ -246,7 +248,7 @@ impl Pipeline {
         };
         let mut records = {
             let mut ids = self.resolver.window(flows.cgroup_ids().chain(dns_ids).collect::<Vec<_>>());
-            let mut records = flows.into_records(&self.node.name, window, &clock, &mut ids);
+            let mut records = flows.into_records(&self.node.name, window, &clock, &mut ids, &mut self.initiators);
             if let (Some(w), Some(d)) = (dns_window, &self.dns) {
                 records.extend(w.into_records(&d.source.config().limits, |id| ids.workload(id)).into_iter().map(|r| {
                     pb::Record {
@@ -305,6 +307,7 @@ impl Pipeline {
             ("identity", "unknown_layout", id.unknown_layouts),
             ("identity", "pod_without_metadata", id.pods_without_metadata),
             ("agent", "drain_error", self.user.drain_errors),
+            ("flows", "initiator_untracked", self.initiators.untracked),
         ]);
         if let Some(d) = &self.dns {
             totals.extend(d.source.losses());

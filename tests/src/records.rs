@@ -27,6 +27,8 @@ pub struct Totals {
     /// Remote pod names seen on these records ("ns/name"), in order.
     pub remote_pods: Vec<String>,
     pub workload: Option<pb::Workload>,
+    /// Each record's initiator, in order.
+    pub initiators: Vec<pb::Initiator>,
 }
 
 pub fn flows(records: &[pb::Record]) -> impl Iterator<Item = &pb::FlowRecord> {
@@ -75,6 +77,7 @@ pub fn totals(records: &[pb::Record], select: impl Fn(&pb::FlowRecord) -> bool) 
             t.remote_pods.push(format!("{}/{}", p.namespace, p.name));
         }
         t.workload = f.local.clone();
+        t.initiators.push(f.initiator());
     }
     out
 }

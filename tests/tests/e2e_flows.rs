@@ -122,6 +122,7 @@ fn assert_tcp_exact(records: &[pb::Record], client: &Pod, server: &Pod, c: &Valu
         client.name
     );
     assert_eq!((got.syn, got.fin), ((1, 1), (1, 1)), "client SYN/FIN out/in");
+    assert!(got.initiators.iter().all(|i| *i == pb::Initiator::Local), "client initiator {:?}", got.initiators);
     let got = pod_totals(records, &server.uid).remove(&tuple(sv, cl, 6)).unwrap_or_default();
     assert_eq!(
         (got.egress_packets, got.ingress_packets, got.egress_bytes, got.ingress_bytes),
@@ -134,6 +135,7 @@ fn assert_tcp_exact(records: &[pb::Record], client: &Pod, server: &Pod, c: &Valu
         "server {} side of {sv} <- {cl}",
         server.name
     );
+    assert!(got.initiators.iter().all(|i| *i == pb::Initiator::Remote), "server initiator {:?}", got.initiators);
 }
 
 fn tcp_complete(
@@ -279,6 +281,36 @@ fn three_pods_tcp_and_udp_over_v4_and_v6_are_counted_exactly() {
         .unwrap();
         assert!(!ours.contains(&local), "{t:?} attributed outside the pods");
     }
+    assert_eq!(agent.stop().code(), Some(0), "clean exit on SIGTERM:\n{}", agent.log_text());
+}
+
+/// A connection to a server on a port in the ephemeral range, lasting several
+/// windows: every window's record names the opener (the SYN is only in the
+/// first), so a port heuristic would have called the client the server.
+#[test]
+fn a_long_connection_keeps_its_initiator_in_every_window() {
+    let s = setup("initiator");
+    let mut node = Node::new(Driver::Systemd);
+    let grpc = node.pod("shop", "grpc", Qos::Burstable);
+    let caller = node.pod("shop", "caller", Qos::Burstable);
+    write_inventory(&s.inventory, &s.node_name, &[&grpc, &caller]);
+    let (mut agent, observer) = start_agent(&s);
+    let listen = SocketAddr::new(grpc.ip(false), 50051);
+    let mut srv = grpc.spawn(&["tcp-server", "--listen", &listen.to_string(), "--reply", "1000"]);
+    srv.first_line();
+    // 12 x 64 KiB, 300 ms apart: ~3.5 s over 1 s windows
+    let c = caller.run(&["tcp-client", "--connect", &listen.to_string(), "--send", "786432", "--pace-ms", "300"]);
+    srv.wait_json(Duration::from_secs(30));
+    let (cl, sv) = (sock(&c[0], "local"), sock(&c[0], "peer"));
+    let records = observer.wait_until(WAIT, |r| {
+        tcp_complete(r, &caller, cl, sv, info(&c[0], "segs_out"), info(&c[0], "segs_in"))
+            && tcp_complete(r, &grpc, sv, cl, 1, info(&c[0], "segs_out"))
+    });
+    let client = pod_totals(&records, &caller.uid).remove(&tuple(cl, sv, 6)).unwrap();
+    let server = pod_totals(&records, &grpc.uid).remove(&tuple(sv, cl, 6)).unwrap();
+    assert!(client.records >= 3 && server.records >= 3, "{} and {} windows", client.records, server.records);
+    assert!(client.initiators.iter().all(|i| *i == pb::Initiator::Local), "client: {:?}", client.initiators);
+    assert!(server.initiators.iter().all(|i| *i == pb::Initiator::Remote), "server: {:?}", server.initiators);
     assert_eq!(agent.stop().code(), Some(0), "clean exit on SIGTERM:\n{}", agent.log_text());
 }
 

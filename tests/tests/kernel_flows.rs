@@ -54,8 +54,15 @@ fn counts(bytes: u64, packets: u64, flags: u8) -> FlowCounts {
         fin: u32::from(flags & FIN != 0) * packets as u32,
         rst: u32::from(flags & RST != 0) * packets as u32,
         tcp_flags: flags,
-        _pad: [0; 3],
+        opened: 0,
+        _pad: [0; 2],
     }
+}
+
+/// `c` with the mark of a connection opened in its direction.
+fn opened(mut c: FlowCounts) -> FlowCounts {
+    c.opened = 1;
+    c
 }
 
 /// Asserts the drained map holds exactly `want` (timestamps checked for sanity only).
@@ -74,7 +81,8 @@ fn assert_flows(p: &mut FlowProgs, want: &[(FlowKey, [FlowCounts; 2])]) {
     }
 }
 
-const NONE: FlowCounts = FlowCounts { bytes: 0, packets: 0, syn: 0, fin: 0, rst: 0, tcp_flags: 0, _pad: [0; 3] };
+const NONE: FlowCounts =
+    FlowCounts { bytes: 0, packets: 0, syn: 0, fin: 0, rst: 0, tcp_flags: 0, opened: 0, _pad: [0; 2] };
 
 #[test]
 fn tcp_v4_both_directions_share_one_record() {
@@ -89,7 +97,28 @@ fn tcp_v4_both_directions_share_one_record() {
     out.bytes += 10 * data.len() as u64;
     out.packets += 10;
     out.tcp_flags |= ACK | PSH;
+    // the SYN marks the client's direction, the SYN-ACK does not
+    out.opened = 1;
     assert_flows(&mut p, &[(key4(A4, 40000, B4, 80, 6), [out, counts(synack.len() as u64, 1, SYN | ACK)])]);
+}
+
+#[test]
+fn an_accepted_connection_is_opened_by_the_remote_end() {
+    let mut p = progs();
+    // an ACK first (a connection older than the map entry), then a SYN: the
+    // mark is set on an existing entry too
+    let ack = ipv4(B4, A4, 6, &tcp(50000, 8443, ACK, &[], &[]));
+    let syn = ipv4(B4, A4, 6, &tcp(50000, 8443, SYN, &[], &[]));
+    let synack = ipv4(A4, B4, 6, &tcp(8443, 50000, SYN | ACK, &[], &[]));
+    assert_eq!(p.run(Dir::Ingress, &eth(ETH_P_IP, &ack)), 1);
+    assert_eq!(p.run(Dir::Ingress, &eth(ETH_P_IP, &syn)), 1);
+    assert_eq!(p.run(Dir::Egress, &eth(ETH_P_IP, &synack)), 1);
+    let mut inbound = counts((ack.len() + syn.len()) as u64, 2, ACK | SYN);
+    inbound.syn = 1;
+    assert_flows(
+        &mut p,
+        &[(key4(A4, 8443, B4, 50000, 6), [counts(synack.len() as u64, 1, SYN | ACK), opened(inbound)])],
+    );
 }
 
 #[test]
@@ -143,7 +172,7 @@ fn ipv6_tcp_udp_and_icmpv6() {
     assert_flows(
         &mut p,
         &[
-            (key6(A6, 5000, B6, 443, 6), [counts(t.len() as u64, 1, SYN), NONE]),
+            (key6(A6, 5000, B6, 443, 6), [opened(counts(t.len() as u64, 1, SYN)), NONE]),
             (key6(A6, 5001, B6, 53, 17), [NONE, counts(u.len() as u64, 1, 0)]),
             (key6(A6, 77, B6, 77, 58), [counts(echo.len() as u64, 1, 0), NONE]),
         ],
@@ -238,7 +267,7 @@ fn ipv4_options_move_the_transport_header() {
     let mut p = progs();
     let pkt = ipv4_full(A4, B4, 6, 0, &[1, 1, 1, 0, 0x44, 4, 5, 0], &tcp(12, 34, SYN, &[], &[]));
     assert_eq!(p.run(Dir::Egress, &eth(ETH_P_IP, &pkt)), 1);
-    assert_flows(&mut p, &[(key4(A4, 12, B4, 34, 6), [counts(pkt.len() as u64, 1, SYN), NONE])]);
+    assert_flows(&mut p, &[(key4(A4, 12, B4, 34, 6), [opened(counts(pkt.len() as u64, 1, SYN)), NONE])]);
 }
 
 #[test]

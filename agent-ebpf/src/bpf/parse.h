@@ -32,6 +32,7 @@
 #define PL_TCP_FIN 0x01
 #define PL_TCP_SYN 0x02
 #define PL_TCP_RST 0x04
+#define PL_TCP_ACK 0x10
 
 /* Headers deeper than this are always copied (keeps the verifier's ranges small). */
 #define PL_DIRECT_MAX_OFF 512

@@ -66,6 +66,12 @@ struct {
 	__array(values, struct barrier_inner);
 } drain_barrier SEC(".maps");
 
+/* A SYN without ACK: the first packet of a TCP connection, sent by its client. */
+static __always_inline int is_open(__u8 flags)
+{
+	return (flags & (PL_TCP_SYN | PL_TCP_ACK)) == PL_TCP_SYN;
+}
+
 static __always_inline void add_counts(struct flow_counts *c, __u64 bytes, __u64 packets,
 				       __u8 flags)
 {
@@ -83,6 +89,8 @@ static __always_inline void add_counts(struct flow_counts *c, __u64 bytes, __u64
 	 */
 	if ((c->tcp_flags | flags) != c->tcp_flags)
 		c->tcp_flags |= flags;
+	if (is_open(flags) && !c->opened)
+		c->opened = 1;
 }
 
 static __always_inline void send_overflow(const struct flow_key *key, int dir, __u64 bytes,
@@ -126,6 +134,7 @@ static __always_inline void account(void *flows, const struct flow_key *key, int
 		nv.dir[dir].fin = !!(flags & PL_TCP_FIN);
 		nv.dir[dir].rst = !!(flags & PL_TCP_RST);
 		nv.dir[dir].tcp_flags = flags;
+		nv.dir[dir].opened = is_open(flags);
 		err = bpf_map_update_elem(flows, key, &nv, BPF_NOEXIST);
 		if (!err)
 			return;

@@ -386,6 +386,43 @@ pub struct FlowRecord {
     /// Consumers always receive `local` itself.
     #[prost(uint32, tag = "11")]
     pub local_index: u32,
+    /// Which end opened the connection (sent the SYN without ACK), TCP only;
+    /// remembered by the agent across windows for the connection's lifetime.
+    #[prost(enumeration = "Initiator", tag = "12")]
+    pub initiator: i32,
+}
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum Initiator {
+    /// Not TCP, or the opening was not seen (a connection older than the agent,
+    /// a simultaneous open, or more open connections than the agent remembers).
+    Unknown = 0,
+    /// The local end connected: it is the client.
+    Local = 1,
+    /// The remote end connected: the local end accepted, it is the server.
+    Remote = 2,
+}
+impl Initiator {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unknown => "INITIATOR_UNKNOWN",
+            Self::Local => "INITIATOR_LOCAL",
+            Self::Remote => "INITIATOR_REMOTE",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "INITIATOR_UNKNOWN" => Some(Self::Unknown),
+            "INITIATOR_LOCAL" => Some(Self::Local),
+            "INITIATOR_REMOTE" => Some(Self::Remote),
+            _ => None,
+        }
+    }
 }
 /// A cumulative kernel counter at the end of the window.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]

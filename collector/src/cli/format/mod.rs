@@ -126,7 +126,26 @@ fn flow_json(f: &pb::FlowRecord) -> Value {
         "first_seen_unix_nano": f.first_seen_unix_nano,
         "last_seen_unix_nano": f.last_seen_unix_nano,
         "overflow": f.overflow,
+        "initiator": initiator_name(f.initiator()),
     })
+}
+
+/// Which end opened the connection, as `observe -o json` spells it.
+pub fn initiator_name(i: pb::Initiator) -> &'static str {
+    match i {
+        pb::Initiator::Local => "local",
+        pb::Initiator::Remote => "remote",
+        pb::Initiator::Unknown => "unknown",
+    }
+}
+
+/// `->` the local end connected, `<-` the remote end did, `--` not known.
+fn initiator_arrow(i: pb::Initiator) -> &'static str {
+    match i {
+        pb::Initiator::Local => "->",
+        pb::Initiator::Remote => "<-",
+        pb::Initiator::Unknown => "--",
+    }
 }
 
 /// `podlens status -o json`.
@@ -185,7 +204,7 @@ pub fn now_unix_nanos() -> u64 {
 }
 
 /// Header of the table output.
-pub const TABLE_HEADER: &str = "NODE         LOCAL                              PROTO   LOCAL ADDR              REMOTE                                          TX BYTES/PKTS      RX BYTES/PKTS      FLAGS";
+pub const TABLE_HEADER: &str = "NODE         LOCAL                              PROTO   LOCAL ADDR                 REMOTE                                          TX BYTES/PKTS      RX BYTES/PKTS      FLAGS";
 
 fn endpoint(ip: &str, port: u32, protocol: u32) -> String {
     let bracketed = match ip.parse::<IpAddr>() {
@@ -239,11 +258,12 @@ pub fn record_line(r: &pb::Record) -> Option<String> {
             let flags =
                 tcp_flags(f.egress.as_ref().map_or(0, |c| c.tcp_flags) | f.ingress.as_ref().map_or(0, |c| c.tcp_flags));
             Some(format!(
-                "{} {} {:7} {} {} {:18} {:18} {}",
+                "{} {} {:7} {} {} {} {:18} {:18} {}",
                 clip(&r.node, 12),
                 clip(&who(&f.local.clone().unwrap_or_default()), 34),
                 protocol_name(f.protocol),
                 clip(&endpoint(&f.local_ip, f.local_port, f.protocol), 23),
+                initiator_arrow(f.initiator()),
                 clip(&peer, 47),
                 counts(f.egress.as_ref()),
                 counts(f.ingress.as_ref()),
@@ -311,6 +331,7 @@ mod tests {
                 last_seen_unix_nano: 6,
                 overflow: false,
                 local_index: 0,
+                initiator: pb::Initiator::Local as i32,
             })),
         }
     }
@@ -335,12 +356,13 @@ mod tests {
         assert_eq!(v["egress"]["tcp_flags"], "SYN|ACK");
         assert_eq!(v["ingress"]["packets"], 0);
         assert_eq!(v["window_end_unix_nano"], 2);
+        assert_eq!(v["initiator"], "local");
     }
 
     #[test]
     fn table_line_shows_pod_addresses_and_counts() {
         let line = record_line(&sample()).unwrap();
-        for part in ["shop/web", "TCP", "10.0.0.1:43210", "[fd00::2]:80", "100/2", "0/0", "SYN|ACK"] {
+        for part in ["shop/web", "TCP", "10.0.0.1:43210", "-> [fd00::2]:80", "100/2", "0/0", "SYN|ACK"] {
             assert!(line.contains(part), "{part} in {line}");
         }
     }

@@ -82,6 +82,7 @@ fn template(node: &str, n: usize) -> Vec<u8> {
                 last_seen_unix_nano: 1_700_000_004_000_000_000,
                 overflow: false,
                 local_index: 0,
+                initiator: pb::Initiator::Local as i32,
             })),
         })
         .collect();

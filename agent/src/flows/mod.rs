@@ -12,9 +12,13 @@ use podlens_proto::v1 as pb;
 
 use crate::{ebpf::clock::TickClock, identity::WindowResolver};
 
+mod initiator;
+pub use initiator::Initiators;
+
 const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
 
 /// A flow's counts within one window.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -34,6 +38,7 @@ fn add(into: &mut FlowCounts, from: &FlowCounts) {
     into.fin += from.fin;
     into.rst += from.rst;
     into.tcp_flags |= from.tcp_flags;
+    into.opened |= from.opened;
 }
 
 impl FlowAgg {
@@ -58,7 +63,8 @@ impl FlowAgg {
             fin: u32::from(e.tcp_flags & TCP_FIN != 0),
             rst: u32::from(e.tcp_flags & TCP_RST != 0),
             tcp_flags: e.tcp_flags,
-            _pad: [0; 3],
+            opened: u8::from(e.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN),
+            _pad: [0; 2],
         };
         add(&mut self.dir[usize::from(e.direction != 0)], &c);
         self.seen(e.hdr.ts_ns, e.hdr.ts_ns);
@@ -101,25 +107,34 @@ impl FlowWindow {
         self.flows.keys().map(|k| k.cgroup_id)
     }
 
-    /// Consumes the window into records, sorted for stable output.
+    /// Consumes the window into records, sorted for stable output; each TCP
+    /// record says which end opened the connection, as far as `initiators`
+    /// knows (it then ends its window).
     pub fn into_records(
         self,
         node: &str,
         window: (u64, u64),
         clock: &Clock,
         ids: &mut WindowResolver<'_>,
+        initiators: &mut Initiators,
     ) -> Vec<pb::Record> {
         let mut flows: Vec<_> = self.flows.into_iter().collect();
         flows.sort_unstable_by_key(|f| f.0);
-        flows
+        let records = flows
             .into_iter()
-            .map(|(key, agg)| pb::Record {
-                node: node.to_string(),
-                window_start_unix_nano: window.0,
-                window_end_unix_nano: window.1,
-                kind: Some(pb::record::Kind::Flow(flow_record(&key, &agg, clock, ids))),
+            .map(|(key, agg)| {
+                let mut flow = flow_record(&key, &agg, clock, ids);
+                flow.set_initiator(initiators.resolve(&key, &agg));
+                pb::Record {
+                    node: node.to_string(),
+                    window_start_unix_nano: window.0,
+                    window_end_unix_nano: window.1,
+                    kind: Some(pb::record::Kind::Flow(flow)),
+                }
             })
-            .collect()
+            .collect();
+        initiators.end_window();
+        records
     }
 }
 
@@ -159,6 +174,7 @@ fn flow_record(key: &FlowKey, agg: &FlowAgg, clock: &Clock, ids: &mut WindowReso
         last_seen_unix_nano: last,
         overflow: agg.overflow,
         local_index: 0,
+        initiator: pb::Initiator::Unknown as i32,
     }
 }
 
@@ -315,7 +331,8 @@ mod tests {
         w.add_kernel([(key(4242), value((100, 2), (50, 1), 1_000, 2_000, 0x12))], &ticks());
         let clock = Clock::with_offset(1_700_000_000_000_000_000);
         let mut ids = resolver.window([5]);
-        let recs = w.into_records("n1", (1, 2), &clock, &mut ids);
+        let mut initiators = Initiators::default();
+        let recs = w.into_records("n1", (1, 2), &clock, &mut ids, &mut initiators);
         assert_eq!(recs.len(), 1);
         let Some(pb::record::Kind::Flow(f)) = &recs[0].kind else { panic!() };
         assert_eq!((f.local_ip.as_str(), f.local_port), ("10.0.0.1", 4242));
@@ -326,5 +343,45 @@ mod tests {
         assert_eq!(f.first_seen_unix_nano, 1_700_000_000_000_001_000);
         assert_eq!(f.local.as_ref().unwrap().cgroup_path, "/system.slice/sshd.service");
         assert_eq!((recs[0].window_start_unix_nano, recs[0].window_end_unix_nano), (1, 2));
+        assert_eq!(f.initiator(), pb::Initiator::Unknown, "no SYN without ACK in this window");
+    }
+
+    #[test]
+    fn the_opening_marks_survive_merging_and_name_the_initiator() {
+        let mut w = FlowWindow::default();
+        let mut v = value((100, 2), (50, 1), 1, 2, 0x12);
+        v.dir[1].opened = 1;
+        w.add_kernel([(key(8443), v)], &ticks());
+        // an overflowed SYN (no ACK) of another connection, egress
+        let e = FlowOverflowEvent {
+            hdr: EventHeader { kind: 1, _pad: 0, ts_ns: 40 },
+            key: key(40000),
+            bytes: 60,
+            packets: 1,
+            direction: 0,
+            tcp_flags: TCP_SYN,
+            _pad: [0; 6],
+        };
+        w.add_overflow(&e);
+        w.add_overflow(&FlowOverflowEvent { key: key(40001), tcp_flags: TCP_SYN | TCP_ACK, ..e });
+        let mut resolver = Resolver::new(
+            CgroupTable::new("/nonexistent", Duration::from_secs(60)),
+            Arc::new(RwLock::new(PodStore::new(Duration::from_secs(60)))),
+        );
+        let mut ids = resolver.window([5]);
+        let mut initiators = Initiators::default();
+        let recs = w.into_records("n1", (1, 2), &Clock::with_offset(0), &mut ids, &mut initiators);
+        let got: Vec<(u32, pb::Initiator)> = recs
+            .iter()
+            .map(|r| match &r.kind {
+                Some(pb::record::Kind::Flow(f)) => (f.local_port, f.initiator()),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [(8443, pb::Initiator::Remote), (40000, pb::Initiator::Local), (40001, pb::Initiator::Unknown)]
+        );
+        assert_eq!(initiators.len(), 2);
     }
 }
