@@ -81,6 +81,33 @@ pub fn render(state: &MetricsState) -> String {
     gauge(&mut r, "findings", "Findings held (latest report of each episode)", findings as i64);
     counter(&mut r, "findings_evicted", "Findings evicted because the findings store was full", findings_evicted);
 
+    if let Some(p) = hub.with_policy_detector(|d| d.stats()) {
+        gauge(&mut r, "policy_gaps", "Policy-gap findings held by the detector", p.gaps as i64);
+        counter(&mut r, "policy_gaps_dropped", "Flows that would have started a gap finding when full", p.gaps_dropped);
+        counter(&mut r, "policy_gaps_expired", "Gap findings forgotten after the retention", p.gaps_expired);
+        gauge(&mut r, "policy_workloads", "Workloads whose flows feed suggested policies", p.observed_workloads as i64);
+        counter(
+            &mut r,
+            "policy_observed_dropped",
+            "Flows, pods or workloads the suggestion memory had no room for",
+            p.observed_dropped,
+        );
+        counter(&mut r, "policy_coverage_dropped", "Flow ends the coverage report had no room for", p.coverage_dropped);
+        counter(
+            &mut r,
+            "policy_unknown_pod_addresses",
+            "Flows to a pod-network address no pod of the cluster view had (not treated as external egress)",
+            p.unknown_pod_addresses,
+        );
+        gauge(&mut r, "egress_baseline_workloads", "Workloads in the egress baseline", p.baseline_workloads as i64);
+        counter(
+            &mut r,
+            "egress_baseline_dropped",
+            "Workloads and destinations the egress baseline had no room for",
+            p.baseline_dropped,
+        );
+    }
+
     let batches = Family::<NodeLabel, Counter>::default();
     let records = Family::<NodeLabel, Counter>::default();
     let duplicates = Family::<NodeLabel, Counter>::default();
@@ -180,5 +207,24 @@ mod tests {
         assert!(text.contains("podlens_collector_workloads_dropped_total 0"), "{text}");
         assert!(text.contains("podlens_collector_tls_handshakes_rejected_total{listener=\"ingest\"} 0"), "{text}");
         assert!(text.trim_end().ends_with("# EOF"));
+        assert!(!text.contains("policy_gaps"), "no detector, no policy series: {text}");
+    }
+
+    #[test]
+    fn policy_detector_bounds_are_exposed() {
+        let hub = Arc::new(Hub::new(16));
+        let state = crate::policy::detector::ClusterState::from_manifests(&Default::default());
+        hub.set_policy_detector(crate::policy::detector::PolicyDetector::new(state, None).unwrap());
+        let text = render(&MetricsState { hub, listeners: Vec::new() });
+        for series in [
+            "podlens_collector_policy_gaps 0",
+            "podlens_collector_policy_gaps_dropped_total 0",
+            "podlens_collector_policy_gaps_expired_total 0",
+            "podlens_collector_policy_observed_dropped_total 0",
+            "podlens_collector_policy_coverage_dropped_total 0",
+            "podlens_collector_egress_baseline_dropped_total 0",
+        ] {
+            assert!(text.contains(series), "{series} in {text}");
+        }
     }
 }

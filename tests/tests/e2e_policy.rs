@@ -132,11 +132,33 @@ fn enforcement_gaps_uncovered_and_unexpected_egress_once_across_a_collector_rest
     let learning_started = Instant::now();
     connect(&web, &api, 8080);
     connect(&debug, &api, 8080);
+    // a server on a port in the ephemeral range: the agent's initiator, not
+    // the port numbers, says who is the client
+    connect(&debug, &api, 50051);
     connect(&web, &site_a, 443);
-    let f = wait_findings(&collector, "enforcement gap and uncovered egress", |f| {
-        !gap(f, "enforcement_gap", "shop/api", "ops/Pod/debug").is_empty()
-            && !gap(f, "uncovered_egress", "shop/web", "shop/Pod/api").is_empty()
+    let at = |f: &[Value], port: u64| {
+        gap(f, "enforcement_gap", "shop/api", "ops/Pod/debug").iter().any(|g| g["policy_gap"]["port"] == port)
+    };
+    let f = wait_findings(&collector, "enforcement gaps and uncovered egress", |f| {
+        at(f, 8080) && at(f, 50051) && !gap(f, "uncovered_egress", "shop/web", "shop/Pod/api").is_empty()
     });
+    let ingress_of_debug: Vec<&Value> = f
+        .iter()
+        .filter(|x| x["policy_gap"]["workload"]["name"] == "debug" && x["policy_gap"]["direction"] == "ingress")
+        .collect();
+    assert!(ingress_of_debug.is_empty(), "debug was never a server: {ingress_of_debug:#?}");
+    // one connection seen by both ends: each direction counted from its own
+    // end's records only (both are drained at the same instants), not twice
+    let flows_at = |kind: &str, workload: &str, peer: &str| -> Vec<Value> {
+        gap(&f, kind, workload, peer)
+            .iter()
+            .filter(|g| g["policy_gap"]["port"] == 8080)
+            .map(|g| g["policy_gap"]["flows"].clone())
+            .collect()
+    };
+    let ingress = flows_at("enforcement_gap", "shop/api", "ops/Pod/debug");
+    assert_eq!(ingress.len(), 1, "{f:#?}");
+    assert_eq!(ingress, flows_at("uncovered_egress", "ops/debug", "shop/Pod/api"), "{f:#?}");
     assert!(gap(&f, "enforcement_gap", "shop/web", "").is_empty(), "web -> api is allowed: {f:#?}");
     assert!(!gap(&f, "unprotected_pod", "shop/web", "").is_empty(), "no policy selects web: {f:#?}");
     assert!(gap(&f, "unexpected_egress", "shop/web", "").is_empty(), "still learning: {f:#?}");

@@ -95,6 +95,10 @@ struct Args {
     /// unexpected egress (once per destination).
     #[arg(long, env = "PODLENS_EGRESS_LEARNING", default_value = "24h", value_parser = parse_duration)]
     egress_learning: Duration,
+    /// Policy-gap findings, and what a workload was seen doing (its suggested
+    /// policy), are forgotten after this long without traffic.
+    #[arg(long, env = "PODLENS_POLICY_RETENTION", default_value = "24h", value_parser = parse_duration)]
+    policy_retention: Duration,
     /// Time consumers get to read the last records at shutdown.
     #[arg(long, env = "PODLENS_SHUTDOWN_GRACE", default_value = "5", value_name = "SECONDS")]
     shutdown_grace: u64,
@@ -202,15 +206,22 @@ async fn main() -> Result<()> {
     let baseline =
         args.egress_baseline.clone().or_else(|| args.state_dir.as_ref().map(|d| d.join("egress-baseline.json")));
     if let Some(dir) = &args.manifests {
-        podlens_collector::policy::watch::start(&hub, dir.clone(), baseline.clone(), args.egress_learning)?;
+        podlens_collector::policy::watch::start(
+            &hub,
+            dir.clone(),
+            baseline.clone(),
+            args.egress_learning,
+            args.policy_retention,
+        )?;
     }
     let kube = match use_kube {
         false => None,
         true => match ::kube::Client::try_default().await {
             // the baseline is checked now so that a corrupt one stops startup, as with --manifests
-            Ok(client) => {
-                Some((client, podlens_collector::policy::watch_kube::prepare(baseline, args.egress_learning)?))
-            }
+            Ok(client) => Some((
+                client,
+                podlens_collector::policy::watch_kube::prepare(baseline, args.egress_learning, args.policy_retention)?,
+            )),
             Err(e) if args.kube == KubeMode::On => {
                 return Err(e).context("connecting to the Kubernetes API (--kube on)");
             }

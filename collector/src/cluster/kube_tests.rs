@@ -190,14 +190,14 @@ async fn cluster_run_installs_the_detector_only_after_every_kind_is_listed() {
 
     // CronJobs never answer: no detector, as a partial view would report unlisted pods as unprotected
     let (client, _) = mock(vec![pods.clone(), ("/apis/batch/v1/cronjobs", Value::Null)], vec![]);
-    let detector = watch_kube::prepare(None, Duration::from_secs(3600)).unwrap();
+    let detector = watch_kube::prepare(None, Duration::from_secs(3600), Duration::from_secs(3600)).unwrap();
     let task = tokio::spawn(watch_kube::run(hub.clone(), client, detector, stop.clone()));
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(hub.with_policy_detector(|_| ()).is_none());
     task.abort();
 
     let (client, _) = mock(vec![pods], vec![]);
-    let detector = watch_kube::prepare(None, Duration::from_secs(3600)).unwrap();
+    let detector = watch_kube::prepare(None, Duration::from_secs(3600), Duration::from_secs(3600)).unwrap();
     let task = tokio::spawn(watch_kube::run(hub.clone(), client, detector, stop));
     for _ in 0..500 {
         if hub.with_policy_detector(|d| d.state().pods.len()) == Some(1) {

@@ -235,9 +235,12 @@ impl Hub {
         }
         run.last_emit = now;
         run.sequence += 1;
-        let found: Vec<pb::Record> = run
-            .detector
-            .findings(now)
+        let pending = run.detector.findings(now);
+        let (epoch, sequence) = (run.epoch, run.sequence);
+        drop(guard);
+        // suggestions are YAML built from the observed flows: not under the lock
+        let found: Vec<pb::Record> = pending
+            .render()
             .into_iter()
             .map(|f| pb::Record {
                 node: POLICY_NODE.into(),
@@ -245,8 +248,6 @@ impl Hub {
                 ..Default::default()
             })
             .collect();
-        let (epoch, sequence) = (run.epoch, run.sequence);
-        drop(guard);
         self.findings.lock().unwrap_or_else(|e| e.into_inner()).add(&found, &Tables::default(), epoch, now);
         Some(Published {
             origin: Arc::new(pb::Origin {

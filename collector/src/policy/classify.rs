@@ -3,12 +3,14 @@
 //! isolated at all, or whether it was seen although policy denies it.
 //!
 //! Choices:
-//! - Client and server: `local_is_client` when the agent knows it (TCP SYN
-//!   direction). Otherwise a remote service address and port means the local
+//! - Client and server: `local_is_client` when the agent knows it (it saw
+//!   the SYN). Otherwise a remote service address and port means the local
 //!   end is the client, since nothing listens on a ClusterIP; failing that,
-//!   the end with the lower port is the server (services listen on low or
-//!   well-known ports, clients get ephemeral ones), and on a tie the local
-//!   end is the client.
+//!   the end that declares its port (a containerPort of its pod, or a
+//!   service backend address and target port) is the server when only one
+//!   does; failing that, the end with the lower port (services listen on
+//!   low or well-known ports, clients get ephemeral ones), and on a tie the
+//!   local end is the client.
 //! - The local pod is found by namespace and name, else by uid, else by the
 //!   local address. A name or uid the view does not know is a pod newer than
 //!   the snapshot, so the address is not tried: it would belong to the pod
@@ -26,9 +28,7 @@
 //! - Protocols other than TCP, UDP and SCTP are outside NetworkPolicy (CNIs
 //!   differ on ICMP), so both directions are NotApplicable.
 
-use std::{borrow::Borrow, collections::HashMap, net::IpAddr};
-
-use k8s_openapi::api::core::v1::Pod;
+use std::net::IpAddr;
 
 use super::{
     eval::{evaluate, ClusterView, Connection, Decision, Endpoint, PodRef, Protocol, RuleRef},
@@ -172,36 +172,24 @@ pub fn policy_protocol(iana: u8) -> Option<Protocol> {
     }
 }
 
-/// Classifies flows against one snapshot.
-#[derive(Debug)]
+/// Classifies flows against one snapshot; cheap to build (two references).
+#[derive(Debug, Clone, Copy)]
 pub struct Classifier<'a> {
     view: &'a ClusterView,
     services: &'a ServiceIndex,
-    uids: HashMap<String, ObjectId>,
 }
 
 impl<'a> Classifier<'a> {
-    /// `pods` are those `view` was built from, for looking pods up by uid
-    /// (the view has no uid index).
-    pub fn new<P: Borrow<Pod>>(
-        view: &'a ClusterView,
-        services: &'a ServiceIndex,
-        pods: impl IntoIterator<Item = P>,
-    ) -> Self {
-        let mut uids = HashMap::new();
-        for pod in pods {
-            let meta = &pod.borrow().metadata;
-            let (Some(uid), Some(name)) = (meta.uid.clone(), meta.name.clone()) else { continue };
-            uids.insert(uid, (meta.namespace.clone().unwrap_or_else(|| "default".to_owned()), name));
-        }
-        Classifier { view, services, uids }
+    pub fn new(view: &'a ClusterView, services: &'a ServiceIndex) -> Self {
+        Classifier { view, services }
     }
 
     pub fn classify(&self, flow: &ObservedFlow) -> FlowClass {
         let protocol = policy_protocol(flow.protocol);
         let local = self.local_endpoint(flow);
         let frontend = protocol.and_then(|p| Some((p, self.services.resolve(flow.remote_ip, flow.remote_port, p)?)));
-        let local_is_client = flow.local_is_client.unwrap_or(frontend.is_some() || flow.local_port >= flow.remote_port);
+        let local_is_client =
+            flow.local_is_client.unwrap_or_else(|| frontend.is_some() || self.guess_local_is_client(flow, &local));
         let mut out = FlowClass {
             service: None,
             egress: Class::NotApplicable,
@@ -251,6 +239,26 @@ impl<'a> Classifier<'a> {
         out
     }
 
+    /// Without the opening seen: the end that declares its port (a container
+    /// port, or a service backend) is the server; failing that, the lower port.
+    fn guess_local_is_client(&self, flow: &ObservedFlow, local: &Endpoint) -> bool {
+        let Some(protocol) = policy_protocol(flow.protocol) else { return flow.local_port >= flow.remote_port };
+        let listens = |end: Option<PodRef>, ip: IpAddr, port: u16| {
+            end.is_some_and(|p| p.declares(port, protocol)) || self.services.serves(ip, port, protocol)
+        };
+        let local_pod = match local {
+            Endpoint::Pod(p) => Some(*p),
+            Endpoint::External(_) => None,
+        };
+        let local_listens = listens(local_pod, flow.local_ip, flow.local_port);
+        let remote_listens = listens(self.view.pod_by_ip(flow.remote_ip), flow.remote_ip, flow.remote_port);
+        match (local_listens, remote_listens) {
+            (true, false) => false,
+            (false, true) => true,
+            _ => flow.local_port >= flow.remote_port,
+        }
+    }
+
     fn judge(&self, from: Endpoint, to: Endpoint, port: u16, protocol: Option<Protocol>) -> (Class, Class) {
         let Some(protocol) = protocol else { return (Class::NotApplicable, Class::NotApplicable) };
         let verdict = evaluate(self.view, &Connection { from, to, port, protocol });
@@ -262,7 +270,7 @@ impl<'a> Classifier<'a> {
         // Outer None: no identity given; inner None: one the view lacks.
         let identity = match (&end.namespace, &end.name, &end.uid) {
             (Some(namespace), Some(name), _) => Some(Some((namespace.as_str(), name.as_str()))),
-            (_, _, Some(uid)) => Some(self.uids.get(uid).map(|(ns, name)| (ns.as_str(), name.as_str()))),
+            (_, _, Some(uid)) => Some(self.view.pod_by_uid(uid).map(|p| (p.namespace(), p.name()))),
             _ => None,
         };
         let by_ip = self.view.pod_by_ip(flow.local_ip);
@@ -277,9 +285,9 @@ impl<'a> Classifier<'a> {
     }
 }
 
-/// Classifies one flow; build a [`Classifier`] once to classify many.
-pub fn classify(view: &ClusterView, services: &ServiceIndex, pods: &[Pod], flow: &ObservedFlow) -> FlowClass {
-    Classifier::new(view, services, pods).classify(flow)
+/// Classifies one flow.
+pub fn classify(view: &ClusterView, services: &ServiceIndex, flow: &ObservedFlow) -> FlowClass {
+    Classifier::new(view, services).classify(flow)
 }
 
 fn same(pod: &PodRef, (namespace, name): (&str, &str)) -> bool {

@@ -190,7 +190,7 @@ fn view(policies: &[&str]) -> ClusterView {
 
 fn classify(policies: &[&str], spec: &str) -> FlowClass {
     let (view, index) = (view(policies), services());
-    Classifier::new(&view, &index, pods()).classify(&flow(spec))
+    Classifier::new(&view, &index).classify(&flow(spec))
 }
 
 /// (local is client, client pod, server pod, service, server port); "" for none.
@@ -220,6 +220,10 @@ fn classifies_flows() {
             (false, "", "prod/web", "", 443), Na, Broad(&[("prod/web-public", 0)])),
         ("unknown direction: the lower port serves", &[], "prod/api-a 10.0.1.2:8080 ? 10.0.1.1:45000 tcp",
             (false, "prod/web", "prod/api-a", "", 8080), Open, Open),
+        ("unknown direction: the declared container port serves, not the lower one", &[],
+            "prod/web 10.0.1.1:3000 ? 10.0.1.2:8080 tcp", (true, "prod/web", "prod/api-a", "", 8080), Open, Open),
+        ("unknown direction: a service backend's target port serves", &[],
+            "prod/db 10.0.1.4:5432 ? 10.0.1.1:80 tcp", (false, "prod/web", "prod/db", "", 5432), Open, Open),
         ("unknown direction: on a tie local is the client", &[], "prod/web 10.0.1.1:5000 ? 10.0.1.4:5000 tcp",
             (true, "prod/web", "prod/db", "", 5000), Open, Open),
         ("unknown direction: a service port serves", &["db-deny"], "prod/web 10.0.1.1:22 ? 10.96.0.20:5432 tcp",
@@ -244,7 +248,7 @@ fn classifies_flows() {
     for &(name, policies, spec, (local_is_client, client, server, service, port), egress, ingress) in cases {
         let (view, index) = (view(policies), services());
         let observed = ObservedFlow { fqdn: Some("name.example".to_owned()), ..flow(spec) };
-        let got = Classifier::new(&view, &index, pods()).classify(&observed);
+        let got = Classifier::new(&view, &index).classify(&observed);
         assert_eq!(got.local_is_client, local_is_client, "{name}: direction");
         assert_eq!(got.client_pod, id_of(client), "{name}: client");
         assert_eq!(got.server_pod, id_of(server), "{name}: server");

@@ -13,8 +13,9 @@ const MAX_WORKLOADS: usize = 10_000;
 
 #[derive(Default)]
 struct Namespace {
-    /// Per workload: selected by a policy for (ingress, egress), as last seen.
-    workloads: BTreeMap<Workload, (bool, bool)>,
+    /// Per workload: selected by a policy for (ingress, egress), as last
+    /// seen, and when it was last seen.
+    workloads: BTreeMap<Workload, (bool, bool, u64)>,
     flows: u64,
     covered: u64,
     broad: u64,
@@ -32,7 +33,7 @@ pub struct Coverage {
 impl Coverage {
     /// One end of one flow record: its workload, whether it is the server
     /// (ingress) end, and how a policy covers that end.
-    pub fn add(&mut self, w: &Workload, server: bool, class: &Class) {
+    pub fn add(&mut self, w: &Workload, server: bool, class: &Class, now: u64) {
         let isolated = match class {
             Class::NotApplicable => return,
             Class::NotIsolated => false,
@@ -45,7 +46,8 @@ impl Coverage {
         let ns = self.namespaces.entry(w.namespace.clone()).or_default();
         let known = ns.workloads.contains_key(w);
         if known || ns.workloads.len() < MAX_WORKLOADS {
-            let e = ns.workloads.entry(w.clone()).or_insert((false, false));
+            let e = ns.workloads.entry(w.clone()).or_insert((false, false, now));
+            e.2 = e.2.max(now);
             if server {
                 e.0 = isolated;
             } else {
@@ -64,6 +66,14 @@ impl Coverage {
         }
     }
 
+    /// Forgets workloads last seen before `cutoff` (deleted ones would
+    /// otherwise count forever); flow counts stay cumulative.
+    pub fn expire(&mut self, cutoff: u64) {
+        for ns in self.namespaces.values_mut() {
+            ns.workloads.retain(|_, (_, _, seen)| *seen >= cutoff);
+        }
+    }
+
     pub fn report(&self, only: &[String]) -> Vec<pb::NamespaceCoverage> {
         self.namespaces
             .iter()
@@ -71,8 +81,8 @@ impl Coverage {
             .map(|(name, ns)| pb::NamespaceCoverage {
                 namespace: name.clone(),
                 workloads: ns.workloads.len() as u32,
-                workloads_ingress_isolated: ns.workloads.values().filter(|(i, _)| *i).count() as u32,
-                workloads_egress_isolated: ns.workloads.values().filter(|(_, e)| *e).count() as u32,
+                workloads_ingress_isolated: ns.workloads.values().filter(|(i, _, _)| *i).count() as u32,
+                workloads_egress_isolated: ns.workloads.values().filter(|(_, e, _)| *e).count() as u32,
                 flows: ns.flows,
                 flows_covered: ns.covered,
                 flows_broad: ns.broad,
@@ -102,11 +112,11 @@ mod tests {
             broad: false,
         };
         let mut c = Coverage::default();
-        c.add(&w("shop", "api"), true, &Class::AllowedSpecific(vec![rule.clone()]));
-        c.add(&w("shop", "web"), false, &Class::NotIsolated);
-        c.add(&w("shop", "web"), false, &Class::AllowedBroad(vec![RuleRef { broad: true, ..rule }]));
-        c.add(&w("ops", "debug"), false, &Class::EnforcementGap { selecting: vec![] });
-        c.add(&w("ops", "debug"), true, &Class::NotApplicable);
+        c.add(&w("shop", "api"), true, &Class::AllowedSpecific(vec![rule.clone()]), 1);
+        c.add(&w("shop", "web"), false, &Class::NotIsolated, 1);
+        c.add(&w("shop", "web"), false, &Class::AllowedBroad(vec![RuleRef { broad: true, ..rule }]), 1);
+        c.add(&w("ops", "debug"), false, &Class::EnforcementGap { selecting: vec![] }, 1);
+        c.add(&w("ops", "debug"), true, &Class::NotApplicable, 1);
         let r = c.report(&[]);
         assert_eq!(r.len(), 2);
         let shop = r.iter().find(|n| n.namespace == "shop").unwrap();
@@ -117,5 +127,9 @@ mod tests {
         );
         let ops = &c.report(&["ops".into()])[0];
         assert_eq!((ops.flows, ops.flows_denied, ops.workloads_egress_isolated), (1, 1, 1));
+        c.add(&w("shop", "api"), true, &Class::NotIsolated, 5);
+        c.expire(3);
+        let shop = c.report(&["shop".into()]).remove(0);
+        assert_eq!((shop.workloads, shop.workloads_ingress_isolated, shop.flows), (1, 0, 4), "web idle since 1");
     }
 }

@@ -3,22 +3,25 @@
 //! its external destinations checked against each workload's baseline.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     net::IpAddr,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use podlens_proto::{compact::Tables, v1 as pb};
 
 use super::{
     baseline::{Baseline, BaselineConfig, BaselineError, ExternalDest, UnexpectedEgress},
-    classify::{policy_protocol, Class, Classifier, FlowClass, FlowEnd, ObservedFlow},
+    classify::{policy_protocol, Class, Classifier, FlowClass, FlowEnd, ObjectId, ObservedFlow},
     coverage::Coverage,
+    emit::{gap_finding, unexpected_finding, PendingFindings, SuggestionInput},
     eval::{ClusterView, Direction},
-    gaps::{protocol_name, Gap, GapAggregator, GapKind},
+    gaps::{GapAggregator, GapKind, Report, Side},
+    observed::ObservedFlows,
     owners::{OwnerIndex, OwnerObject, Workload},
-    selector::Labels,
+    selector::{Cidr, Labels},
     services::ServiceIndex,
     suggest,
 };
@@ -35,6 +38,9 @@ pub struct ClusterState {
     pub errors: Vec<String>,
     /// (namespace, name) -> index into `pods`: lookups run per flow record.
     by_name: HashMap<(String, String), usize>,
+    /// The nodes' pod networks (spec.podCIDRs): an address there that no pod
+    /// of the view has is a pod newer than the view, not the internet.
+    pod_networks: Vec<Cidr>,
 }
 
 impl ClusterState {
@@ -67,7 +73,13 @@ impl ClusterState {
             pods: m.pods.clone(),
             policies: m.policies.clone(),
             errors,
+            pod_networks: pod_networks(&m.nodes),
         }
+    }
+
+    /// Whether `ip` is in a node's pod network.
+    pub fn in_pod_network(&self, ip: IpAddr) -> bool {
+        self.pod_networks.iter().any(|n| n.contains(ip))
     }
 
     fn pod(&self, pod: &(String, String)) -> Option<&Pod> {
@@ -83,6 +95,19 @@ impl ClusterState {
     }
 }
 
+fn pod_networks(nodes: &[Node]) -> Vec<Cidr> {
+    let mut out: Vec<Cidr> = Vec::new();
+    for spec in nodes.iter().filter_map(|n| n.spec.as_ref()) {
+        let listed = spec.pod_cidrs.iter().flatten().chain(spec.pod_cidr.iter());
+        for cidr in listed.filter_map(|c| Cidr::parse(c).ok()) {
+            if !out.contains(&cidr) {
+                out.push(cidr);
+            }
+        }
+    }
+    out
+}
+
 /// Gaps and unexpected egress, fed with published records.
 pub struct PolicyDetector {
     state: ClusterState,
@@ -90,29 +115,50 @@ pub struct PolicyDetector {
     baseline: Baseline,
     baseline_path: Option<PathBuf>,
     unexpected: Vec<UnexpectedEgress>,
+    /// Gap ids already reported (later reports are `ongoing`).
     reported: HashSet<String>,
     /// External destinations were checked since the baseline was last taken for saving.
     dirty: bool,
-    /// Per workload, what it was seen doing and its pods' labels: the input of its suggested policy.
-    observed: BTreeMap<Workload, Observed>,
+    observed: ObservedFlows,
     coverage: Coverage,
+    /// The gaps' change count at the last [`PolicyDetector::findings`].
+    emitted: u64,
+    /// Gaps and workloads not seen for this long are forgotten (ns).
+    retention: u64,
+    gaps_expired: u64,
+    unknown_pod_addresses: u64,
 }
 
-#[derive(Default)]
-struct Observed {
-    labels: BTreeMap<String, Labels>,
-    flows: BTreeSet<suggest::Flow>,
-    /// Flows the policies selecting it deny, with those policies (namespace, name).
-    denied: BTreeMap<suggest::Flow, Vec<(String, String)>>,
+/// Counters of the detector's bounds, for /metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PolicyStats {
+    pub gaps: usize,
+    /// Flows that would have started a gap when the aggregator was full.
+    pub gaps_dropped: u64,
+    /// Gaps forgotten after the retention without traffic.
+    pub gaps_expired: u64,
+    pub observed_workloads: usize,
+    /// Flows, pods or workloads the suggestion memory had no room for.
+    pub observed_dropped: u64,
+    /// Flow ends the coverage report had no room for.
+    pub coverage_dropped: u64,
+    pub baseline_workloads: usize,
+    /// Workloads and destinations the egress baseline had no room for.
+    pub baseline_dropped: u64,
+    /// Flows to an address in a node's pod network that no pod of the view
+    /// had (a view older than the pod): neither learned nor alerted as egress.
+    pub unknown_pod_addresses: u64,
 }
 
-/// Bounds of the suggestion memory (workloads, flows and pods per workload).
-const MAX_OBSERVED_WORKLOADS: usize = 10_000;
-const MAX_OBSERVED_FLOWS: usize = 256;
-const MAX_OBSERVED_PODS: usize = 64;
+/// How long a gap without traffic stays a finding by default.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(24 * 3600);
 
 fn ip(s: &str) -> Option<IpAddr> {
     s.parse().ok()
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 impl PolicyDetector {
@@ -130,19 +176,27 @@ impl PolicyDetector {
             unexpected: Vec::new(),
             reported: HashSet::new(),
             dirty: false,
-            observed: BTreeMap::new(),
+            observed: ObservedFlows::default(),
             coverage: Coverage::default(),
+            emitted: 0,
+            retention: nanos(DEFAULT_RETENTION),
+            gaps_expired: 0,
+            unknown_pod_addresses: 0,
         })
     }
 
     /// How long each workload's external destinations are learned before new
     /// ones become unexpected-egress findings (default 24 h).
-    pub fn with_learning(mut self, learning: std::time::Duration) -> Self {
-        let config = BaselineConfig {
-            learning_nanos: u64::try_from(learning.as_nanos()).unwrap_or(u64::MAX),
-            ..BaselineConfig::default()
-        };
+    pub fn with_learning(mut self, learning: Duration) -> Self {
+        let config = BaselineConfig { learning_nanos: nanos(learning), ..BaselineConfig::default() };
         self.baseline = std::mem::take(&mut self.baseline).with_config(config);
+        self
+    }
+
+    /// How long a gap, and what a workload was seen doing, outlive their last
+    /// flow (default [`DEFAULT_RETENTION`]).
+    pub fn with_retention(mut self, retention: Duration) -> Self {
+        self.retention = nanos(retention);
         self
     }
 
@@ -155,6 +209,20 @@ impl PolicyDetector {
         }
     }
 
+    pub fn stats(&self) -> PolicyStats {
+        PolicyStats {
+            gaps: self.gaps.len(),
+            gaps_dropped: self.gaps.dropped(),
+            gaps_expired: self.gaps_expired,
+            observed_workloads: self.observed.len(),
+            observed_dropped: self.observed.dropped,
+            coverage_dropped: self.coverage.dropped,
+            baseline_workloads: self.baseline.workload_count(),
+            baseline_dropped: self.baseline.dropped_workloads() + self.baseline.dropped_destinations(),
+            unknown_pod_addresses: self.unknown_pod_addresses,
+        }
+    }
+
     /// A reloaded cluster view; the findings so far are kept.
     pub fn set_state(&mut self, state: ClusterState) {
         self.state = state;
@@ -164,9 +232,10 @@ impl PolicyDetector {
         &self.state
     }
 
-    /// Classifies the flow records of one published batch.
+    /// Classifies the flow records of one published batch. Each record
+    /// counts for its own side of the connection ([`Side`]).
     pub fn observe(&mut self, records: &[pb::Record], tables: &Tables<'_>, now: u64) {
-        let classifier = Classifier::new(&self.state.view, &self.state.services, &self.state.pods);
+        let classifier = Classifier::new(&self.state.view, &self.state.services);
         for r in records {
             let Some(pb::record::Kind::Flow(f)) = &r.kind else { continue };
             let (Some(local_ip), Some(remote)) = (ip(&f.local_ip), f.remote.as_ref()) else { continue };
@@ -187,27 +256,37 @@ impl PolicyDetector {
                 remote_ip,
                 remote_port: remote.port as u16,
                 protocol: f.protocol as u8,
-                // counts of SYN per direction cannot tell SYN from SYN-ACK: decided by ports
-                local_is_client: None,
+                local_is_client: match f.initiator() {
+                    pb::Initiator::Local => Some(true),
+                    pb::Initiator::Remote => Some(false),
+                    pb::Initiator::Unknown => None,
+                },
                 fqdn: (!remote.fqdn.is_empty()).then(|| remote.fqdn.clone()),
             };
             let class = classifier.classify(&obs);
-            let client = class.client_pod.as_ref().and_then(|p| self.state.workload(p));
-            let server = class.server_pod.as_ref().and_then(|p| self.state.workload(p));
+            let side = if class.local_is_client { Side::Client } else { Side::Server };
             let bytes = f.egress.as_ref().map_or(0, |c| c.bytes) + f.ingress.as_ref().map_or(0, |c| c.bytes);
-            self.gaps.add_observed(&obs, &class, client.as_ref(), server.as_ref(), bytes, now);
-            remember(&self.state, &mut self.observed, &obs, &class, client.as_ref(), server.as_ref());
-            if let Some(w) = &client {
-                self.coverage.add(w, false, &class.egress);
+            let state = &self.state;
+            let report = Report { class: &class, remote_ip: Some(remote_ip), side, bytes, now };
+            self.gaps.add(&report, &|p| state.workload(p));
+            remember(state, &mut self.observed, &obs, &class, side, now);
+            let (end, direction_class) = match side {
+                Side::Server => (class.server_pod.as_ref(), &class.ingress),
+                _ => (class.client_pod.as_ref(), &class.egress),
+            };
+            if let Some(w) = end.and_then(|p| state.workload(p)) {
+                self.coverage.add(&w, side == Side::Server, direction_class, now);
             }
-            if let Some(w) = &server {
-                self.coverage.add(w, true, &class.ingress);
-            }
-            let external =
+            let mut external =
                 class.ingress == Class::NotApplicable && class.service.is_none() && class.server_pod.is_none();
-            if let (true, Some(w), true) = (external, &client, class.egress != Class::NotApplicable) {
-                let server_ip = if class.local_is_client { remote_ip } else { local_ip };
-                let dest = ExternalDest::new(server_ip, class.fqdn.as_deref(), class.server_port);
+            if external && side == Side::Client && state.in_pod_network(remote_ip) {
+                self.unknown_pod_addresses += 1;
+                external = false;
+            }
+            let client = class.client_pod.as_ref().and_then(|p| state.workload(p));
+            if let (true, Some(w), Side::Client, true) = (external, &client, side, class.egress != Class::NotApplicable)
+            {
+                let dest = ExternalDest::new(remote_ip, class.fqdn.as_deref(), class.server_port);
                 // only a destination not known yet changes what must be written
                 self.dirty |= !self.baseline.knows(w, &dest);
                 if let Some(u) = self.baseline.observe(w, &dest, now) {
@@ -217,36 +296,29 @@ impl PolicyDetector {
         }
     }
 
-    /// A minimal NetworkPolicy (YAML) allowing exactly what `w` was seen doing.
-    fn suggestion(&self, w: &Workload) -> String {
-        let Some(o) = self.observed.get(w) else { return String::new() };
-        let input = suggest::Workload {
+    /// What `w`'s suggested policy is built from.
+    fn suggestion(&self, w: &Workload) -> Option<SuggestionInput> {
+        let o = self.observed.get(w)?;
+        Some(SuggestionInput::Policy(suggest::Workload {
             namespace: w.namespace.clone(),
             name: w.name.clone(),
             pod_labels: o.labels.values().cloned().collect(),
             flows: o.flows.iter().cloned().collect(),
             resolved_names: false,
-        };
-        suggest::suggest(&input).map(|s| s.yaml).unwrap_or_default()
+        }))
     }
 
-    /// For traffic a policy selecting `w` denies: that policy with the fewest
-    /// rules added to allow what was observed (YAML).
-    fn change(&self, w: &Workload, direction: Direction) -> String {
-        let Some(o) = self.observed.get(w) else { return String::new() };
+    /// For traffic a policy selecting `w` denies: that policy and the flows
+    /// to add to it.
+    fn change(&self, w: &Workload, direction: Direction) -> Option<SuggestionInput> {
+        let o = self.observed.get(w)?;
         let denied: Vec<&suggest::Flow> = o.denied.keys().filter(|f| f.direction == direction).collect();
-        let Some(first) = denied.first().and_then(|f| o.denied.get(*f)).and_then(|s| s.first()) else {
-            return String::new();
-        };
-        let Some(existing) = self.state.policies.iter().find(|p| {
+        let first = denied.first().and_then(|f| o.denied.get(*f)).and_then(|s| s.first())?;
+        let existing = self.state.policies.iter().find(|p| {
             p.metadata.namespace.as_deref().unwrap_or("default") == first.0
                 && p.metadata.name.as_deref() == Some(&first.1)
-        }) else {
-            return String::new();
-        };
-        let flows: Vec<suggest::Flow> = denied.into_iter().cloned().collect();
-        let changed = suggest::minimal_change(existing, &flows);
-        suggest::to_yaml(&changed, &flows).unwrap_or_default()
+        })?;
+        Some(SuggestionInput::Change(Box::new(existing.clone()), denied.into_iter().cloned().collect()))
     }
 
     /// The baseline and where to write it, when it changed since the last
@@ -256,162 +328,108 @@ impl PolicyDetector {
         std::mem::take(&mut self.dirty).then(|| (self.baseline.clone(), path))
     }
 
-    /// The current gap findings plus the unexpected egress seen since the last call.
-    pub fn findings(&mut self, now: u64) -> Vec<pb::Finding> {
-        let mut out: Vec<pb::Finding> = Vec::new();
-        let mut suggestions: BTreeMap<&Workload, String> = BTreeMap::new();
+    /// The gap findings that changed since the last call (traffic, or a new
+    /// suggestion for their workload) plus the unexpected egress seen since;
+    /// gaps and workloads idle for the retention are forgotten first.
+    /// Render the result after releasing whatever lock guards `self`.
+    pub fn findings(&mut self, now: u64) -> PendingFindings {
+        self.expire(now);
+        let mut out = PendingFindings::default();
+        let changed = self.observed.take_changed();
+        let mut inputs: BTreeMap<&Workload, Option<usize>> = BTreeMap::new();
         for g in self.gaps.entries() {
-            let first = self.reported.insert(g.id.clone());
-            let mut f = gap_finding(g, first);
-            let yaml = match g.kind {
-                GapKind::UnprotectedPod | GapKind::UncoveredEgress => {
-                    suggestions.entry(&g.workload).or_insert_with(|| self.suggestion(&g.workload)).clone()
-                }
-                GapKind::EnforcementGap => self.change(&g.workload, g.direction),
-            };
-            if let Some(pb::finding::Detail::PolicyGap(p)) = &mut f.detail {
-                p.suggestion = yaml;
+            if g.version <= self.emitted && !changed.contains(&g.workload) {
+                continue;
             }
-            out.push(f);
-        }
-        for u in self.unexpected.drain(..) {
-            let (peer, port) = match &u.dest {
-                ExternalDest::Ip { ip, port } => (ip.to_string(), *port),
-                ExternalDest::Fqdn { name, port } => (name.clone(), *port),
+            let first = self.reported.insert(g.id.clone());
+            let input = match g.kind {
+                GapKind::UnprotectedPod | GapKind::UncoveredEgress => {
+                    *inputs.entry(&g.workload).or_insert_with(|| self.suggestion(&g.workload).map(|i| out.input(i)))
+                }
+                GapKind::EnforcementGap => self.change(&g.workload, g.direction).map(|i| out.input(i)),
             };
-            let w = &u.workload;
-            out.push(pb::Finding {
-                id: format!(
-                    "policy-unexpected-{}",
-                    super::gaps::stable_id(&format!("{}/{}/{}|{peer}|{port}", w.namespace, w.kind, w.name))
-                ),
-                kind: pb::FindingKind::UnexpectedEgress as i32,
-                state: pb::FindingState::Open as i32,
-                start_unix_nano: u.seen,
-                end_unix_nano: now.max(u.seen),
-                summary: format!("{}/{} {} sent to {peer}:{port} for the first time", w.namespace, w.kind, w.name),
-                detail: Some(pb::finding::Detail::PolicyGap(pb::PolicyGap {
-                    workload: Some(workload_ref(w)),
-                    direction: "egress".into(),
-                    peer,
-                    port: u32::from(port),
-                    ..Default::default()
-                })),
-            });
+            out.push(gap_finding(g, first), input);
+        }
+        self.emitted = self.gaps.version();
+        for u in self.unexpected.drain(..) {
+            out.push(unexpected_finding(&u, now), None);
         }
         out
     }
+
+    fn expire(&mut self, now: u64) {
+        let cutoff = now.saturating_sub(self.retention);
+        let expired = self.gaps.expire(cutoff);
+        if expired > 0 {
+            self.gaps_expired += expired as u64;
+            let live: HashSet<&str> = self.gaps.entries().map(|g| g.id.as_str()).collect();
+            self.reported.retain(|id| live.contains(id.as_str()));
+        }
+        self.observed.expire(cutoff);
+        self.coverage.expire(cutoff);
+    }
 }
 
-/// Keeps what a suggested policy for the client's and the server's workload needs.
+/// Keeps what the suggested policy of the record's own end needs: a client's
+/// egress to each server end (a service's backends at their target ports),
+/// or a server's ingress from its client.
 fn remember(
     state: &ClusterState,
-    observed: &mut BTreeMap<Workload, Observed>,
+    observed: &mut ObservedFlows,
     obs: &ObservedFlow,
     class: &FlowClass,
-    client: Option<&Workload>,
-    server: Option<&Workload>,
+    side: Side,
+    now: u64,
 ) {
     let Some(protocol) = policy_protocol(class.protocol) else { return };
-    let (client_ip, server_ip) =
-        if class.local_is_client { (obs.local_ip, obs.remote_ip) } else { (obs.remote_ip, obs.local_ip) };
-    let peer_of = |pod: &Option<(String, String)>, ip: IpAddr, fqdn: Option<String>| match pod {
-        Some(p) => state.labels(p).map(|labels| suggest::Peer::Pod { namespace: p.0.clone(), labels }),
-        None => Some(suggest::Peer::External { ip, fqdn }),
+    let pod_peer =
+        |pod: &ObjectId| state.labels(pod).map(|labels| suggest::Peer::Pod { namespace: pod.0.clone(), labels });
+    let (own, direction, peers): (_, _, Vec<(Option<suggest::Peer>, u16, &Class)>) = match side {
+        Side::Server => {
+            let peer = match &class.client_pod {
+                Some(p) => pod_peer(p),
+                None => Some(suggest::Peer::External { ip: obs.remote_ip, fqdn: None }),
+            };
+            (&class.server_pod, Direction::Ingress, vec![(peer, class.server_port, &class.ingress)])
+        }
+        _ if !class.backends.is_empty() => {
+            let peers = class
+                .backends
+                .iter()
+                .map(|b| {
+                    let peer = match &b.pod {
+                        Some(p) => pod_peer(p),
+                        None => Some(suggest::Peer::External { ip: b.ip, fqdn: None }),
+                    };
+                    (peer, b.port, &b.egress)
+                })
+                .collect();
+            (&class.client_pod, Direction::Egress, peers)
+        }
+        // a service without backends: nothing it could be allowed to
+        _ if class.service.is_some() => return,
+        _ => {
+            let peer = match &class.server_pod {
+                Some(p) => pod_peer(p),
+                None => Some(suggest::Peer::External { ip: obs.remote_ip, fqdn: class.fqdn.clone() }),
+            };
+            (&class.client_pod, Direction::Egress, vec![(peer, class.server_port, &class.egress)])
+        }
     };
-    let to_server = peer_of(&class.server_pod, server_ip, class.fqdn.clone());
-    let to_client = peer_of(&class.client_pod, client_ip, None);
-    for (w, pod, direction, peer, side) in [
-        (client, &class.client_pod, Direction::Egress, to_server, &class.egress),
-        (server, &class.server_pod, Direction::Ingress, to_client, &class.ingress),
-    ] {
-        let (Some(w), Some(pod), Some(peer)) = (w, pod, peer) else { continue };
-        if !observed.contains_key(w) && observed.len() >= MAX_OBSERVED_WORKLOADS {
-            continue;
-        }
-        let o = observed.entry(w.clone()).or_default();
-        if o.labels.len() < MAX_OBSERVED_PODS {
-            if let Some(l) = state.labels(pod) {
-                o.labels.insert(pod.1.clone(), l);
-            }
-        }
-        let flow = suggest::Flow { direction, peer, port: class.server_port, protocol };
-        if let (Class::EnforcementGap { selecting }, true) = (side, o.denied.len() < MAX_OBSERVED_FLOWS) {
-            o.denied.insert(flow.clone(), selecting.clone());
-        }
-        if o.flows.len() < MAX_OBSERVED_FLOWS {
-            o.flows.insert(flow);
-        }
+    let Some(pod) = own else { return };
+    let Some(w) = state.workload(pod) else { return };
+    let labels = state.labels(pod);
+    for (peer, port, judged) in peers {
+        let Some(peer) = peer else { continue };
+        let denied_by = match judged {
+            Class::EnforcementGap { selecting } => Some(selecting.as_slice()),
+            _ => None,
+        };
+        let flow = suggest::Flow { direction, peer, port, protocol };
+        observed.add(&w, (&pod.1, labels.as_ref()), flow, denied_by, now);
     }
 }
 
 #[cfg(test)]
 #[path = "detector_tests.rs"]
 mod tests;
-
-fn workload_ref(w: &Workload) -> pb::WorkloadRef {
-    pb::WorkloadRef { namespace: w.namespace.clone(), kind: w.kind.clone(), name: w.name.clone() }
-}
-
-fn gap_finding(g: &Gap, first: bool) -> pb::Finding {
-    let kind = match g.kind {
-        GapKind::UnprotectedPod => pb::FindingKind::UnprotectedPod,
-        GapKind::UncoveredEgress => pb::FindingKind::UncoveredEgress,
-        GapKind::EnforcementGap => pb::FindingKind::EnforcementGap,
-    };
-    let w = &g.workload;
-    let peer = g.peer.canonical();
-    let summary = match g.kind {
-        GapKind::UnprotectedPod => {
-            format!("{}/{} {}: no policy selects it for {}", w.namespace, w.kind, w.name, g.direction)
-        }
-        GapKind::UncoveredEgress => format!(
-            "{}/{} {} -> {peer} {}/{}: {}",
-            w.namespace,
-            w.kind,
-            w.name,
-            g.port,
-            protocol_name(g.protocol),
-            if g.policies.is_empty() {
-                "no egress policy".to_string()
-            } else {
-                "only a broad rule allows it".to_string()
-            }
-        ),
-        GapKind::EnforcementGap => format!(
-            "{}/{} {} {} {peer} {}/{} observed although denied",
-            w.namespace,
-            w.kind,
-            w.name,
-            g.direction,
-            g.port,
-            protocol_name(g.protocol)
-        ),
-    };
-    pb::Finding {
-        id: format!("policy-{}", g.id),
-        kind: kind as i32,
-        state: if first { pb::FindingState::Open } else { pb::FindingState::Ongoing } as i32,
-        start_unix_nano: g.first_seen,
-        end_unix_nano: g.last_seen,
-        summary,
-        detail: Some(pb::finding::Detail::PolicyGap(pb::PolicyGap {
-            workload: Some(workload_ref(w)),
-            direction: g.direction.to_string(),
-            peer,
-            port: u32::from(g.port),
-            protocol: if g.protocol == 0 { String::new() } else { protocol_name(g.protocol).to_ascii_uppercase() },
-            flows: g.flows,
-            bytes: g.bytes,
-            policies: g.policies.iter().map(|(ns, p)| format!("{ns}/{p}")).collect(),
-            suggestion: String::new(),
-            peers: g
-                .peers
-                .iter()
-                .map(|p| {
-                    format!("{} {}/{}", p.peer.canonical(), p.port, protocol_name(p.protocol).to_ascii_uppercase())
-                })
-                .collect(),
-        })),
-    }
-}

@@ -13,6 +13,7 @@ kind: List
 items:
 - {apiVersion: v1, kind: Namespace, metadata: {name: shop}}
 - {apiVersion: v1, kind: Namespace, metadata: {name: ops}}
+- {apiVersion: v1, kind: Node, metadata: {name: n1}, spec: {podCIDR: 10.0.0.0/24, podCIDRs: [10.0.0.0/24, "fd00::/64"]}}
 - apiVersion: v1
   kind: Pod
   metadata: {name: web-7d9f-abcde, namespace: shop, uid: u-web, labels: {app: web},
@@ -33,6 +34,16 @@ items:
   kind: ReplicaSet
   metadata: {name: web-7d9f, namespace: shop, uid: rs-web,
              ownerReferences: [{apiVersion: apps/v1, kind: Deployment, name: web, uid: d-web, controller: true}]}
+- apiVersion: v1
+  kind: Service
+  metadata: {name: api, namespace: shop}
+  spec: {clusterIP: 10.96.0.11, ports: [{port: 80, targetPort: http}]}
+- apiVersion: discovery.k8s.io/v1
+  kind: EndpointSlice
+  metadata: {name: api-x1, namespace: shop, labels: {kubernetes.io/service-name: api}}
+  addressType: IPv4
+  ports: [{port: 8080}]
+  endpoints: [{addresses: [10.0.0.11]}]
 - apiVersion: networking.k8s.io/v1
   kind: NetworkPolicy
   metadata: {name: api-from-web, namespace: shop}
@@ -73,6 +84,10 @@ fn flow(uid: &str, ns: &str, name: &str, local: (&str, u32), remote: (&str, u32)
     }
 }
 
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+}
+
 fn publish(hub: &Hub, seq: u64, records: Vec<pb::Record>) {
     let node = pb::NodeIdentity { name: "n1".into(), agent_epoch_unix_nano: 1, ..Default::default() };
     hub.publish(podlens_proto::compact::compact(node, seq, records));
@@ -108,8 +123,9 @@ async fn flows_become_gap_and_unexpected_egress_findings_in_the_hub() {
         vec![
             // allowed by api-from-web on ingress; web's egress is not isolated
             flow("u-web", "shop", "web-7d9f-abcde", ("10.0.0.10", 40000), ("10.0.0.11", 8080), ""),
-            // denied by api-from-web: an enforcement gap on api's ingress
+            // denied by api-from-web: an enforcement gap on api's ingress, from api's own record
             flow("u-debug", "ops", "debug", ("10.0.0.12", 40001), ("10.0.0.11", 8080), ""),
+            flow("u-api", "shop", "api-0", ("10.0.0.11", 8080), ("10.0.0.12", 40001), ""),
             // external egress by name: uncovered, and unexpected (learning is off)
             flow("u-web", "shop", "web-7d9f-abcde", ("10.0.0.10", 40002), ("203.0.113.7", 443), "api.example.com"),
         ],
@@ -218,14 +234,92 @@ async fn flows_become_gap_and_unexpected_egress_findings_in_the_hub() {
     assert_eq!(into_api("10.0.0.10", 8080), Some(true), "web still allowed: {change}");
     assert_eq!(into_api("10.0.0.12", 9090), Some(false), "nothing broader: {change}");
 
-    // the same destination again, five seconds of traffic later: not unexpected a second time
-    std::thread::sleep(Duration::from_millis(10));
+    // the same destination again: not unexpected a second time, and only the
+    // findings this traffic touched are emitted again
+    let again = flow("u-web", "shop", "web-7d9f-abcde", ("10.0.0.10", 40002), ("203.0.113.7", 443), "api.example.com");
     hub.with_policy_detector(|d| {
-        let found = d.findings(u64::MAX);
+        assert!(d.findings(now()).is_empty(), "nothing changed");
+        d.observe(std::slice::from_ref(&again), &podlens_proto::compact::Tables::default(), now());
+        let found = d.findings(now()).render();
         assert!(!found.iter().any(|f| f.kind == pb::FindingKind::UnexpectedEgress as i32), "reported once");
+        let mut kinds: Vec<i32> = found.iter().map(|f| f.kind).collect();
+        kinds.sort();
+        let mut want = vec![pb::FindingKind::UncoveredEgress as i32, pb::FindingKind::UnprotectedPod as i32];
+        want.sort();
+        assert_eq!(kinds, want, "web's uncovered egress and unprotected pod only: {found:#?}");
+        assert!(found.iter().all(|f| f.state == pb::FindingState::Ongoing as i32));
     });
     assert_eq!(unexpected, 1);
     let only_ns = FindingsFilter { namespaces: vec!["ops".into()], ..Default::default() };
     let r = hub.findings(&only_ns, 100);
     assert!(kinds(&r).iter().all(|(w, _, _)| w.starts_with("ops/")), "namespace filter on the workload: {r:#?}");
+}
+
+#[test]
+fn service_flows_are_suggested_and_reported_at_the_backends() {
+    let mut d = PolicyDetector::new(state(), None).unwrap();
+    // web -> the api Service's ClusterIP at port 80 (the client's record)
+    let mut rec = flow("u-web", "shop", "web-7d9f-abcde", ("10.0.0.10", 40000), ("10.96.0.11", 80), "");
+    if let Some(pb::record::Kind::Flow(f)) = &mut rec.kind {
+        f.initiator = pb::Initiator::Local as i32;
+    }
+    d.observe(&[rec], &podlens_proto::compact::Tables::default(), now());
+    let found = d.findings(now()).render();
+    let gaps: Vec<&pb::PolicyGap> = found
+        .iter()
+        .filter(|f| f.kind == pb::FindingKind::UncoveredEgress as i32)
+        .filter_map(|f| match &f.detail {
+            Some(pb::finding::Detail::PolicyGap(g)) => Some(g),
+            _ => None,
+        })
+        .collect();
+    let [gap] = gaps[..] else { panic!("{found:#?}") };
+    assert_eq!((gap.peer.as_str(), gap.port), ("workload:shop/Pod/api-0", 8080), "the backend at its target port");
+    let policy: k8s_openapi::api::networking::v1::NetworkPolicy = serde_yaml::from_str(&gap.suggestion).unwrap();
+    assert!(!gap.suggestion.contains("10.96.0.11"), "no ipBlock of the ClusterIP: {}", gap.suggestion);
+    let mut m = crate::cluster::manifests::Manifests::default();
+    crate::cluster::manifests::parse_file("cluster.yaml", MANIFESTS, &mut m);
+    m.policies.push(policy);
+    let (view, errors) = crate::policy::eval::ClusterView::new(&m.pods, &m.namespaces, &m.policies);
+    assert!(errors.is_empty(), "{errors:?}");
+    let egress = |ip: &str, port: u16| {
+        let c = crate::policy::eval::Connection {
+            from: crate::policy::eval::Endpoint::Pod(view.pod("shop", "web-7d9f-abcde").unwrap()),
+            to: view.endpoint(ip.parse().unwrap()),
+            port,
+            protocol: crate::policy::eval::Protocol::Tcp,
+        };
+        crate::policy::eval::evaluate(&view, &c).egress.map(|d| d.permits())
+    };
+    assert_eq!(egress("10.0.0.11", 8080), Some(true), "what the CNI sees after DNAT: {}", gap.suggestion);
+    assert_eq!(egress("10.0.0.11", 80), Some(false), "not the service port: {}", gap.suggestion);
+    let stats = d.stats();
+    assert_eq!((stats.gaps, stats.gaps_dropped, stats.observed_workloads), (2, 0, 1), "{stats:?}");
+    // a day without traffic forgets them
+    let later = now() + DEFAULT_RETENTION.as_nanos() as u64 + 1;
+    assert!(d.findings(later).is_empty());
+    assert_eq!((d.stats().gaps, d.stats().gaps_expired, d.stats().observed_workloads), (0, 2, 0));
+}
+
+#[test]
+fn an_unknown_address_in_a_pod_network_is_not_external_egress() {
+    let mut d = PolicyDetector::new(state(), None).unwrap().with_learning(Duration::ZERO);
+    let records = [
+        // a pod newer than the view
+        flow("u-web", "shop", "web-7d9f-abcde", ("10.0.0.10", 40000), ("10.0.0.99", 443), ""),
+        // the internet
+        flow("u-web", "shop", "web-7d9f-abcde", ("10.0.0.10", 40001), ("203.0.113.9", 443), ""),
+    ];
+    d.observe(&records, &podlens_proto::compact::Tables::default(), now());
+    let unexpected: Vec<String> = d
+        .findings(now())
+        .render()
+        .into_iter()
+        .filter(|f| f.kind == pb::FindingKind::UnexpectedEgress as i32)
+        .map(|f| f.summary)
+        .collect();
+    assert_eq!(unexpected.len(), 1, "{unexpected:?}");
+    assert!(unexpected[0].contains("203.0.113.9"), "{unexpected:?}");
+    assert_eq!(d.stats().unknown_pod_addresses, 1);
+    assert!(d.state().in_pod_network("fd00::5".parse().unwrap()));
 }

@@ -93,6 +93,8 @@ struct PodInfo {
     labels: Labels,
     ips: Vec<IpAddr>,
     ports: Vec<NamedPort>,
+    /// Every declared container port, named or not.
+    declared: Vec<(Protocol, u16)>,
 }
 
 /// A pod of a [`ClusterView`].
@@ -122,6 +124,10 @@ impl<'a> PodRef<'a> {
     }
     pub fn container_ports(&self) -> &'a [NamedPort] {
         &self.pod.ports
+    }
+    /// Whether a container of the pod declares `port` (named or not).
+    pub fn declares(&self, port: u16, protocol: Protocol) -> bool {
+        self.pod.declared.contains(&(protocol, port))
     }
     /// The addresses an `ipBlock` is checked against.
     pub(crate) fn addresses(&self) -> &[IpAddr] {
@@ -205,6 +211,7 @@ pub struct ClusterView {
     pods: Vec<PodInfo>,
     by_name: HashMap<String, HashMap<String, usize>>,
     by_ip: HashMap<IpAddr, usize>,
+    by_uid: HashMap<String, usize>,
     namespaces: HashMap<String, Labels>,
     policies: HashMap<String, Vec<CompiledPolicy>>,
 }
@@ -243,6 +250,9 @@ impl ClusterView {
                 }
             }
             view.by_name.entry(info.namespace.clone()).or_default().entry(info.name.clone()).or_insert(idx);
+            if let Some(uid) = &pod.metadata.uid {
+                view.by_uid.entry(uid.clone()).or_insert(idx);
+            }
             view.pods.push(info);
         }
         let mut errors = Vec::new();
@@ -260,6 +270,11 @@ impl ClusterView {
 
     pub fn pod(&self, namespace: &str, name: &str) -> Option<PodRef<'_>> {
         let idx = *self.by_name.get(namespace)?.get(name)?;
+        Some(PodRef { pod: self.pods.get(idx)?, via: None })
+    }
+
+    pub fn pod_by_uid(&self, uid: &str) -> Option<PodRef<'_>> {
+        let idx = *self.by_uid.get(uid)?;
         Some(PodRef { pod: self.pods.get(idx)?, via: None })
     }
 
@@ -297,13 +312,23 @@ fn pod_info(pod: &Pod) -> PodInfo {
     let spec = pod.spec.as_ref();
     let containers = spec.map(|s| s.containers.iter()).into_iter().flatten();
     let init = spec.and_then(|s| s.init_containers.as_ref()).into_iter().flatten();
-    let ports = containers.chain(init).flat_map(named_ports).collect();
+    let all: Vec<&Container> = containers.chain(init).collect();
+    let ports = all.iter().flat_map(|c| named_ports(c)).collect();
+    let declared = all
+        .iter()
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter_map(|p| {
+            let protocol = p.protocol.as_deref().map_or(Some(Protocol::Tcp), Protocol::from_k8s)?;
+            Some((protocol, u16::try_from(p.container_port).ok()?))
+        })
+        .collect();
     PodInfo {
         namespace: meta.namespace.clone().unwrap_or_else(|| "default".to_owned()),
         name: meta.name.clone().unwrap_or_default(),
         labels: meta.labels.clone().unwrap_or_default(),
         ips,
         ports,
+        declared,
     }
 }
 

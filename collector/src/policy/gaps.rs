@@ -11,14 +11,17 @@
 //!   destination (or source), port and protocol. A NotIsolated egress is
 //!   reported as both an unprotected pod and uncovered egress: the first says
 //!   "isolate this pod", the second lists what its egress rules must allow.
+//! - Each record counts only for the side it speaks for ([`Side`]): the
+//!   client's egress from the client's record, the server's ingress from the
+//!   server's, so a connection both agents saw is counted once per direction.
+//! - A service flow is counted per backend workload at the target port (what
+//!   policies are evaluated at, after DNAT), not at the service address: the
+//!   server's own record names the same workload and port, so both ends of
+//!   one connection land in matching findings. Backends of one workload merge
+//!   (worst class wins); a service without backends is named as the service.
 //! - A peer is named, best first: by its workload, by the service the flow
-//!   went through, by the FQDN the client resolved, by its
-//!   address (grouped into a CIDR when [`GapConfig`] says so), else as an
-//!   unknown external end. The address is only known through
-//!   [`GapAggregator::add_observed`].
-//! - The server workload the caller gives stands for every backend of a
-//!   service flow; without one, each backend pod is judged by its own
-//!   ingress class, as itself.
+//!   went through, by the FQDN the client resolved, by its address (grouped
+//!   into a CIDR when [`GapConfig`] says so), else as an unknown external end.
 //! - Ids are a 64-bit FNV-1a hash of the key's canonical string, in hex:
 //!   stable across runs and Rust versions (std's hasher promises neither).
 //! - Bounds: at most `max_entries` findings; a flow that would start a new
@@ -34,7 +37,7 @@ use std::{
 };
 
 use super::{
-    classify::{Class, FlowClass, ObjectId, ObservedFlow, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP},
+    classify::{Class, FlowClass, ObjectId, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP},
     eval::Direction,
     owners::Workload,
 };
@@ -130,6 +133,8 @@ pub struct Gap {
     pub peers: Vec<PeerStat>,
     /// Flows to peers that did not fit in `peers`.
     pub peers_dropped: u64,
+    /// The aggregator's change count when this gap last changed.
+    pub version: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,91 +163,114 @@ pub struct GapAggregator {
     /// By canonical key, so iteration order is stable.
     gaps: BTreeMap<String, Gap>,
     dropped: u64,
+    /// Counts changes, so callers can take only what changed since they last looked.
+    version: u64,
 }
 
 impl GapAggregator {
     pub fn new(config: GapConfig) -> Self {
-        GapAggregator { config, gaps: BTreeMap::new(), dropped: 0 }
+        GapAggregator { config, gaps: BTreeMap::new(), dropped: 0, version: 0 }
     }
 
-    /// Records one flow without its remote address: external peers are named
-    /// by FQDN or left unknown.
-    pub fn add(
-        &mut self,
-        class: &FlowClass,
-        client: Option<&Workload>,
-        server: Option<&Workload>,
-        bytes: u64,
-        now_unix_nano: u64,
-    ) {
-        self.record(class, client, server, None, bytes, now_unix_nano);
-    }
-
-    /// Records one flow, naming an external peer by the flow's remote address.
-    pub fn add_observed(
-        &mut self,
-        flow: &ObservedFlow,
-        class: &FlowClass,
-        client: Option<&Workload>,
-        server: Option<&Workload>,
-        bytes: u64,
-        now_unix_nano: u64,
-    ) {
-        self.record(class, client, server, Some(flow.remote_ip), bytes, now_unix_nano);
-    }
-
-    fn record(
-        &mut self,
-        class: &FlowClass,
-        client: Option<&Workload>,
-        server: Option<&Workload>,
-        remote_ip: Option<IpAddr>,
-        bytes: u64,
-        now: u64,
-    ) {
-        let client = client.cloned().or_else(|| as_workload(class.client_pod.as_ref()));
-        let server = server.cloned().or_else(|| as_workload(class.server_pod.as_ref()));
+    /// Records one flow record: the sides it speaks for, each end named by
+    /// `workload_of` (a pod without one stands for itself).
+    pub fn add(&mut self, report: &Report<'_>, workload_of: &dyn Fn(&ObjectId) -> Option<Workload>) {
+        let class = report.class;
+        let named = |pod: Option<&ObjectId>| pod.map(|p| workload_of(p).unwrap_or_else(|| pod_workload(p)));
+        let client = named(class.client_pod.as_ref());
         // The remote address is the server's when the local end is the client.
-        let (client_ip, server_ip) = if class.local_is_client { (None, remote_ip) } else { (remote_ip, None) };
-        let to = self.server_desc(class, server.as_ref(), server_ip);
+        let (client_ip, server_ip) =
+            if class.local_is_client { (None, report.remote_ip) } else { (report.remote_ip, None) };
         // A client's FQDN would be its own lookup, not its name.
         let from = client.clone().map_or_else(|| self.external_desc(None, client_ip), PeerDesc::Workload);
-        let flow = Flow { port: class.server_port, protocol: class.protocol, bytes, now };
-        if let Some(client) = &client {
+        let ends = self.server_ends(class, &named, server_ip);
+        let flow = |port| Flow { port, protocol: class.protocol, bytes: report.bytes, now: report.now };
+        if let (Some(client), true) = (&client, report.side.client()) {
             let egress = Direction::Egress;
-            match &class.egress {
-                Class::NotIsolated => {
-                    self.bump(GapKind::UnprotectedPod, client, egress, PeerDesc::Any, &flow, &[], Some(&to));
-                    self.bump(GapKind::UncoveredEgress, client, egress, to.clone(), &flow, &[], None);
+            let unprotected: Vec<&ServerEnd> = ends.iter().filter(|e| e.egress == Class::NotIsolated).collect();
+            if let Some(first) = unprotected.first() {
+                // one flow record, however many of its backends are open
+                let key = self.bump(GapKind::UnprotectedPod, client, egress, PeerDesc::Any, &flow(first.port), &[]);
+                for (key, end) in key.iter().flat_map(|k| unprotected.iter().map(move |e| (k, e))) {
+                    self.add_listed_peer(key, &end.peer, &flow(end.port));
                 }
-                Class::AllowedBroad(rules) => {
-                    let policies: Vec<ObjectId> =
-                        rules.iter().map(|r| (r.namespace.clone(), r.policy.clone())).collect();
-                    self.bump(GapKind::UncoveredEgress, client, egress, to.clone(), &flow, &policies, None);
+            }
+            for end in &ends {
+                let to = end.peer.clone();
+                match &end.egress {
+                    Class::NotIsolated => {
+                        self.bump(GapKind::UncoveredEgress, client, egress, to, &flow(end.port), &[]);
+                    }
+                    Class::AllowedBroad(rules) => {
+                        let policies: Vec<ObjectId> =
+                            rules.iter().map(|r| (r.namespace.clone(), r.policy.clone())).collect();
+                        self.bump(GapKind::UncoveredEgress, client, egress, to, &flow(end.port), &policies);
+                    }
+                    Class::EnforcementGap { selecting } => {
+                        self.bump(GapKind::EnforcementGap, client, egress, to, &flow(end.port), selecting);
+                    }
+                    Class::NotApplicable | Class::AllowedSpecific(_) => {}
                 }
-                Class::EnforcementGap { selecting } => {
-                    self.bump(GapKind::EnforcementGap, client, egress, to.clone(), &flow, selecting, None);
-                }
-                Class::NotApplicable | Class::AllowedSpecific(_) => {}
             }
         }
-        // Without the server's workload, a service's backends stand for themselves.
-        let servers: Vec<(Workload, &Class)> = match server {
-            Some(server) => vec![(server, &class.ingress)],
-            None => class.backends.iter().filter_map(|b| Some((as_workload(b.pod.as_ref())?, &b.ingress))).collect(),
-        };
-        for (server, ingress) in &servers {
-            let direction = Direction::Ingress;
-            match ingress {
+        if !report.side.server() {
+            return;
+        }
+        for end in &ends {
+            let Some(server) = &end.workload else { continue };
+            let ingress = Direction::Ingress;
+            match &end.ingress {
                 Class::NotIsolated => {
-                    self.bump(GapKind::UnprotectedPod, server, direction, PeerDesc::Any, &flow, &[], Some(&from));
+                    let f = flow(end.port);
+                    if let Some(key) = self.bump(GapKind::UnprotectedPod, server, ingress, PeerDesc::Any, &f, &[]) {
+                        self.add_listed_peer(&key, &from, &f);
+                    }
                 }
                 Class::EnforcementGap { selecting } => {
-                    self.bump(GapKind::EnforcementGap, server, direction, from.clone(), &flow, selecting, None);
+                    self.bump(GapKind::EnforcementGap, server, ingress, from.clone(), &flow(end.port), selecting);
                 }
                 _ => {}
             }
         }
+    }
+
+    /// The server ends of a flow: the server itself, or a service's backends
+    /// merged by workload and target port (the worst class of each wins).
+    fn server_ends(
+        &self,
+        class: &FlowClass,
+        named: &dyn Fn(Option<&ObjectId>) -> Option<Workload>,
+        server_ip: Option<IpAddr>,
+    ) -> Vec<ServerEnd> {
+        if class.backends.is_empty() {
+            let workload = named(class.server_pod.as_ref());
+            return vec![ServerEnd {
+                peer: self.server_desc(class, workload.as_ref(), server_ip),
+                workload,
+                port: class.server_port,
+                egress: class.egress.clone(),
+                ingress: class.ingress.clone(),
+            }];
+        }
+        let mut ends: Vec<ServerEnd> = Vec::new();
+        for b in &class.backends {
+            let workload = named(b.pod.as_ref());
+            let peer = workload.clone().map_or_else(|| self.external_desc(None, Some(b.ip)), PeerDesc::Workload);
+            match ends.iter_mut().find(|e| e.peer == peer && e.port == b.port) {
+                Some(e) => {
+                    e.egress = std::mem::replace(&mut e.egress, Class::NotApplicable).worst(b.egress.clone());
+                    e.ingress = std::mem::replace(&mut e.ingress, Class::NotApplicable).worst(b.ingress.clone());
+                }
+                None => ends.push(ServerEnd {
+                    peer,
+                    workload,
+                    port: b.port,
+                    egress: b.egress.clone(),
+                    ingress: b.ingress.clone(),
+                }),
+            }
+        }
+        ends
     }
 
     fn server_desc(&self, class: &FlowClass, server: Option<&Workload>, ip: Option<IpAddr>) -> PeerDesc {
@@ -275,7 +303,8 @@ impl GapAggregator {
         PeerDesc::Cidr { network, prefix }
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Counts a flow into the gap of this key; its key, or None when the
+    /// aggregator was full.
     fn bump(
         &mut self,
         kind: GapKind,
@@ -284,17 +313,18 @@ impl GapAggregator {
         peer: PeerDesc,
         flow: &Flow,
         policies: &[ObjectId],
-        listed_peer: Option<&PeerDesc>,
-    ) {
+    ) -> Option<String> {
         let (port, protocol) = if kind == GapKind::UnprotectedPod { (0, 0) } else { (flow.port, flow.protocol) };
         // `kind|namespace/kind/name|direction|peer|port/protocol`.
         let (w, p, proto) = (workload_key(workload), peer.canonical(), protocol_name(protocol));
         let key = format!("{}|{w}|{direction}|{p}|{port}/{proto}", kind.as_str());
         if !self.gaps.contains_key(&key) && self.gaps.len() >= self.config.max_entries {
             self.dropped += 1;
-            return;
+            return None;
         }
-        let gap = self.gaps.entry(key).or_insert_with_key(|key| Gap {
+        self.version += 1;
+        let version = self.version;
+        let gap = self.gaps.entry(key.clone()).or_insert_with_key(|key| Gap {
             id: stable_id(key),
             kind,
             workload: workload.clone(),
@@ -309,7 +339,9 @@ impl GapAggregator {
             policies: Vec::new(),
             peers: Vec::new(),
             peers_dropped: 0,
+            version,
         });
+        gap.version = version;
         gap.flows += 1;
         gap.bytes = gap.bytes.saturating_add(flow.bytes);
         gap.first_seen = gap.first_seen.min(flow.now);
@@ -319,13 +351,23 @@ impl GapAggregator {
             gap.policies.sort();
             gap.policies.dedup();
         }
-        if let Some(peer) = listed_peer {
-            add_peer(gap, peer, flow, self.config.max_peers);
+        Some(key)
+    }
+
+    fn add_listed_peer(&mut self, key: &str, peer: &PeerDesc, flow: &Flow) {
+        let max_peers = self.config.max_peers;
+        if let Some(gap) = self.gaps.get_mut(key) {
+            add_peer(gap, peer, flow, max_peers);
         }
     }
 
     pub fn entries(&self) -> impl Iterator<Item = &Gap> {
         self.gaps.values()
+    }
+
+    /// The change count now: gaps with a larger `version` changed after this.
+    pub fn version(&self) -> u64 {
+        self.version
     }
 
     pub fn len(&self) -> usize {
@@ -347,6 +389,48 @@ impl GapAggregator {
         self.gaps.retain(|_, gap| gap.last_seen >= older_than_unix_nano);
         before - self.gaps.len()
     }
+}
+
+/// Which ends of a flow one record speaks for. Each agent reports its own
+/// side of a connection: a client's egress comes from the client's record
+/// and a server's ingress from the server's, so a connection seen by both
+/// ends is counted once per direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Server,
+    /// Both ends (a caller with one record per connection).
+    Both,
+}
+
+impl Side {
+    fn client(self) -> bool {
+        matches!(self, Side::Client | Side::Both)
+    }
+    fn server(self) -> bool {
+        matches!(self, Side::Server | Side::Both)
+    }
+}
+
+/// One flow record, classified.
+#[derive(Debug, Clone, Copy)]
+pub struct Report<'a> {
+    pub class: &'a FlowClass,
+    /// The record's remote address (names an external peer), when known.
+    pub remote_ip: Option<IpAddr>,
+    pub side: Side,
+    pub bytes: u64,
+    pub now: u64,
+}
+
+/// A server end of a flow: the server, or one backend workload of a service.
+struct ServerEnd {
+    peer: PeerDesc,
+    workload: Option<Workload>,
+    /// The port policies were evaluated at (a backend's target port).
+    port: u16,
+    egress: Class,
+    ingress: Class,
 }
 
 struct Flow {
@@ -380,8 +464,9 @@ fn add_peer(gap: &mut Gap, peer: &PeerDesc, flow: &Flow, max_peers: usize) {
     gap.peers.sort_by(|a, b| b.bytes.cmp(&a.bytes).then_with(|| a.peer.cmp(&b.peer)).then(a.port.cmp(&b.port)));
 }
 
-fn as_workload(pod: Option<&ObjectId>) -> Option<Workload> {
-    pod.map(|(namespace, name)| Workload { namespace: namespace.clone(), kind: "Pod".to_owned(), name: name.clone() })
+/// A pod without a known workload stands for itself.
+pub fn pod_workload((namespace, name): &ObjectId) -> Workload {
+    Workload { namespace: namespace.clone(), kind: "Pod".to_owned(), name: name.clone() }
 }
 
 fn workload_key(w: &Workload) -> String {

@@ -13,7 +13,7 @@ use super::{
     baseline::{Baseline, BaselineConfig, BaselineError, ExternalDest, FORMAT_VERSION},
     classify::{Classifier, FlowClass, FlowEnd, ObservedFlow},
     eval::{ClusterView, Direction},
-    gaps::{stable_id, GapAggregator, GapConfig, GapKind, PeerDesc},
+    gaps::{stable_id, GapAggregator, GapConfig, GapKind, PeerDesc, Report, Side},
     owners::Workload,
     services::ServiceIndex,
 };
@@ -86,20 +86,32 @@ fn classify(policies: &[&str], flow: &ObservedFlow) -> FlowClass {
         "addressType": "IPv4", "ports": [{"port": 8080}], "endpoints": [{"addresses": ["10.0.1.2", "10.0.1.3"]}]});
     let services =
         ServiceIndex::new(&[serde_json::from_value(service).unwrap()], &[serde_json::from_value(slice).unwrap()]);
-    Classifier::new(&view, &services, pods()).classify(flow)
+    Classifier::new(&view, &services).classify(flow)
 }
 
 fn deploy(name: &str) -> Workload {
     Workload { namespace: "prod".into(), kind: "Deployment".into(), name: name.into() }
 }
 
-/// Adds a flow with the workloads of its classified ends (`Deployment` named like the pod).
+/// Adds a flow for both of its ends, with the workloads of its classified
+/// ends (`Deployment` named like the pod).
 fn add(agg: &mut GapAggregator, policies: &[&str], spec: &str, fqdn: Option<&str>, bytes: u64, now: u64) {
+    add_side(agg, policies, spec, Side::Both, bytes, now, fqdn);
+}
+
+fn add_side(
+    agg: &mut GapAggregator,
+    policies: &[&str],
+    spec: &str,
+    side: Side,
+    bytes: u64,
+    now: u64,
+    fqdn: Option<&str>,
+) {
     let flow = flow(spec, fqdn);
     let class = classify(policies, &flow);
-    let client = class.client_pod.as_ref().map(|(_, name)| deploy(name));
-    let server = class.server_pod.as_ref().map(|(_, name)| deploy(name));
-    agg.add_observed(&flow, &class, client.as_ref(), server.as_ref(), bytes, now);
+    let report = Report { class: &class, remote_ip: Some(flow.remote_ip), side, bytes, now };
+    agg.add(&report, &|(_, name)| Some(deploy(name)));
 }
 
 fn find(agg: &GapAggregator, kind: GapKind, workload: &str, direction: Direction) -> Vec<super::gaps::Gap> {
@@ -177,26 +189,62 @@ fn uncovered_egress_by_destination() {
     assert_eq!((gap.peer.clone(), gap.policies.len()), (PeerDesc::Cidr { network: ip, prefix: 32 }, 0));
     // `add` has no remote address: the external peer is unknown.
     let mut agg = GapAggregator::default();
-    let f = flow(WEB_OUT, None);
-    agg.add(&classify(&[], &f), Some(&deploy("web")), None, 1, 1);
+    let class = classify(&[], &flow(WEB_OUT, None));
+    agg.add(&Report { class: &class, remote_ip: None, side: Side::Client, bytes: 1, now: 1 }, &|_| None);
     let [gap] = &find(&agg, GapKind::UncoveredEgress, "web", Direction::Egress)[..] else { panic!() };
-    assert_eq!(gap.peer, PeerDesc::External);
+    assert_eq!((gap.peer.clone(), gap.workload.kind.as_str()), (PeerDesc::External, "Pod"));
 }
 
 #[test]
-fn service_backends_without_a_server_workload() {
+fn service_flows_count_per_backend_workload_at_the_target_port() {
+    // api and api-2 are one Deployment; the client's record goes to the
+    // ClusterIP at port 80, each server's record is at 8080
+    let api = |name: &str| Some(deploy(if name.starts_with("api") { "api" } else { name }));
     let mut agg = GapAggregator::default();
     let f = flow("prod/web 10.0.1.1:40000 > 10.96.0.10:80", None);
     let class = classify(&["db-deny"], &f);
     assert_eq!(class.backends.len(), 2, "{class:?}");
-    agg.add_observed(&f, &class, Some(&deploy("web")), None, 9, 1);
+    agg.add(&Report { class: &class, remote_ip: Some(f.remote_ip), side: Side::Client, bytes: 9, now: 1 }, &|p| {
+        api(&p.1)
+    });
     let [gap] = &find(&agg, GapKind::UncoveredEgress, "web", Direction::Egress)[..] else { panic!("{agg:?}") };
-    assert_eq!((gap.peer.clone(), gap.port), (PeerDesc::Service(("prod".into(), "api".into())), 80));
-    let mut servers: Vec<_> = find(&agg, GapKind::UnprotectedPod, "api", Direction::Ingress);
-    servers.extend(find(&agg, GapKind::UnprotectedPod, "api-2", Direction::Ingress));
-    let kinds: Vec<(&str, &str)> =
-        servers.iter().map(|g| (g.workload.kind.as_str(), g.workload.name.as_str())).collect();
-    assert_eq!(kinds, [("Pod", "api"), ("Pod", "api-2")]);
+    assert_eq!((gap.peer.clone(), gap.port, gap.flows), (PeerDesc::Workload(deploy("api")), 8080, 1));
+    let [open] = &find(&agg, GapKind::UnprotectedPod, "web", Direction::Egress)[..] else { panic!() };
+    assert_eq!((open.flows, open.peers.len()), (1, 1), "one record, one merged backend peer");
+    assert!(find(&agg, GapKind::UnprotectedPod, "api", Direction::Ingress).is_empty(), "not the server's record");
+    // the server's own record of that connection
+    let f = flow("prod/api-2 10.0.1.3:8080 < 10.0.1.1:40000", None);
+    let class = classify(&["db-deny"], &f);
+    agg.add(&Report { class: &class, remote_ip: Some(f.remote_ip), side: Side::Server, bytes: 9, now: 2 }, &|p| {
+        api(&p.1)
+    });
+    let [ingress] = &find(&agg, GapKind::UnprotectedPod, "api", Direction::Ingress)[..] else { panic!("{agg:?}") };
+    let peers: Vec<_> = ingress.peers.iter().map(|p| (p.peer.clone(), p.port)).collect();
+    assert_eq!(peers, [(PeerDesc::Workload(deploy("web")), 8080)]);
+    assert_eq!(find(&agg, GapKind::UncoveredEgress, "web", Direction::Egress)[0].flows, 1, "egress still once");
+    // without workloads each backend pod stands for itself
+    let mut agg = GapAggregator::default();
+    let f = flow("prod/web 10.0.1.1:40000 > 10.96.0.10:80", None);
+    let class = classify(&[], &f);
+    agg.add(&Report { class: &class, remote_ip: None, side: Side::Client, bytes: 1, now: 1 }, &|_| None);
+    let mut got: Vec<_> = find(&agg, GapKind::UncoveredEgress, "web", Direction::Egress)
+        .into_iter()
+        .map(|g| (g.peer.canonical(), g.port))
+        .collect();
+    got.sort();
+    assert_eq!(got, [("workload:prod/Pod/api".to_owned(), 8080), ("workload:prod/Pod/api-2".to_owned(), 8080)]);
+}
+
+#[test]
+fn each_record_counts_for_its_own_side_only() {
+    let mut agg = GapAggregator::default();
+    // one connection web -> db, reported by both agents
+    add_side(&mut agg, &["db-deny", "web-deny"], WEB_DB, Side::Client, 7, 1, None);
+    add_side(&mut agg, &["db-deny", "web-deny"], "prod/db 10.0.1.4:5432 < 10.0.1.1:40000", Side::Server, 7, 1, None);
+    let [egress] = &find(&agg, GapKind::EnforcementGap, "web", Direction::Egress)[..] else { panic!("{agg:?}") };
+    let [ingress] = &find(&agg, GapKind::EnforcementGap, "db", Direction::Ingress)[..] else { panic!("{agg:?}") };
+    assert_eq!((egress.flows, egress.bytes, ingress.flows, ingress.bytes), (1, 7, 1, 7));
+    assert_eq!((ingress.peer.clone(), ingress.port), (PeerDesc::Workload(deploy("web")), 5432));
 }
 
 #[test]

@@ -23,7 +23,7 @@
 //!   receive no traffic, so classifying them would only add noise.
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeSet, HashMap, HashSet},
     net::IpAddr,
 };
 
@@ -50,6 +50,8 @@ pub struct ServiceTarget {
 #[derive(Debug, Default)]
 pub struct ServiceIndex {
     frontends: HashMap<(IpAddr, u16, Protocol), ServiceTarget>,
+    /// Every backend (address, target port, protocol): an end that listens there.
+    backends: HashSet<(IpAddr, u16, Protocol)>,
 }
 
 impl ServiceIndex {
@@ -80,7 +82,9 @@ impl ServiceIndex {
                 let Ok(number) = u16::try_from(port.port) else { continue };
                 let backends = backends(slices, port, ports.len() == 1);
                 for &ip in &addresses {
-                    let backends = backends.iter().filter(|(b, _)| b.is_ipv4() == ip.is_ipv4()).copied().collect();
+                    let backends: Vec<(IpAddr, u16)> =
+                        backends.iter().filter(|(b, _)| b.is_ipv4() == ip.is_ipv4()).copied().collect();
+                    index.backends.extend(backends.iter().map(|&(b, p)| (b.to_canonical(), p, protocol)));
                     let target = ServiceTarget { namespace: namespace.to_owned(), service: name.to_owned(), backends };
                     index.frontends.entry((ip, number, protocol)).or_insert(target);
                 }
@@ -93,6 +97,11 @@ impl ServiceIndex {
     /// addresses are looked up as IPv4.
     pub fn resolve(&self, ip: IpAddr, port: u16, protocol: Protocol) -> Option<&ServiceTarget> {
         self.frontends.get(&(ip.to_canonical(), port, protocol))
+    }
+
+    /// Whether `ip:port` is a backend of some service: a server end.
+    pub fn serves(&self, ip: IpAddr, port: u16, protocol: Protocol) -> bool {
+        self.backends.contains(&(ip.to_canonical(), port, protocol))
     }
 
     /// Number of indexed (address, port, protocol) frontends.

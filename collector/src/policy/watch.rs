@@ -30,11 +30,18 @@ fn load(dir: &std::path::Path) -> Result<ClusterState> {
 /// Loads the manifests and the baseline (fails on an unreadable directory or
 /// a corrupt baseline: both would silently change what gets reported) and
 /// turns the detector on.
-pub fn start(hub: &Hub, dir: PathBuf, baseline: Option<PathBuf>, learning: Duration) -> Result<()> {
+pub fn start(
+    hub: &Hub,
+    dir: PathBuf,
+    baseline: Option<PathBuf>,
+    learning: Duration,
+    retention: Duration,
+) -> Result<()> {
     let state = load(&dir)?;
     let detector = PolicyDetector::new(state, baseline.as_deref())
         .context("loading the egress baseline (delete the file to start learning afresh)")?
-        .with_learning(learning);
+        .with_learning(learning)
+        .with_retention(retention);
     hub.set_policy_detector(detector);
     Ok(())
 }

@@ -20,11 +20,12 @@ const WAIT_LOG_EVERY: Duration = Duration::from_secs(30);
 /// The detector to hand to [`run`], with an empty view until the API is listed. Built up front so a
 /// corrupt baseline stops the collector at startup, as it does with --manifests, rather than after
 /// the first sync.
-pub fn prepare(baseline: Option<PathBuf>, learning: Duration) -> Result<PolicyDetector> {
+pub fn prepare(baseline: Option<PathBuf>, learning: Duration, retention: Duration) -> Result<PolicyDetector> {
     let empty = ClusterState::from_manifests(&Manifests::default());
     Ok(PolicyDetector::new(empty, baseline.as_deref())
         .context("loading the egress baseline (delete the file to start learning afresh)")?
-        .with_learning(learning))
+        .with_learning(learning)
+        .with_retention(retention))
 }
 
 /// Watches the cluster; once every kind is listed, installs `detector` with that view in `hub` (not
