@@ -5,6 +5,7 @@
 //! [`pipeline`]), resolves cgroups and peers to pods ([`identity`]) and hands
 //! batches to a [`pipeline::Sink`]: the embedded collector in standalone mode.
 
+pub mod admin;
 pub mod config;
 pub mod dns;
 pub mod ebpf;

@@ -6,8 +6,8 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use clap::Parser;
 use podlens_agent::{
+    admin::{self, readiness::Latch, Telemetry},
     config::{
         pressure::{SchedMode, SchedTiming},
         AgentArgs, KubeMode, LogFormat,
@@ -56,27 +56,73 @@ fn node_identity(args: &AgentArgs) -> Result<pb::NodeIdentity> {
     })
 }
 
+/// Starts the pod metadata source; releases the identity latch once it has
+/// loaded (or at once when there is none).
 async fn start_pod_source(
     args: &AgentArgs,
     node: &str,
     pods: &SharedPods,
     shutdown: &watch::Receiver<bool>,
+    telemetry: &Arc<Telemetry>,
 ) -> Result<()> {
     if let Some(path) = &args.pods_file {
         let n = inventory::reload(path, pods)?;
         tracing::info!(pods = n, file = %path.display(), "pod metadata from inventory file");
         tokio::spawn(inventory::watch(path.clone(), pods.clone(), Duration::from_secs(1), shutdown.clone()));
+        telemetry.ready.release(Latch::IdentitySynced);
         return Ok(());
     }
     let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
     if args.kube == KubeMode::Off || (args.kube == KubeMode::Auto && !in_cluster) {
         tracing::warn!("no pod metadata source (--pods-file or the Kubernetes API): pods are identified by UID only");
+        telemetry.ready.release(Latch::IdentitySynced);
         return Ok(());
     }
     let client = ::kube::Client::try_default().await.context("connecting to the Kubernetes API (--kube)")?;
-    let (synced, _) = watch::channel(false);
+    let (synced, mut listed) = watch::channel(false);
     tokio::spawn(kube::run_watch(client, node.to_string(), pods.clone(), synced, shutdown.clone()));
+    let telemetry = telemetry.clone();
+    tokio::spawn(async move {
+        if listed.wait_for(|s| *s).await.is_ok() {
+            telemetry.ready.release(Latch::IdentitySynced);
+        }
+    });
     Ok(())
+}
+
+/// Serves /metrics, /healthz and /readyz from the start, so a probe sees
+/// "not ready" while the programs load.
+async fn start_admin(args: &AgentArgs, telemetry: &Arc<Telemetry>, stop: &watch::Receiver<bool>) -> Result<()> {
+    let Some(addr) = args.metrics_listen.0 else { return Ok(()) };
+    let mut stop = stop.clone();
+    let (local, serve) = admin::bind(addr, telemetry.clone(), async move {
+        let _ = stop.wait_for(|s| *s).await;
+    })
+    .await
+    .with_context(|| format!("--metrics-listen {addr}"))?;
+    tracing::info!(addr = %local, "metrics and health endpoints listening (/metrics, /healthz, /readyz)");
+    tokio::spawn(async move {
+        if let Err(e) = serve.await {
+            tracing::error!(error = %e, "metrics endpoint failed");
+        }
+    });
+    Ok(())
+}
+
+/// Releases the stream latch once the collector stream opened (at once
+/// without a collector).
+fn watch_stream(exporter: Option<&Arc<Exporter>>, telemetry: &Arc<Telemetry>) {
+    let Some(exporter) = exporter.cloned() else {
+        telemetry.ready.release(Latch::StreamConnected);
+        return;
+    };
+    let telemetry = telemetry.clone();
+    tokio::spawn(async move {
+        while exporter.stream.connects.load(std::sync::atomic::Ordering::Acquire) == 0 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        telemetry.ready.release(Latch::StreamConnected);
+    });
 }
 
 /// The exporter's stream settings, checked before anything is loaded.
@@ -177,7 +223,7 @@ fn pressure_source(
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let args = AgentArgs::parse();
+    let args: AgentArgs = podlens_collector::config_file::parse()?;
     init_logging(&args.log, args.log_format == LogFormat::Json)?;
     if !args.standalone && args.collector.is_none() {
         bail!(
@@ -190,8 +236,12 @@ async fn main() -> Result<()> {
     let export = export_config(&args)?;
     let auth = if args.standalone { Some(consumer_auth(&args)?) } else { None };
     let (stop_tx, stop_rx) = watch::channel(false);
+    let exporter = export.as_ref().map(|_| Exporter::new(args.export_buffer_bytes as usize));
+    let telemetry =
+        Arc::new(Telemetry::new(&node.name, u64::from(args.flow_map_entries), args.interval, exporter.clone()));
+    start_admin(&args, &telemetry, &stop_rx).await?;
     let pods: SharedPods = Arc::new(RwLock::new(PodStore::new(RETENTION)));
-    start_pod_source(&args, &node.name, &pods, &stop_rx).await?;
+    start_pod_source(&args, &node.name, &pods, &stop_rx, &telemetry).await?;
 
     let opts = LoadOptions {
         flow_map_entries: args.flow_map_entries,
@@ -211,6 +261,7 @@ async fn main() -> Result<()> {
 
     // Every probe is attached before the API opens: what it serves is complete from then on.
     let pressure = pressure_source(&args, &cgroup_root, &node)?;
+    telemetry.ready.release(Latch::ProgramsAttached);
 
     let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();
     let mut tasks = Vec::new();
@@ -232,8 +283,8 @@ async fn main() -> Result<()> {
     let mut exporter_task = None;
     // The exporter stops after the pipeline published its last window.
     let (export_stop_tx, export_stop_rx) = watch::channel(false);
-    if let Some(cfg) = export {
-        let exporter = Exporter::new(args.export_buffer_bytes as usize);
+    watch_stream(exporter.as_ref(), &telemetry);
+    if let (Some(cfg), Some(exporter)) = (export, exporter) {
         tracing::info!(collector = %cfg.url, buffer_bytes = args.export_buffer_bytes, "streaming to the collector");
         exporter_task = Some(tokio::spawn(stream::run(cfg, exporter.clone(), export_stop_rx)));
         sinks.push(exporter);
@@ -241,7 +292,8 @@ async fn main() -> Result<()> {
 
     let dns = args.dns.config();
     tracing::info!(dns_ports = ?args.dns.ports.0, dns_timeout = ?args.dns.timeout, "DNS capture");
-    let pipeline = Pipeline::new(kernel, Resolver::new(cgroups, pods), node, Arc::new(Fanout(sinks)), dns, pressure)?;
+    let pipeline = Pipeline::new(kernel, Resolver::new(cgroups, pods), node, Arc::new(Fanout(sinks)), dns, pressure)?
+        .with_telemetry(telemetry.clone());
     let run = tokio::spawn(pipeline.run(args.interval, stop_rx));
     shutdown_signal().await?;
     stop_tx.send_replace(true);

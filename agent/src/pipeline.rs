@@ -4,6 +4,7 @@
 //! one batch. Kernel events and DNS packets are read continuously in between.
 
 use std::{
+    collections::BTreeMap,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -13,6 +14,7 @@ use podlens_proto::v1 as pb;
 use tokio::{io::unix::AsyncFd, sync::watch};
 
 use crate::{
+    admin::{Telemetry, WindowStats},
     dns::{self, fqdn::Owner, DnsSource},
     ebpf::{clock::TickClock, events, Kernel},
     flows::{monotonic_ns, unix_nanos, Clock, FlowWindow, Initiators},
@@ -90,6 +92,23 @@ pub struct Pipeline {
     /// The first jiffies/monotonic sample: the far end for measuring the tick.
     first_clock: podlens_agent_ebpf::ClockSample,
     sink: Arc<dyn Sink>,
+    telemetry: Option<Arc<Telemetry>>,
+    /// Records produced since start, per kind, and windows drained.
+    produced: BTreeMap<&'static str, u64>,
+    windows: u64,
+    /// The counters of the last loss report, for /metrics.
+    last_totals: Vec<(&'static str, &'static str, u64)>,
+}
+
+fn kind_name(r: &pb::Record) -> &'static str {
+    match &r.kind {
+        Some(pb::record::Kind::Flow(_)) => "flow",
+        Some(pb::record::Kind::Dns(_)) => "dns",
+        Some(pb::record::Kind::Pressure(_)) => "pressure",
+        Some(pb::record::Kind::Finding(_)) => "finding",
+        Some(pb::record::Kind::Loss(_)) => "loss",
+        _ => "other",
+    }
 }
 
 impl Pipeline {
@@ -130,7 +149,17 @@ impl Pipeline {
             overflow_pending: false,
             first_clock,
             sink,
+            telemetry: None,
+            produced: BTreeMap::new(),
+            windows: 0,
+            last_totals: Vec::new(),
         })
+    }
+
+    /// Reports every window's counters to `telemetry` (for /metrics).
+    pub fn with_telemetry(mut self, telemetry: Arc<Telemetry>) -> Self {
+        self.telemetry = Some(telemetry);
+        self
     }
 
     /// Reads every pending DNS packet; returns how many.
@@ -234,6 +263,7 @@ impl Pipeline {
         let window = (self.window_start, window_end);
         self.window_start = window_end;
         let flows = std::mem::take(&mut self.window);
+        let flow_entries = flows.len() as u64;
         let bad_direction = flows.bad_overflow_events;
         let clock = Clock::now();
         let dns_ids: Vec<u64> = dns_window.iter().flat_map(|w| w.cgroup_ids()).collect();
@@ -282,6 +312,20 @@ impl Pipeline {
             window_end_unix_nano: window.1,
             kind: Some(pb::record::Kind::Loss(self.loss_report())),
         });
+        self.windows += 1;
+        for r in &records {
+            *self.produced.entry(kind_name(r)).or_default() += 1;
+        }
+        if let Some(t) = &self.telemetry {
+            t.window_done(WindowStats {
+                counters: self.last_totals.clone(),
+                records: self.produced.iter().map(|(k, v)| (*k, *v)).collect(),
+                windows: self.windows,
+                flow_map_entries: flow_entries,
+                tcp_connections_tracked: self.initiators.len() as u64,
+                last_window_unix_seconds: window.1 / 1_000_000_000,
+            });
+        }
         // The loss report travels in the window's last batch.
         let mut rest = records.into_iter().peekable();
         while rest.peek().is_some() {
@@ -316,6 +360,7 @@ impl Pipeline {
             totals.extend(p.losses());
         }
         totals.extend(self.sink.losses());
+        self.last_totals.clone_from(&totals);
         self.losses.report(totals)
     }
 

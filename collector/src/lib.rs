@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod cli;
 pub mod cluster;
+pub mod config_file;
 pub mod dedup;
 pub mod filter;
 pub mod findings;

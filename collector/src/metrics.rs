@@ -36,6 +36,9 @@ struct ListenerLabel {
 pub struct MetricsState {
     pub hub: Arc<Hub>,
     pub listeners: Vec<(&'static str, Arc<ListenerStats>)>,
+    /// Policy findings come from the Kubernetes API: not ready until every
+    /// kind was listed and the detector installed.
+    pub needs_cluster_view: bool,
 }
 
 fn counter(registry: &mut Registry, name: &str, help: &str, value: u64) {
@@ -154,6 +157,15 @@ async fn ok() -> impl IntoResponse {
     (StatusCode::OK, "ok\n")
 }
 
+/// The listeners are bound before this server starts; what can still be
+/// missing is the cluster view.
+async fn ready(State(state): State<MetricsState>) -> impl IntoResponse {
+    if state.needs_cluster_view && state.hub.with_policy_detector(|_| ()).is_none() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "waiting for: cluster_view\n");
+    }
+    (StatusCode::OK, "ready\n")
+}
+
 /// Serves /metrics, /healthz and /readyz until `shutdown` resolves.
 pub async fn serve(
     addr: SocketAddr,
@@ -163,7 +175,7 @@ pub async fn serve(
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(ok))
-        .route("/readyz", get(ok))
+        .route("/readyz", get(ready))
         .with_state(state);
     let listener = tokio::net::TcpListener::bind(addr).await?;
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await
@@ -196,7 +208,11 @@ mod tests {
             ..Default::default()
         })
         .unwrap();
-        let text = render(&MetricsState { hub, listeners: vec![("ingest", Arc::new(ListenerStats::default()))] });
+        let text = render(&MetricsState {
+            hub,
+            listeners: vec![("ingest", Arc::new(ListenerStats::default()))],
+            needs_cluster_view: false,
+        });
         assert!(text.contains("podlens_collector_batches_total{node=\"n1\"} 1"), "{text}");
         assert!(
             text.contains("podlens_collector_node_losses_total{node=\"n1\",source=\"kernel\",reason=\"truncated\"} 3"),
@@ -210,12 +226,25 @@ mod tests {
         assert!(!text.contains("policy_gaps"), "no detector, no policy series: {text}");
     }
 
+    #[tokio::test]
+    async fn ready_waits_for_the_cluster_view_when_it_comes_from_the_api() {
+        use axum::response::IntoResponse;
+        let hub = Arc::new(Hub::new(16));
+        let state = MetricsState { hub: hub.clone(), listeners: Vec::new(), needs_cluster_view: true };
+        assert_eq!(ready(State(state.clone())).await.into_response().status(), StatusCode::SERVICE_UNAVAILABLE);
+        let view = crate::policy::detector::ClusterState::from_manifests(&Default::default());
+        hub.set_policy_detector(crate::policy::detector::PolicyDetector::new(view, None).unwrap());
+        assert_eq!(ready(State(state)).await.into_response().status(), StatusCode::OK);
+        let without = MetricsState { hub: Arc::new(Hub::new(16)), listeners: Vec::new(), needs_cluster_view: false };
+        assert_eq!(ready(State(without)).await.into_response().status(), StatusCode::OK);
+    }
+
     #[test]
     fn policy_detector_bounds_are_exposed() {
         let hub = Arc::new(Hub::new(16));
         let state = crate::policy::detector::ClusterState::from_manifests(&Default::default());
         hub.set_policy_detector(crate::policy::detector::PolicyDetector::new(state, None).unwrap());
-        let text = render(&MetricsState { hub, listeners: Vec::new() });
+        let text = render(&MetricsState { hub, listeners: Vec::new(), needs_cluster_view: false });
         for series in [
             "podlens_collector_policy_gaps 0",
             "podlens_collector_policy_gaps_dropped_total 0",

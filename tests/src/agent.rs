@@ -48,6 +48,8 @@ fn free_port() -> u16 {
 pub struct Agent {
     child: Option<Child>,
     pub addr: SocketAddr,
+    /// /metrics, /healthz, /readyz.
+    pub metrics: SocketAddr,
     log: PathBuf,
 }
 
@@ -59,25 +61,32 @@ impl Agent {
 
     /// Like [`Agent::start`], run through `wrapper` (e.g. setpriv with reduced capabilities).
     pub fn start_wrapped(wrapper: &[&str], node: &str, interval: &str, extra: &[&str], log_dir: &Path) -> Self {
+        let mut agent = Self::launch(wrapper, node, interval, extra, log_dir);
+        agent.wait_ready(Duration::from_secs(30));
+        agent
+    }
+
+    /// Starts the agent and returns at once (it may still be loading).
+    pub fn launch(wrapper: &[&str], node: &str, interval: &str, extra: &[&str], log_dir: &Path) -> Self {
         crate::privileged::require_root();
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let log = log_dir.join(format!("agent-{}.log", addr.port()));
         let log_file = std::fs::File::create(&log).expect("agent log");
         let child = agent_command(wrapper)
             .args(["--standalone", "--listen", &addr.to_string(), "--interval", interval, "--node-name", node])
+            .args(["--metrics-listen", &metrics.to_string()])
             .args(extra)
             .env("PODLENS_LOG", "info,podlens_agent=debug")
             .stdout(Stdio::null())
             .stderr(log_file)
             .spawn()
             .expect("spawn podlens-agent");
-        let mut agent = Self { child: Some(child), addr, log };
-        agent.wait_ready(Duration::from_secs(30));
-        agent
+        Self { child: Some(child), addr, metrics, log }
     }
 
-    /// Programs are attached before the Observe listener opens.
-    fn wait_ready(&mut self, timeout: Duration) {
+    /// Waits until the Observe API serves: programs are attached before it opens.
+    pub fn wait_ready(&mut self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         while TcpStream::connect(self.addr).is_err() {
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
@@ -216,6 +225,12 @@ impl Observer {
 /// (exit code, stderr).
 pub fn run_agent_expecting_exit(wrapper: &[&str], args: &[&str]) -> (Option<i32>, String) {
     crate::privileged::require_root();
-    let out = agent_command(wrapper).args(args).env("RUST_BACKTRACE", "0").output().expect("run podlens-agent");
+    // tests run in parallel: none of them may take the default metrics port
+    let out = agent_command(wrapper)
+        .args(args)
+        .env("RUST_BACKTRACE", "0")
+        .env("PODLENS_METRICS_LISTEN", "off")
+        .output()
+        .expect("run podlens-agent");
     (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
 }

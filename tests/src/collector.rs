@@ -129,12 +129,7 @@ impl Collector {
 
     /// The Prometheus exposition.
     pub fn metrics_text(&self) -> String {
-        use std::io::{Read, Write};
-        let mut s = TcpStream::connect(self.metrics).expect("metrics connect");
-        write!(s, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").expect("metrics request");
-        let mut out = String::new();
-        s.read_to_string(&mut out).expect("metrics response");
-        out
+        crate::http::get(self.metrics, "/metrics").expect("collector /metrics").1
     }
 }
 

@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod collector;
 pub mod cpu_limit;
 pub mod dns_records;
+pub mod http;
 pub mod kernel;
 pub mod packets;
 pub mod pki;

@@ -6,6 +6,8 @@ use std::{net::SocketAddr, time::Duration};
 use podlens_e2e::{
     agent::{run_agent_expecting_exit, Agent, Observer},
     cluster::{write_inventory, Driver, Node, Qos},
+    collector::{free_addr, Collector},
+    http,
     privileged::unique,
     records::pod_totals,
 };
@@ -195,5 +197,101 @@ fn agent_coexists_with_other_programs_and_detaches_only_its_own() {
     assert_eq!(other_packets(&mut other, port), segs, "the other programs keep counting after the agent left");
     drop(other);
     assert_eq!(attached_programs(&root, true), before);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Polls `addr` `path` until `done` holds for (status, body); returns that answer.
+fn poll(addr: SocketAddr, path: &str, what: &str, done: impl Fn(u16, &str) -> bool) -> (u16, String) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some((code, body)) = http::get(addr, path) {
+            if done(code, &body) {
+                return (code, body);
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "{what}: {path} on {addr}: {:?}", http::get(addr, path));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn metrics(agent: &Agent) -> Vec<http::Sample> {
+    let (code, text) = http::get(agent.metrics, "/metrics").expect("agent /metrics");
+    assert_eq!(code, 200, "{text}");
+    http::parse_exposition(&text).unwrap_or_else(|e| panic!("not Prometheus text: {e}\n{text}"))
+}
+
+#[test]
+fn readiness_waits_for_programs_identity_and_the_collector_stream() {
+    let dir = tmpdir("ready");
+    let mut node = Node::new(Driver::Systemd);
+    let a = node.pod("ready", "a", Qos::Burstable);
+    let inventory = dir.join("pods.yaml");
+    write_inventory(&inventory, "n1", &[&a]);
+    let collector = Collector::start(vec!["--insecure-plaintext".into()], &dir);
+    let ingest = format!("http://{}", collector.ingest);
+    let inv = inventory.to_str().unwrap();
+    let flags = ["--collector", &ingest, "--insecure-plaintext", "--pods-file", inv];
+    let mut agent = Agent::launch(&[], "n1", "1s", &flags, &dir);
+    // the endpoints open before the programs load (BTF parsing alone takes a while)
+    let (code, body) = poll(agent.metrics, "/readyz", "first answer", |_, _| true);
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("programs_attached"), "not ready before the programs are attached: {body}");
+    agent.wait_ready(Duration::from_secs(30));
+    poll(agent.metrics, "/readyz", "ready once the stream opened", |code, _| code == 200);
+    assert_eq!(http::get(agent.metrics, "/healthz").map(|r| r.0), Some(200));
+    let m = metrics(&agent);
+    for latch in ["programs_attached", "identity_synced", "stream_connected"] {
+        assert_eq!(http::value(&m, "podlens_agent_ready", &[("latch", latch)]), Some(1.0), "{latch}");
+    }
+    assert_eq!(http::value(&m, "podlens_agent_stream_connected", &[]), Some(1.0));
+    assert_eq!(http::value(&m, "podlens_agent_info", &[("node", "n1")]), Some(1.0));
+    assert!(http::value(&m, "podlens_agent_process_resident_memory_bytes", &[]).is_some_and(|v| v > 0.0));
+    assert_eq!(http::value(&m, "podlens_agent_flow_map_capacity", &[]), Some(65536.0));
+    // windows keep coming: the counters of the stream's loss reports are here too
+    let windows = |m: &[http::Sample]| http::value(m, "podlens_agent_windows_total", &[]).unwrap_or(0.0);
+    let before = windows(&m);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let m = loop {
+        let m = metrics(&agent);
+        if windows(&m) > before {
+            break m;
+        }
+        assert!(std::time::Instant::now() < deadline, "no window in 10 s");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(http::value(&m, "podlens_agent_records_total", &[("kind", "loss")]).is_some_and(|v| v >= 1.0));
+    assert!(http::value(&m, "podlens_agent_losses_total", &[("source", "kernel"), ("reason", "truncated")]).is_some());
+    assert_eq!(agent.stop().code(), Some(0), "{}", agent.log_text());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn forced_export_losses_move_the_loss_counters_and_hold_readiness() {
+    let dir = tmpdir("lossmetrics");
+    // nobody listens there: every batch stays unacknowledged, and a buffer of
+    // a few KiB must drop the oldest ones
+    let dead = format!("http://{}", free_addr());
+    let flags = ["--collector", &dead, "--insecure-plaintext", "--export-buffer-bytes", "4096"];
+    let mut agent = Agent::start("n1", "1s", &flags, &dir);
+    let dropped = |m: &[http::Sample]| {
+        http::value(m, "podlens_agent_losses_total", &[("source", "export"), ("reason", "dropped_batches")])
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let m = loop {
+        let m = metrics(&agent);
+        if dropped(&m).is_some_and(|v| v >= 2.0) {
+            break m;
+        }
+        assert!(std::time::Instant::now() < deadline, "no export drop counted: {:?}", dropped(&m));
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert_eq!(http::value(&m, "podlens_agent_stream_connected", &[]), Some(0.0));
+    assert!(http::value(&m, "podlens_agent_stream_failures_total", &[]).is_some_and(|v| v >= 1.0));
+    assert!(http::value(&m, "podlens_agent_export_buffer_bytes", &[]).is_some_and(|v| v <= 4096.0));
+    assert_eq!(http::value(&m, "podlens_agent_export_buffer_limit_bytes", &[]), Some(4096.0));
+    let (code, body) = http::get(agent.metrics, "/readyz").expect("readyz");
+    assert_eq!(code, 503, "{body}");
+    assert_eq!(body.trim(), "waiting for: stream_connected", "only the stream holds readiness");
+    assert!(agent.stop().code().is_some(), "{}", agent.log_text());
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -26,6 +26,11 @@ pub enum LogFormat {
 #[derive(Debug, Parser)]
 #[command(name = "podlens-agent", version, about = "podlens node agent: per-pod network flows from eBPF")]
 pub struct AgentArgs {
+    /// A YAML file of flag names and values (`flow-map-entries: 131072`);
+    /// flags and environment variables override it, unknown keys are errors.
+    #[arg(long, env = "PODLENS_CONFIG", value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
+
     /// Run an embedded collector in this process and serve the Observe API locally.
     #[arg(long, env = "PODLENS_STANDALONE")]
     pub standalone: bool,
@@ -34,6 +39,11 @@ pub struct AgentArgs {
     /// loopback it needs no authentication; elsewhere it needs --consumer-token-file.
     #[arg(long, env = "PODLENS_LISTEN", default_value = "127.0.0.1:7700")]
     pub listen: SocketAddr,
+
+    /// Address of /metrics, /healthz and /readyz (plain HTTP: counters only, no
+    /// flows), or `off`.
+    #[arg(long, env = "PODLENS_METRICS_LISTEN", default_value = "0.0.0.0:9464", value_parser = parse_listen_or_off)]
+    pub metrics_listen: ListenOrOff,
 
     /// Bearer tokens (one per line) consumers of the standalone API must present.
     #[arg(long, env = "PODLENS_CONSUMER_TOKEN_FILE")]
@@ -225,6 +235,17 @@ fn parse_ring_bytes(s: &str) -> Result<u32, String> {
     Ok(n)
 }
 
+/// An address to listen on, or none (`off`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenOrOff(pub Option<SocketAddr>);
+
+fn parse_listen_or_off(s: &str) -> Result<ListenOrOff, String> {
+    if s == "off" {
+        return Ok(ListenOrOff(None));
+    }
+    s.parse().map(|a| ListenOrOff(Some(a))).map_err(|e| format!("{e}: expected ADDRESS:PORT or off"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,6 +255,36 @@ mod tests {
         assert_eq!(parse_interval("1s"), Ok(Duration::from_secs(1)));
         assert!(parse_interval("10ms").unwrap_err().contains("between 100ms and 1h"));
         assert!(parse_interval("2h").unwrap_err().contains("between 100ms and 1h"));
+    }
+
+    #[test]
+    fn a_config_file_sets_flags_of_every_group_and_rejects_unknown_ones() {
+        use podlens_collector::config_file::merged_args;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.yaml");
+        std::fs::write(&path, "flow_map_entries: 4096\ndns-ports: [53, 5353]\npressure: false\nsched: off\n").unwrap();
+        let argv = ["podlens-agent", "--config", path.to_str().unwrap(), "--standalone"].map(std::ffi::OsString::from);
+        let a = AgentArgs::try_parse_from(merged_args::<AgentArgs>(argv.to_vec(), None).unwrap()).unwrap();
+        assert_eq!((a.flow_map_entries, a.dns.ports.0.clone(), a.standalone), (4096, vec![53, 5353], true));
+        assert!(!a.pressure.enabled);
+        std::fs::write(&path, "flow-map-entrys: 4096\n").unwrap();
+        let err = merged_args::<AgentArgs>(argv.to_vec(), None).unwrap_err().to_string();
+        assert!(err.contains("unknown field \"flow-map-entrys\"") && err.contains("flow-map-entries"), "{err}");
+        std::fs::write(&path, "sched: sometimes\n").unwrap();
+        let err = merged_args::<AgentArgs>(argv.to_vec(), None).unwrap_err().to_string();
+        assert!(err.contains("field \"sched\"") && err.contains("auto, on, off"), "{err}");
+    }
+
+    #[test]
+    fn metrics_listen_is_an_address_or_off() {
+        let parse =
+            |v: &str| AgentArgs::try_parse_from(["podlens-agent", "--metrics-listen", v]).map(|a| a.metrics_listen);
+        assert_eq!(parse("127.0.0.1:9999").unwrap().0, Some("127.0.0.1:9999".parse().unwrap()));
+        assert_eq!(parse("off").unwrap().0, None);
+        let err = parse("9999").unwrap_err().to_string();
+        assert!(err.contains("--metrics-listen") && err.contains("off"), "{err}");
+        let default = AgentArgs::try_parse_from(["podlens-agent"]).unwrap().metrics_listen;
+        assert_eq!(default.0, Some("0.0.0.0:9464".parse().unwrap()));
     }
 
     #[test]

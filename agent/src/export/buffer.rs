@@ -74,6 +74,11 @@ fn add(into: &mut Tally, size: usize, c: Contents) {
 
 impl ExportBuffer {
     /// A buffer of at most `limit` encoded bytes.
+    /// The bound, in encoded bytes.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
     pub fn new(limit: usize) -> Self {
         Self {
             entries: VecDeque::new(),

@@ -6,7 +6,10 @@ pub mod backoff;
 pub mod buffer;
 pub mod stream;
 
-use std::sync::{Arc, Mutex};
+use std::sync::{
+    atomic::{AtomicBool, AtomicU64},
+    Arc, Mutex,
+};
 
 use podlens_proto::v1 as pb;
 use tokio::sync::Notify;
@@ -19,11 +22,24 @@ pub struct Exporter {
     pub buffer: Mutex<ExportBuffer>,
     /// Something to send (a new batch, or room after an acknowledgement).
     pub notify: Notify,
+    pub stream: StreamState,
+}
+
+/// The collector stream as the stream task last saw it.
+#[derive(Debug, Default)]
+pub struct StreamState {
+    pub connected: AtomicBool,
+    pub connects: AtomicU64,
+    pub failures: AtomicU64,
 }
 
 impl Exporter {
     pub fn new(buffer_bytes: usize) -> Arc<Self> {
-        Arc::new(Self { buffer: Mutex::new(ExportBuffer::new(buffer_bytes)), notify: Notify::new() })
+        Arc::new(Self {
+            buffer: Mutex::new(ExportBuffer::new(buffer_bytes)),
+            notify: Notify::new(),
+            stream: StreamState::default(),
+        })
     }
 
     pub fn lock(&self) -> std::sync::MutexGuard<'_, ExportBuffer> {

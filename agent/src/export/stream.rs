@@ -79,6 +79,10 @@ pub async fn run(cfg: StreamConfig, exporter: Arc<Exporter>, mut shutdown: watch
         }
         let progress = Arc::new(AtomicBool::new(false));
         let result = connect_and_stream(&cfg, &exporter, &progress, shutdown.clone(), deadline).await;
+        exporter.stream.connected.store(false, Ordering::Release);
+        if result.is_err() {
+            exporter.stream.failures.fetch_add(1, Ordering::Relaxed);
+        }
         if progress.load(Ordering::Acquire) {
             backoff.reset();
         }
@@ -147,6 +151,8 @@ async fn connect_and_stream(
 
     let (tx, rx) = mpsc::channel::<pb::Batch>(8);
     let mut acks = client.stream(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
+    exporter.stream.connects.fetch_add(1, Ordering::Relaxed);
+    exporter.stream.connected.store(true, Ordering::Release);
     // A new connection: nothing buffered has been sent on it yet.
     exporter.lock().unmark_sent();
     tracing::info!(collector = %cfg.url, buffered = exporter.lock().len(), "collector stream open; replaying what is unacknowledged");

@@ -31,6 +31,10 @@ enum LogFormat {
     about = "podlens collector: ingests agent streams, serves Observe and Query"
 )]
 struct Args {
+    /// A YAML file of flag names and values (`ingest-listen: 0.0.0.0:7701`);
+    /// flags and environment variables override it, unknown keys are errors.
+    #[arg(long, env = "PODLENS_CONFIG", value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
     /// Consumer API (Observe, Query).
     #[arg(long, env = "PODLENS_LISTEN", default_value = "0.0.0.0:7700")]
     listen: SocketAddr,
@@ -163,7 +167,7 @@ fn security(args: &Args) -> Result<Security> {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let args = Args::parse();
+    let args: Args = podlens_collector::config_file::parse()?;
     init_logging(&args.log, args.log_format == LogFormat::Json)?;
     let sec = security(&args)?;
     if args.history_records > args.consumer_buffer {
@@ -250,6 +254,7 @@ async fn main() -> Result<()> {
     let metrics_state = MetricsState {
         hub: hub.clone(),
         listeners: vec![("consumers", consumer_stats.clone()), ("ingest", ingest_stats.clone())],
+        needs_cluster_view: kube.is_some(),
     };
     let metrics_task = tokio::spawn(metrics::serve(args.metrics_listen, metrics_state, stopped(stop_rx.clone())));
     if let Some(dir) = &args.manifests {
