@@ -5,7 +5,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use podlens_e2e::{
     agent::{run_agent_expecting_exit, Agent, Observer},
-    cluster::{write_inventory, Driver, Node, Qos},
+    cluster::{cgroup2_root, write_inventory, Driver, Node, Qos},
     collector::{free_addr, Collector},
     http,
     privileged::unique,
@@ -293,5 +293,65 @@ fn forced_export_losses_move_the_loss_counters_and_hold_readiness() {
     assert_eq!(code, 503, "{body}");
     assert_eq!(body.trim(), "waiting for: stream_connected", "only the stream holds readiness");
     assert!(agent.stop().code().is_some(), "{}", agent.log_text());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// As deploy/manifests/podlens.yaml runs it: uid 0 with a bounding set of
+/// exactly CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN, no_new_privs
+/// (allowPrivilegeEscalation: false), a read-only root filesystem and a
+/// read-only cgroup2 mount. It becomes ready, records flows, and on SIGTERM
+/// flushes its last window to the collector and exits 0.
+#[test]
+fn agent_runs_as_the_daemonset_runs_it() {
+    let dir = tmpdir("daemonset");
+    let mut node = Node::new(Driver::Systemd);
+    let a = node.pod("ds", "a", Qos::Burstable);
+    let b = node.pod("ds", "b", Qos::Burstable);
+    let inventory = dir.join("pods.yaml");
+    write_inventory(&inventory, "n1", &[&a, &b]);
+    let collector = Collector::start(vec!["--insecure-plaintext".into()], &dir);
+    let cgroup = cgroup2_root().display().to_string();
+    let script = format!(
+        "mount -o remount,bind,ro / && mount -o remount,bind,ro {cgroup} && \
+         exec setpriv --no-new-privs --bounding-set={CAPS} --inh-caps={CAPS} -- \"$0\" \"$@\""
+    );
+    let wrapper = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", &script];
+    let ingest = format!("http://{}", collector.ingest);
+    let flags = ["--collector", &ingest, "--insecure-plaintext", "--pods-file", inventory.to_str().unwrap()];
+    let mut agent = Agent::launch(&wrapper, "n1", "1s", &flags, &dir);
+    agent.wait_ready(Duration::from_secs(30));
+    poll(agent.metrics, "/readyz", "ready", |code, _| code == 200);
+
+    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid())).expect("agent status");
+    let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name)).map(str::trim).unwrap_or("").to_string();
+    assert_eq!(field("CapEff:"), "000000c000001000", "effective: exactly the three");
+    assert_eq!(field("CapBnd:"), "000000c000001000", "bounding: exactly the three");
+    assert_eq!(field("NoNewPrivs:"), "1");
+    assert_eq!(field("Uid:").split_whitespace().next(), Some("0"));
+    let mounts = std::fs::read_to_string(format!("/proc/{}/mountinfo", agent.pid())).expect("agent mountinfo");
+    let read_only = |point: &str| {
+        mounts.lines().any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.get(4) == Some(&point) && f.get(5).is_some_and(|o| o.split(',').any(|x| x == "ro"))
+        })
+    };
+    assert!(read_only("/") && read_only(&cgroup), "root and cgroup2 read-only for the agent:\n{mounts}");
+
+    let observer = Observer::connect(agent.addr, pb::ObserveRequest::default());
+    let listen = SocketAddr::new(b.ip(false), 9443);
+    let mut srv = b.spawn(&["tcp-server", "--listen", &listen.to_string()]);
+    srv.first_line();
+    let out = a.run(&["tcp-client", "--connect", &listen.to_string(), "--send", "3000"]);
+    srv.wait_json(Duration::from_secs(30));
+    let segs = out[0]["tcp_info"]["segs_out"].as_u64().unwrap();
+    observer.wait_until(Duration::from_secs(15), |r| pod_totals(r, &a.uid).values().any(|t| t.egress_packets == segs));
+    // the collector got every batch up to the last one, which SIGTERM flushes
+    assert_eq!(agent.stop().code(), Some(0), "{}", agent.log_text());
+    let m = http::parse_exposition(&collector.metrics_text()).expect("collector metrics");
+    let batches = http::value(&m, "podlens_collector_batches_total", &[("node", "n1")]).unwrap_or(0.0);
+    let gaps = http::value(&m, "podlens_collector_sequence_gaps_total", &[("node", "n1")]).unwrap_or(0.0);
+    assert!(batches >= 2.0 && gaps == 0.0, "batches {batches}, gaps {gaps}");
+    let log = agent.log_text();
+    assert!(log.contains("stopped") && !log.contains("not delivered"), "{log}");
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -1,5 +1,6 @@
 //! `cargo xtask <task>`: developer tasks that need more than cargo.
 
+mod manifests;
 mod protogen;
 
 use std::{
@@ -27,6 +28,12 @@ enum Task {
     },
     /// Regenerate proto/src/gen from proto/podlens/v1/*.proto.
     Proto,
+    /// Render deploy/manifests/podlens.yaml from the Helm chart in deploy/helm/podlens.
+    Manifests {
+        /// Only check that the committed file matches the chart.
+        #[arg(long)]
+        check: bool,
+    },
     /// Install the Debian/Ubuntu packages needed to build and test (uses sudo when not root).
     Deps,
     /// Build, then run the agent with its embedded collector next to emulated pods, showing live flows.
@@ -67,6 +74,7 @@ fn main() -> Result<()> {
     match Cli::parse().task {
         Task::Vmlinux { btf } => vmlinux(&btf),
         Task::Proto => proto(),
+        Task::Manifests { check } => manifests::run(&root(), check),
         Task::Deps => deps(),
         Task::Demo { seconds, output } => demo(seconds, &output),
         Task::E2e { filter } => e2e(filter.as_deref()),
