@@ -179,6 +179,39 @@ fn as_flags(long: &str, action: &ArgAction, value: &Value) -> Result<Vec<OsStrin
     }
 }
 
+/// Flags of `command` missing from the Markdown tables of `doc`, or whose
+/// row lacks their default in backticks: the README's tables are where the
+/// defaults are documented, and this keeps them true.
+pub fn undocumented_flags(command: &clap::Command, doc: &str) -> Vec<String> {
+    let rows: Vec<&str> = doc.lines().filter(|l| l.starts_with("| `--")).collect();
+    let mut problems = Vec::new();
+    for arg in command.get_arguments().filter(|a| !a.is_hide_set()) {
+        let Some(long) = arg.get_long().filter(|l| *l != "help" && *l != "version") else { continue };
+        let flag = format!("`--{long}`");
+        let Some(row) = rows.iter().find(|r| r.split('|').nth(1).is_some_and(|cell| cell.contains(&flag))) else {
+            problems.push(format!("--{long} is in no table"));
+            continue;
+        };
+        for default in arg.get_default_values() {
+            let default = format!("`{}`", default.to_string_lossy());
+            if !row.contains(&default) {
+                problems.push(format!("--{long}: its row does not show the default {default}: {row}"));
+            }
+        }
+    }
+    problems
+}
+
+/// The README's collector flag table, and the README without it (the agent's
+/// tables): `--listen` and others are flags of both, with other defaults.
+pub fn readme_sections(readme: &str) -> (String, String) {
+    let (start, end) = ("Collector flags (", "Use separate CAs for agents and consumers");
+    match (readme.find(start), readme.find(end)) {
+        (Some(a), Some(b)) if a < b => (readme[a..b].to_owned(), format!("{}{}", &readme[..a], &readme[b..])),
+        _ => (String::new(), readme.to_owned()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;

@@ -276,6 +276,14 @@ mod tests {
     }
 
     #[test]
+    fn every_flag_and_default_is_in_the_readme() {
+        use clap::CommandFactory;
+        let (_, agent) = podlens_collector::config_file::readme_sections(include_str!("../../../README.md"));
+        let problems = podlens_collector::config_file::undocumented_flags(&AgentArgs::command(), &agent);
+        assert!(problems.is_empty(), "README.md agent flags:\n{}", problems.join("\n"));
+    }
+
+    #[test]
     fn metrics_listen_is_an_address_or_off() {
         let parse =
             |v: &str| AgentArgs::try_parse_from(["podlens-agent", "--metrics-listen", v]).map(|a| a.metrics_listen);

@@ -300,3 +300,15 @@ async fn main() -> Result<()> {
     tracing::info!("stopped");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_flag_and_default_is_in_the_readme() {
+        let (collector, _) = podlens_collector::config_file::readme_sections(include_str!("../../../README.md"));
+        let problems = podlens_collector::config_file::undocumented_flags(&super::Args::command(), &collector);
+        assert!(problems.is_empty(), "README.md collector flags:\n{}", problems.join("\n"));
+    }
+}
