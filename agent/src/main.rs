@@ -177,9 +177,11 @@ fn pressure_source(
     args: &AgentArgs,
     cgroup_root: &std::path::Path,
     node: &pb::NodeIdentity,
+    telemetry: &Telemetry,
 ) -> Result<Option<PressureSource>> {
     let p = &args.pressure;
     if !p.enabled {
+        telemetry.set_feature("sched", "off");
         tracing::info!("pressure reporting off (--pressure false)");
         return Ok(None);
     }
@@ -206,6 +208,14 @@ fn pressure_source(
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
     let mut hierarchies = podlens_agent::pressure::mounts::parse_mountinfo(&mountinfo);
     hierarchies.v2 = Some(cgroup_root.to_path_buf());
+    telemetry.set_feature(
+        "sched",
+        match sched.as_ref().map(SchedProbes::mode) {
+            Some(Timing::Schedinfo) => "schedinfo",
+            Some(Timing::WakeupProbes) => "wakeup_probes",
+            None => "off",
+        },
+    );
     tracing::info!(
         sched = sched.is_some(), sched_timing = ?sched.as_ref().map(SchedProbes::mode), cgroup2 = %cgroup_root.display(), cgroup1_controllers = ?hierarchies.v1.keys().collect::<Vec<_>>(),
         "pressure reporting"
@@ -260,7 +270,9 @@ async fn main() -> Result<()> {
     );
 
     // Every probe is attached before the API opens: what it serves is complete from then on.
-    let pressure = pressure_source(&args, &cgroup_root, &node)?;
+    let pressure = pressure_source(&args, &cgroup_root, &node, &telemetry)?;
+    telemetry.set_feature("cgroup_events", if features.cgroup_events { "on" } else { "rescans" });
+    telemetry.set_feature("dns", if args.dns.ports.0.is_empty() { "off" } else { "on" });
     telemetry.ready.release(Latch::ProgramsAttached);
 
     let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();

@@ -85,6 +85,34 @@ impl Agent {
         Self { child: Some(child), addr, metrics, log }
     }
 
+    /// Starts the agent as the DaemonSet runs it: no embedded collector, only
+    /// `extra` (e.g. `--collector`); returns once `/readyz` answers 200.
+    pub fn start_daemon(node: &str, interval: &str, extra: &[&str], log_dir: &Path) -> Self {
+        crate::privileged::require_root();
+        let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let log = log_dir.join(format!("agent-{}.log", metrics.port()));
+        let log_file = std::fs::File::create(&log).expect("agent log");
+        let child = agent_command(&[])
+            .args(["--interval", interval, "--node-name", node, "--metrics-listen", &metrics.to_string()])
+            .args(extra)
+            .env("PODLENS_LOG", "info,podlens_agent=debug")
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("spawn podlens-agent");
+        // no Observe API in this mode: `addr` is the metrics address
+        let mut agent = Self { child: Some(child), addr: metrics, metrics, log };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while crate::http::get(metrics, "/readyz").map(|r| r.0) != Some(200) {
+            if let Some(status) = agent.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("agent exited with {status} before it was ready:\n{}", agent.log_text());
+            }
+            assert!(Instant::now() < deadline, "agent not ready after 30 s:\n{}", agent.log_text());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        agent
+    }
+
     /// Waits until the Observe API serves: programs are attached before it opens.
     pub fn wait_ready(&mut self, timeout: Duration) {
         let deadline = Instant::now() + timeout;

@@ -247,6 +247,11 @@ fn readiness_waits_for_programs_identity_and_the_collector_stream() {
     assert_eq!(http::value(&m, "podlens_agent_info", &[("node", "n1")]), Some(1.0));
     assert!(http::value(&m, "podlens_agent_process_resident_memory_bytes", &[]).is_some_and(|v| v > 0.0));
     assert_eq!(http::value(&m, "podlens_agent_flow_map_capacity", &[]), Some(65536.0));
+    let sched = ["schedinfo", "wakeup_probes"]
+        .iter()
+        .any(|s| http::value(&m, "podlens_agent_feature", &[("feature", "sched"), ("state", s)]) == Some(1.0));
+    assert!(sched, "the scheduler timing in use is exported");
+    assert_eq!(http::value(&m, "podlens_agent_feature", &[("feature", "cgroup_events"), ("state", "on")]), Some(1.0));
     // windows keep coming: the counters of the stream's loss reports are here too
     let windows = |m: &[http::Sample]| http::value(m, "podlens_agent_windows_total", &[]).unwrap_or(0.0);
     let before = windows(&m);

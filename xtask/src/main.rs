@@ -166,8 +166,8 @@ fn demo(seconds: u64, output: &str) -> Result<()> {
 }
 
 fn bench(which: &str, reps: usize) -> Result<()> {
-    if !["flows", "stream", "dns", "sched"].contains(&which) {
-        bail!("unknown benchmark {which:?}: available: flows, stream, dns, sched");
+    if !["flows", "stream", "dns", "sched", "memory"].contains(&which) {
+        bail!("unknown benchmark {which:?}: available: flows, stream, dns, sched, memory");
     }
     cargo(
         &["build", "--release", "-p", "podlens-agent", "-p", "podlens-collector", "-p", "podlens-e2e", "--bins"],

@@ -27,6 +27,12 @@ struct LatchLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FeatureLabel {
+    feature: String,
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct InfoLabel {
     version: String,
     node: String,
@@ -71,6 +77,17 @@ pub fn render(t: &Telemetry) -> String {
         ready.get_or_create(&LatchLabel { latch: latch.name().to_owned() }).set(i64::from(t.ready.is_released(latch)));
     }
     r.register("ready", "Readiness latches released (1) or pending (0)", ready);
+
+    let features = Family::<FeatureLabel, Gauge>::default();
+    for (feature, state) in t.features() {
+        features.get_or_create(&FeatureLabel { feature, state }).set(1);
+    }
+    r.register(
+        "feature",
+        "How each optional feature runs on this node (1): sched = schedinfo | wakeup_probes | off, \
+         cgroup_events = on | rescans, dns = on | off",
+        features,
+    );
 
     let w = t.window();
     let losses = Family::<CounterLabel, Counter>::default();

@@ -44,9 +44,22 @@ pub struct Telemetry {
     /// The pipeline is unhealthy after this long without a window.
     stall_after: Duration,
     pub exporter: Option<Arc<Exporter>>,
+    /// What this agent runs with: (feature, state), e.g. ("sched", "schedinfo").
+    features: Mutex<Vec<(String, String)>>,
 }
 
 impl Telemetry {
+    /// Records how a feature runs on this node (replacing an earlier state).
+    pub fn set_feature(&self, feature: &str, state: &str) {
+        let mut f = self.features.lock().unwrap_or_else(|e| e.into_inner());
+        f.retain(|(name, _)| name != feature);
+        f.push((feature.to_owned(), state.to_owned()));
+    }
+
+    pub fn features(&self) -> Vec<(String, String)> {
+        self.features.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// `interval`: the window length; a pipeline silent for three of them
     /// (at least 30 s) is reported unhealthy.
     pub fn new(node: &str, flow_map_capacity: u64, interval: Duration, exporter: Option<Arc<Exporter>>) -> Self {
@@ -58,6 +71,7 @@ impl Telemetry {
             last_window: Mutex::new(Instant::now()),
             stall_after: (interval * 3).max(Duration::from_secs(30)),
             exporter,
+            features: Mutex::new(Vec::new()),
         }
     }
 

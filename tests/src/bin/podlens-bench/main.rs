@@ -62,6 +62,18 @@ enum Bench {
         #[arg(long, default_value_t = 200_000)]
         rounds: u64,
     },
+    /// Agent memory (peak RSS and BPF map memory) with many flows per window, as the DaemonSet runs it.
+    Memory {
+        /// Accepted for uniformity with the other benchmarks; one run is made.
+        #[arg(long, default_value_t = 1)]
+        reps: usize,
+        /// TCP connections per second.
+        #[arg(long, default_value_t = 2000)]
+        rate: u64,
+        /// Seconds of load.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+    },
     /// Collector ingest rate, agent export CPU, bytes on the wire per record.
     Stream {
         /// Interleaved repetitions (the median is reported).
@@ -208,6 +220,7 @@ fn throughput(reps: usize, seconds: u64) -> Result<()> {
 }
 
 mod dns;
+mod memory;
 mod sched;
 mod stream;
 
@@ -215,6 +228,7 @@ fn main() -> Result<()> {
     require_root();
     match Cli::parse().bench {
         Bench::Stream { reps, seconds } => stream::run(reps, seconds),
+        Bench::Memory { reps: _, rate, seconds } => memory::run(rate, seconds),
         Bench::Dns { reps, rate, seconds } => dns::run(reps, rate, seconds),
         Bench::Sched { reps, rounds } => sched::run(reps, rounds),
         Bench::Flows { reps, runs, iperf_seconds, programs_only } => {
