@@ -277,3 +277,33 @@ fn every_value_is_documented() {
         }
     }
 }
+
+/// The Dockerfiles are not built here (no container engine): at least every
+/// path they copy exists, and they copy every workspace member's manifest and
+/// sources (cargo loads the whole workspace before building one package).
+#[test]
+fn dockerfiles_copy_what_the_workspace_needs() {
+    let cargo = std::fs::read_to_string(root().join("Cargo.toml")).unwrap();
+    let members_line = cargo.lines().find(|l| l.trim_start().starts_with("members")).expect("members");
+    let members: Vec<&str> = members_line.split('"').skip(1).step_by(2).collect();
+    assert!(members.len() >= 5, "{members:?}");
+    for file in ["agent.Dockerfile", "collector.Dockerfile"] {
+        let text = std::fs::read_to_string(root().join("deploy/docker").join(file)).unwrap();
+        let mut copied: Vec<String> = Vec::new();
+        for line in text.lines().filter(|l| l.starts_with("COPY ") && !l.contains("--from=")) {
+            let parts: Vec<&str> = line.split_whitespace().skip(1).collect();
+            let (sources, _dest) = parts.split_at(parts.len() - 1);
+            for src in sources {
+                assert!(root().join(src).exists(), "{file}: COPY {src}: no such path");
+                copied.push(src.trim_end_matches('/').to_owned());
+            }
+        }
+        for m in &members {
+            for part in ["Cargo.toml", "src"] {
+                let path = format!("{m}/{part}");
+                assert!(copied.contains(&path), "{file} does not copy {path}");
+            }
+        }
+        assert!(copied.iter().any(|c| c == "Cargo.lock"), "{file}: --locked needs Cargo.lock");
+    }
+}
