@@ -234,8 +234,12 @@ impl Hub {
             return None;
         }
         run.last_emit = now;
-        run.sequence += 1;
         let pending = run.detector.findings(now);
+        if pending.is_empty() {
+            // nothing changed: no empty batch, and no hole in the origin sequence
+            return None;
+        }
+        run.sequence += 1;
         let (epoch, sequence) = (run.epoch, run.sequence);
         drop(guard);
         // suggestions are YAML built from the observed flows: not under the lock
