@@ -366,6 +366,7 @@ impl Pipeline {
 
     /// Runs until `shutdown` flips, then flushes one last window.
     pub async fn run(mut self, interval: Duration, mut shutdown: watch::Receiver<bool>) -> Self {
+        self.initiators.set_idle(crate::flows::initiator::DEFAULT_IDLE, interval);
         let start = tokio::time::Instant::now();
         let mut tick = tokio::time::interval_at(start + interval, interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -64,6 +64,7 @@ pub fn merged_args<P: CommandFactory>(
     // which flags the command line or the environment already set
     let given = command.clone().ignore_errors(true).get_matches_from(argv.clone());
     let mut injected: Vec<OsString> = Vec::new();
+    let mut seen: Vec<String> = Vec::new();
     for (key, value) in map {
         let key = match key {
             Value::String(k) => k,
@@ -76,6 +77,10 @@ pub fn merged_args<P: CommandFactory>(
             }
         };
         let long = key.replace('_', "-");
+        if seen.contains(&long) {
+            return Err(ConfigFileError::Value { path, key, why: "given twice (as - and _ spellings)".into() });
+        }
+        seen.push(long.clone());
         let arg = command
             .get_arguments()
             .find(|a| a.get_long() == Some(long.as_str()) && long != FLAG && !a.is_hide_set())
@@ -241,6 +246,8 @@ mod tests {
         ports: Vec<u16>,
         #[arg(long)]
         collector: Option<String>,
+        #[arg(long)]
+        max_items: Option<u32>,
     }
 
     fn file(text: &str) -> (tempfile::TempDir, PathBuf) {
@@ -299,5 +306,10 @@ mod tests {
         assert!(err.contains("/nonexistent/podlens.yaml"), "{err}");
         let (_d, path) = file("");
         assert!(parse(&["t", "--config", &path.display().to_string()], None).is_ok(), "an empty file sets nothing");
+        let (_d, path) = file("max-items: 1\nmax_items: 2\n");
+        let err = parse(&["t", "--config", &path.display().to_string()], None).unwrap_err();
+        assert!(err.contains("\"max_items\": given twice"), "{err}");
+        let (_d, path) = file("max_items: 2\n");
+        assert_eq!(parse(&["t", "--config", &path.display().to_string()], None).unwrap().max_items, Some(2));
     }
 }

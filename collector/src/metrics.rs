@@ -36,8 +36,9 @@ struct ListenerLabel {
 pub struct MetricsState {
     pub hub: Arc<Hub>,
     pub listeners: Vec<(&'static str, Arc<ListenerStats>)>,
-    /// Policy findings come from the Kubernetes API: not ready until every
-    /// kind was listed and the detector installed.
+    /// Policy findings come from the Kubernetes API: the detector starts once
+    /// every kind was listed (exported as `cluster_view_ready`; readiness does
+    /// not wait for it, as ingest and consumers do not need it).
     pub needs_cluster_view: bool,
 }
 
@@ -84,6 +85,15 @@ pub fn render(state: &MetricsState) -> String {
     gauge(&mut r, "findings", "Findings held (latest report of each episode)", findings as i64);
     counter(&mut r, "findings_evicted", "Findings evicted because the findings store was full", findings_evicted);
 
+    if state.needs_cluster_view {
+        let ready = hub.with_policy_detector(|_| ()).is_some();
+        gauge(
+            &mut r,
+            "cluster_view_ready",
+            "The Kubernetes API was listed and the policy detector runs (1)",
+            i64::from(ready),
+        );
+    }
     if let Some(p) = hub.with_policy_detector(|d| d.stats()) {
         gauge(&mut r, "policy_gaps", "Policy-gap findings held by the detector", p.gaps as i64);
         counter(&mut r, "policy_gaps_dropped", "Flows that would have started a gap finding when full", p.gaps_dropped);
@@ -101,6 +111,12 @@ pub fn render(state: &MetricsState) -> String {
             "policy_unknown_pod_addresses",
             "Flows to a pod-network address no pod of the cluster view had (not treated as external egress)",
             p.unknown_pod_addresses,
+        );
+        counter(
+            &mut r,
+            "policy_unreadable_records",
+            "Flow records the policy detector left out because an address did not parse",
+            p.unreadable_records,
         );
         gauge(&mut r, "egress_baseline_workloads", "Workloads in the egress baseline", p.baseline_workloads as i64);
         counter(
@@ -157,12 +173,8 @@ async fn ok() -> impl IntoResponse {
     (StatusCode::OK, "ok\n")
 }
 
-/// The listeners are bound before this server starts; what can still be
-/// missing is the cluster view.
-async fn ready(State(state): State<MetricsState>) -> impl IntoResponse {
-    if state.needs_cluster_view && state.hub.with_policy_detector(|_| ()).is_none() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "waiting for: cluster_view\n");
-    }
+/// The listeners are bound before this server starts.
+async fn ready() -> impl IntoResponse {
     (StatusCode::OK, "ready\n")
 }
 
@@ -226,34 +238,15 @@ mod tests {
         assert!(!text.contains("policy_gaps"), "no detector, no policy series: {text}");
     }
 
-    #[tokio::test]
-    async fn ready_waits_for_the_cluster_view_when_it_comes_from_the_api() {
-        use axum::response::IntoResponse;
+    #[test]
+    fn the_cluster_view_state_is_exported_when_it_comes_from_the_api() {
         let hub = Arc::new(Hub::new(16));
         let state = MetricsState { hub: hub.clone(), listeners: Vec::new(), needs_cluster_view: true };
-        assert_eq!(ready(State(state.clone())).await.into_response().status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(render(&state).contains("podlens_collector_cluster_view_ready 0"));
         let view = crate::policy::detector::ClusterState::from_manifests(&Default::default());
         hub.set_policy_detector(crate::policy::detector::PolicyDetector::new(view, None).unwrap());
-        assert_eq!(ready(State(state)).await.into_response().status(), StatusCode::OK);
+        assert!(render(&state).contains("podlens_collector_cluster_view_ready 1"));
         let without = MetricsState { hub: Arc::new(Hub::new(16)), listeners: Vec::new(), needs_cluster_view: false };
-        assert_eq!(ready(State(without)).await.into_response().status(), StatusCode::OK);
-    }
-
-    #[test]
-    fn policy_detector_bounds_are_exposed() {
-        let hub = Arc::new(Hub::new(16));
-        let state = crate::policy::detector::ClusterState::from_manifests(&Default::default());
-        hub.set_policy_detector(crate::policy::detector::PolicyDetector::new(state, None).unwrap());
-        let text = render(&MetricsState { hub, listeners: Vec::new(), needs_cluster_view: false });
-        for series in [
-            "podlens_collector_policy_gaps 0",
-            "podlens_collector_policy_gaps_dropped_total 0",
-            "podlens_collector_policy_gaps_expired_total 0",
-            "podlens_collector_policy_observed_dropped_total 0",
-            "podlens_collector_policy_coverage_dropped_total 0",
-            "podlens_collector_egress_baseline_dropped_total 0",
-        ] {
-            assert!(text.contains(series), "{series} in {text}");
-        }
+        assert!(!render(&without).contains("cluster_view_ready"));
     }
 }

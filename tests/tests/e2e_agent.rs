@@ -297,7 +297,7 @@ fn forced_export_losses_move_the_loss_counters_and_hold_readiness() {
     let (code, body) = http::get(agent.metrics, "/readyz").expect("readyz");
     assert_eq!(code, 503, "{body}");
     assert_eq!(body.trim(), "waiting for: stream_connected", "only the stream holds readiness");
-    assert!(agent.stop().code().is_some(), "{}", agent.log_text());
+    assert_eq!(agent.stop().code(), Some(0), "{}", agent.log_text());
     let _ = std::fs::remove_dir_all(dir);
 }
 

@@ -42,7 +42,7 @@ pub struct AgentArgs {
 
     /// Address of /metrics, /healthz and /readyz (plain HTTP: counters only, no
     /// flows), or `off`.
-    #[arg(long, env = "PODLENS_METRICS_LISTEN", default_value = "0.0.0.0:9464", value_parser = parse_listen_or_off)]
+    #[arg(long, env = "PODLENS_METRICS_LISTEN", default_value = "0.0.0.0:9467", value_parser = parse_listen_or_off)]
     pub metrics_listen: ListenOrOff,
 
     /// Bearer tokens (one per line) consumers of the standalone API must present.
@@ -292,7 +292,7 @@ mod tests {
         let err = parse("9999").unwrap_err().to_string();
         assert!(err.contains("--metrics-listen") && err.contains("off"), "{err}");
         let default = AgentArgs::try_parse_from(["podlens-agent"]).unwrap().metrics_listen;
-        assert_eq!(default.0, Some("0.0.0.0:9464".parse().unwrap()));
+        assert_eq!(default.0, Some("0.0.0.0:9467".parse().unwrap()));
     }
 
     #[test]

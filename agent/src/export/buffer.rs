@@ -73,12 +73,12 @@ fn add(into: &mut Tally, size: usize, c: Contents) {
 }
 
 impl ExportBuffer {
-    /// A buffer of at most `limit` encoded bytes.
     /// The bound, in encoded bytes.
     pub fn limit(&self) -> usize {
         self.limit
     }
 
+    /// A buffer of at most `limit` encoded bytes.
     pub fn new(limit: usize) -> Self {
         Self {
             entries: VecDeque::new(),

@@ -12,7 +12,7 @@ use podlens_proto::v1 as pb;
 
 use crate::{ebpf::clock::TickClock, identity::WindowResolver};
 
-mod initiator;
+pub mod initiator;
 pub use initiator::Initiators;
 
 const TCP_FIN: u8 = 0x01;

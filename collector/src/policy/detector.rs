@@ -127,6 +127,7 @@ pub struct PolicyDetector {
     retention: u64,
     gaps_expired: u64,
     unknown_pod_addresses: u64,
+    unreadable_records: u64,
 }
 
 /// Counters of the detector's bounds, for /metrics.
@@ -148,6 +149,8 @@ pub struct PolicyStats {
     /// Flows to an address in a node's pod network that no pod of the view
     /// had (a view older than the pod): neither learned nor alerted as egress.
     pub unknown_pod_addresses: u64,
+    /// Flow records left out because an address did not parse.
+    pub unreadable_records: u64,
 }
 
 /// How long a gap without traffic stays a finding by default.
@@ -182,6 +185,7 @@ impl PolicyDetector {
             retention: nanos(DEFAULT_RETENTION),
             gaps_expired: 0,
             unknown_pod_addresses: 0,
+            unreadable_records: 0,
         })
     }
 
@@ -220,6 +224,7 @@ impl PolicyDetector {
             baseline_workloads: self.baseline.workload_count(),
             baseline_dropped: self.baseline.dropped_workloads() + self.baseline.dropped_destinations(),
             unknown_pod_addresses: self.unknown_pod_addresses,
+            unreadable_records: self.unreadable_records,
         }
     }
 
@@ -238,8 +243,11 @@ impl PolicyDetector {
         let classifier = Classifier::new(&self.state.view, &self.state.services);
         for r in records {
             let Some(pb::record::Kind::Flow(f)) = &r.kind else { continue };
-            let (Some(local_ip), Some(remote)) = (ip(&f.local_ip), f.remote.as_ref()) else { continue };
-            let Some(remote_ip) = ip(&remote.ip) else { continue };
+            let addresses = (ip(&f.local_ip), f.remote.as_ref().and_then(|r| Some((ip(&r.ip)?, r))));
+            let (Some(local_ip), Some((remote_ip, remote))) = addresses else {
+                self.unreadable_records += 1;
+                continue;
+            };
             let local = match tables.local(f).and_then(|w| w.kind.as_ref()) {
                 Some(pb::workload::Kind::Pod(p)) => FlowEnd {
                     namespace: (!p.namespace.is_empty()).then(|| p.namespace.clone()),

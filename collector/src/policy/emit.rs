@@ -22,13 +22,19 @@ pub enum SuggestionInput {
 }
 
 impl SuggestionInput {
+    /// The YAML; empty (and logged) when it cannot be built, so the finding
+    /// still goes out.
     fn render(&self) -> String {
-        match self {
-            SuggestionInput::Policy(w) => suggest::suggest(w).map(|s| s.yaml).unwrap_or_default(),
+        let result = match self {
+            SuggestionInput::Policy(w) => suggest::suggest(w).map(|s| s.yaml).map_err(|e| e.to_string()),
             SuggestionInput::Change(existing, flows) => {
-                suggest::to_yaml(&suggest::minimal_change(existing, flows), flows).unwrap_or_default()
+                suggest::to_yaml(&suggest::minimal_change(existing, flows), flows).map_err(|e| e.to_string())
             }
-        }
+        };
+        result.unwrap_or_else(|error| {
+            tracing::warn!(%error, "no suggested policy for a finding");
+            String::new()
+        })
     }
 }
 

@@ -71,7 +71,7 @@ pub fn render_chart(root: &Path, values: Value) -> Result<Vec<(String, String)>>
     let chart = yaml_file(&chart_dir.join("Chart.yaml"))?;
     let field = |k: &str| chart.get(k).and_then(Value::as_str).map(str::to_owned);
     let ctx = Context {
-        values,
+        values: template::as_helm_values(&values),
         release_name: "podlens".into(),
         namespace: NAMESPACE.into(),
         chart_version: field("version").context("Chart.yaml: no version")?,

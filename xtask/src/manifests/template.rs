@@ -170,13 +170,50 @@ fn truthy(v: &Value) -> bool {
 }
 
 /// How a value prints on its own: maps and lists need toJson or toYaml.
+/// Helm reads numbers of values.yaml as float64 and prints them with Go's
+/// `%v`: 16777216 becomes `1.6777216e+07`, so templates pipe numbers that
+/// must stay integers through `int64`.
 fn scalar(v: &Value) -> Result<String, String> {
     match v {
         Value::String(s) => Ok(s.clone()),
+        Value::Number(n) if n.is_f64() => Ok(go_float(n.as_f64().unwrap_or_default())),
         Value::Number(n) => Ok(n.to_string()),
         Value::Bool(b) => Ok(b.to_string()),
         Value::Null => Err("no value".to_owned()),
         Value::Array(_) | Value::Object(_) => Err("a list or map needs toJson or toYaml".to_owned()),
+    }
+}
+
+/// Go's `%v` of a float64 (strconv 'g' with the shortest precision): the
+/// exponent form when the exponent is below -4 or at least max(6, digits)
+/// (for whole numbers that is from 1e6 on, unless every digit is needed).
+pub fn go_float(f: f64) -> String {
+    if f == 0.0 {
+        return "0".to_owned();
+    }
+    let sci = format!("{f:e}");
+    let (mantissa, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
+    let exp: i32 = exp.parse().unwrap_or(0);
+    let digits = mantissa.trim_start_matches('-').replace('.', "").len() as i32;
+    let point = exp + 1;
+    let mut eprec = 6;
+    if eprec > digits && digits >= point {
+        eprec = digits;
+    }
+    if exp < -4 || exp >= eprec {
+        format!("{mantissa}e{}{:02}", if exp < 0 { '-' } else { '+' }, exp.abs())
+    } else {
+        format!("{f}")
+    }
+}
+
+/// Values as Helm holds them: every number of values.yaml a float64.
+pub fn as_helm_values(v: &Value) -> Value {
+    match v {
+        Value::Number(n) => n.as_f64().and_then(serde_json::Number::from_f64).map_or(Value::Null, Value::Number),
+        Value::Array(a) => Value::Array(a.iter().map(as_helm_values).collect()),
+        Value::Object(o) => Value::Object(o.iter().map(|(k, v)| (k.clone(), as_helm_values(v))).collect()),
+        other => other.clone(),
     }
 }
 
@@ -231,6 +268,19 @@ fn apply(func: &str, args: &[&str], piped: Option<Value>, ctx: &Context) -> Resu
             let body: Vec<String> = text.lines().map(|l| format!("{pad}{l}")).collect();
             string(format!("{}{}", if func == "nindent" { "\n" } else { "" }, body.join("\n")))
         }
+        "int64" | "int" => {
+            count(1)?;
+            match &vals[0] {
+                Value::Number(n) => {
+                    let f = n.as_f64().ok_or("not a number")?;
+                    // Go's conversion truncates toward zero
+                    Ok(Value::from(f.trunc() as i64))
+                }
+                Value::String(s) => Ok(Value::from(s.trim().parse::<i64>().unwrap_or(0))),
+                Value::Bool(b) => Ok(Value::from(i64::from(*b))),
+                _ => Ok(Value::from(0)),
+            }
+        }
         other => Err(format!("function {other:?} is outside the subset this renderer supports")),
     }
 }
@@ -284,6 +334,29 @@ mod tests {
         assert_eq!(r("x:\n  {{- toYaml .Values.a.list | nindent 2 }}\ny").unwrap(), "x:\n  - p\n  - q\ny");
         assert_eq!(r("a {{- /* note */}} b").unwrap(), "a b");
         assert_eq!(r("a  {{- .Values.a.n -}}  b").unwrap(), "a3b");
+    }
+
+    #[test]
+    fn numbers_print_as_helm_prints_its_float64_values() {
+        for (f, go) in [
+            (7701.0, "7701"),
+            (65536.0, "65536"),
+            (131072.0, "131072"),
+            (1e6, "1e+06"),
+            (16777216.0, "1.6777216e+07"),
+            (4194304.0, "4.194304e+06"),
+            (0.1, "0.1"),
+            (0.00001, "1e-05"),
+            (-2.5, "-2.5"),
+        ] {
+            assert_eq!(go_float(f), go, "{f}");
+        }
+        let mut c = ctx();
+        c.values = as_helm_values(&json!({"big": 16777216, "port": 9467}));
+        assert_eq!(
+            render("t", "{{ .Values.big }} {{ .Values.big | int64 }} {{ .Values.port }}", &c).unwrap(),
+            "1.6777216e+07 16777216 9467"
+        );
     }
 
     #[test]

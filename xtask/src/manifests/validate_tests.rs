@@ -95,6 +95,23 @@ fn committed_manifests_are_the_rendered_chart() {
 }
 
 #[test]
+fn no_number_is_printed_as_helm_prints_a_float() {
+    // Helm holds values.yaml numbers as float64: without `| int64` a large one
+    // renders as 1.6777216e+07, which no flag parser accepts
+    let text = std::fs::read_to_string(root().join(OUTPUT)).unwrap();
+    for line in text.lines() {
+        let exponent = line.split(|c: char| !c.is_ascii_alphanumeric() && c != '.' && c != '+' && c != '-').any(|w| {
+            w.split_once("e+").or_else(|| w.split_once("e-")).is_some_and(|(m, e)| {
+                !m.is_empty()
+                    && m.chars().all(|c| c.is_ascii_digit() || c == '.')
+                    && e.chars().all(|c| c.is_ascii_digit())
+            })
+        });
+        assert!(!exponent, "a float exponent in {OUTPUT}: {line}");
+    }
+}
+
+#[test]
 fn every_object_deserialises_strictly_into_its_api_type() {
     let docs = documents(false);
     check_types(&docs);
