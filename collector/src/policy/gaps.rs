@@ -36,9 +36,11 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
+pub use super::naming::{normalize_fqdn, pod_workload, protocol_name, stable_id, PeerDesc};
 use super::{
-    classify::{Class, FlowClass, ObjectId, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP},
+    classify::{Class, FlowClass, ObjectId},
     eval::Direction,
+    naming::workload_key,
     owners::Workload,
 };
 
@@ -61,38 +63,6 @@ impl GapKind {
             GapKind::UnprotectedPod => "unprotected-pod",
             GapKind::UncoveredEgress => "uncovered-egress",
             GapKind::EnforcementGap => "enforcement-gap",
-        }
-    }
-}
-
-/// The other end of a finding's flows.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum PeerDesc {
-    /// Every peer: an unprotected pod's finding, whose peers are listed apart.
-    Any,
-    Workload(Workload),
-    /// (namespace, name) of the service whose backends have no single workload.
-    Service(ObjectId),
-    Fqdn(String),
-    /// An external address, or the network it was grouped into.
-    Cidr {
-        network: IpAddr,
-        prefix: u8,
-    },
-    /// An external end whose address is not known.
-    External,
-}
-
-impl PeerDesc {
-    /// The canonical spelling ids are derived from.
-    pub fn canonical(&self) -> String {
-        match self {
-            PeerDesc::Any => "any".to_owned(),
-            PeerDesc::Workload(w) => format!("workload:{}", workload_key(w)),
-            PeerDesc::Service((ns, name)) => format!("service:{ns}/{name}"),
-            PeerDesc::Fqdn(name) => format!("fqdn:{name}"),
-            PeerDesc::Cidr { network, prefix } => format!("cidr:{network}/{prefix}"),
-            PeerDesc::External => "external".to_owned(),
         }
     }
 }
@@ -462,37 +432,4 @@ fn add_peer(gap: &mut Gap, peer: &PeerDesc, flow: &Flow, max_peers: usize) {
         }
     }
     gap.peers.sort_by(|a, b| b.bytes.cmp(&a.bytes).then_with(|| a.peer.cmp(&b.peer)).then(a.port.cmp(&b.port)));
-}
-
-/// A pod without a known workload stands for itself.
-pub fn pod_workload((namespace, name): &ObjectId) -> Workload {
-    Workload { namespace: namespace.clone(), kind: "Pod".to_owned(), name: name.clone() }
-}
-
-fn workload_key(w: &Workload) -> String {
-    format!("{}/{}/{}", w.namespace, w.kind, w.name)
-}
-
-/// Lowercase, without the root's trailing dot.
-pub fn normalize_fqdn(name: &str) -> String {
-    name.trim_end_matches('.').to_ascii_lowercase()
-}
-
-pub fn protocol_name(protocol: u8) -> String {
-    match protocol {
-        IPPROTO_TCP => "tcp".to_owned(),
-        IPPROTO_UDP => "udp".to_owned(),
-        IPPROTO_SCTP => "sctp".to_owned(),
-        other => other.to_string(),
-    }
-}
-
-/// 64-bit FNV-1a of `key`, as 16 hex digits.
-pub fn stable_id(key: &str) -> String {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in key.bytes() {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{hash:016x}")
 }
