@@ -15,7 +15,7 @@ use podlens_e2e::{
 };
 use podlens_proto::v1 as pb;
 
-use super::{median, stream::cpu_seconds};
+use super::{abba, median, stream::cpu_seconds};
 
 fn wait_listening(pod: &Pod) -> Result<()> {
     for _ in 0..100 {
@@ -77,9 +77,8 @@ pub fn run(reps: usize, rate: u64, seconds: u64) -> Result<()> {
     let server = SocketAddr::new(ip, 53);
     load(&client, server, rate, 1)?; // warm-up, not counted
     let inv = inventory.display().to_string();
-    let (mut without, mut with, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     let (mut seen, mut lost, mut cpu_per_k, mut unanswered) = (Vec::new(), 0u64, Vec::new(), 0u64);
-    let mut with_agent = |on: bool| -> Result<f64> {
+    let with_agent = |on: bool| -> Result<f64> {
         if !on {
             let (qps, sent, answered) = load(&client, server, rate, seconds)?;
             unanswered += sent - answered.min(sent);
@@ -109,19 +108,7 @@ pub fn run(reps: usize, rate: u64, seconds: u64) -> Result<()> {
         drop(agent);
         Ok(qps)
     };
-    for i in 0..reps {
-        // ABBA order, so a drift over the run does not favour one side
-        let (off, on) = if i % 2 == 0 {
-            let off = with_agent(false)?;
-            (off, with_agent(true)?)
-        } else {
-            let on = with_agent(true)?;
-            (with_agent(false)?, on)
-        };
-        without.push(off);
-        with.push(on);
-        ratios.push(on / off);
-    }
+    let (without, with, ratios) = abba(reps, with_agent)?;
     let _ = std::fs::remove_dir_all(&dir);
     println!("### DNS: a resolver under load with and without the agent\n");
     println!("dnsmasq in one emulated pod answering A queries (two local names) from another pod at");

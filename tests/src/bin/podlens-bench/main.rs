@@ -86,6 +86,25 @@ enum Bench {
     },
 }
 
+/// `reps` pairs of measurements without and with the agent in ABBA order, so
+/// a drift over the run does not favour one side: (without, with, ratios).
+pub fn abba(reps: usize, mut measure: impl FnMut(bool) -> Result<f64>) -> Result<(Vec<f64>, Vec<f64>, Vec<f64>)> {
+    let (mut without, mut with, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..reps {
+        let (off, on) = if i % 2 == 0 {
+            let off = measure(false)?;
+            (off, measure(true)?)
+        } else {
+            let on = measure(true)?;
+            (measure(false)?, on)
+        };
+        without.push(off);
+        with.push(on);
+        ratios.push(on / off);
+    }
+    Ok((without, with, ratios))
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -182,7 +201,6 @@ fn throughput(reps: usize, seconds: u64) -> Result<()> {
     let mut node = Node::new(Driver::Systemd);
     let a = node.pod("bench", "client", Qos::Burstable);
     let b = node.pod("bench", "server", Qos::Burstable);
-    let (mut without, mut with, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     let with_agent = |on: bool| -> Result<f64> {
         if !on {
             return iperf(&a, &b, seconds);
@@ -193,19 +211,7 @@ fn throughput(reps: usize, seconds: u64) -> Result<()> {
         r
     };
     iperf(&a, &b, 2)?; // warm-up, not counted
-    for i in 0..reps {
-        // ABBA order, so a drift over the run does not favour one side
-        let (off, on) = if i % 2 == 0 {
-            let off = with_agent(false)?;
-            (off, with_agent(true)?)
-        } else {
-            let on = with_agent(true)?;
-            (with_agent(false)?, on)
-        };
-        without.push(off);
-        with.push(on);
-        ratios.push(on / off);
-    }
+    let (without, with, ratios) = abba(reps, with_agent)?;
     let _ = std::fs::remove_dir_all(&dir);
     println!("### TCP throughput between two emulated pods (iperf3 over veth and a bridge)\n");
     println!("{reps} pairs of {seconds} s runs in ABBA order, without and with the agent (started fresh,");
