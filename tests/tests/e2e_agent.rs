@@ -315,14 +315,19 @@ fn agent_runs_as_the_daemonset_runs_it() {
     let inventory = dir.join("pods.yaml");
     write_inventory(&inventory, "n1", &[&a, &b]);
     let collector = Collector::start(vec!["--insecure-plaintext".into()], &dir);
-    let cgroup = cgroup2_root().display().to_string();
+    // the host's cgroup2 tree bind-mounted read-only at another path, as the hostPath volume is,
+    // seen from a cgroup namespace of its own, as a container's
+    let host_cgroup = dir.join("host-cgroup");
+    std::fs::create_dir_all(&host_cgroup).expect("mount point");
+    let (cgroup, mounted) = (cgroup2_root().display().to_string(), host_cgroup.display().to_string());
     let script = format!(
-        "mount -o remount,bind,ro / && mount -o remount,bind,ro {cgroup} && \
+        "mount --bind {cgroup} {mounted} && mount -o remount,bind,ro {mounted} && mount -o remount,bind,ro / && \
          exec setpriv --no-new-privs --bounding-set={CAPS} --inh-caps={CAPS} -- \"$0\" \"$@\""
     );
-    let wrapper = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", &script];
+    let wrapper = ["unshare", "--mount", "--propagation", "private", "--cgroup", "--", "sh", "-c", &script];
     let ingest = format!("http://{}", collector.ingest);
-    let flags = ["--collector", &ingest, "--insecure-plaintext", "--pods-file", inventory.to_str().unwrap()];
+    let inv = inventory.to_str().unwrap();
+    let flags = ["--collector", &ingest, "--insecure-plaintext", "--pods-file", inv, "--cgroup-root", &mounted];
     let mut agent = Agent::launch(&wrapper, "n1", "1s", &flags, &dir);
     agent.wait_ready(Duration::from_secs(30));
     poll(agent.metrics, "/readyz", "ready", |code, _| code == 200);
@@ -340,7 +345,10 @@ fn agent_runs_as_the_daemonset_runs_it() {
             f.get(4) == Some(&point) && f.get(5).is_some_and(|o| o.split(',').any(|x| x == "ro"))
         })
     };
-    assert!(read_only("/") && read_only(&cgroup), "root and cgroup2 read-only for the agent:\n{mounts}");
+    assert!(read_only("/") && read_only(&mounted), "root and cgroup2 read-only for the agent:\n{mounts}");
+    let own_ns = std::fs::read_link("/proc/self/ns/cgroup").expect("cgroup ns");
+    let agent_ns = std::fs::read_link(format!("/proc/{}/ns/cgroup", agent.pid())).expect("agent cgroup ns");
+    assert_ne!(own_ns, agent_ns, "the agent runs in a cgroup namespace of its own");
 
     let observer = Observer::connect(agent.addr, pb::ObserveRequest::default());
     let listen = SocketAddr::new(b.ip(false), 9443);
