@@ -178,7 +178,6 @@ fn pressure_source(
     cgroup_root: &std::path::Path,
     node: &pb::NodeIdentity,
     telemetry: &Telemetry,
-    btf: &aya::Btf,
 ) -> Result<Option<PressureSource>> {
     let p = &args.pressure;
     if !p.enabled {
@@ -186,7 +185,7 @@ fn pressure_source(
         tracing::info!("pressure reporting off (--pressure false)");
         return Ok(None);
     }
-    let load = |o: &SchedOptions| SchedProbes::load(o, btf).and_then(|mut s| s.attach().map(|()| s));
+    let load = |o: &SchedOptions| SchedProbes::load(o).and_then(|mut s| s.attach().map(|()| s));
     let sched = match p.sched {
         SchedMode::Off => None,
         mode => match load(&p.sched_options()).or_else(|e| {
@@ -281,8 +280,7 @@ async fn run() -> Result<()> {
         dns_ports: args.dns.kernel_ports(),
         dns_ring_bytes: args.dns.ring_bytes,
     };
-    let btf = podlens_agent::ebpf::kernel_btf()?;
-    let mut kernel = Kernel::load(&opts, &btf)?;
+    let mut kernel = Kernel::load(&opts)?;
     let mut cgroups = CgroupTable::new(&cgroup_root, RETENTION);
     let features = kernel.attach(&cgroup_root)?;
     let stats = cgroups.scan(std::time::Instant::now())?;
@@ -293,8 +291,7 @@ async fn run() -> Result<()> {
     );
 
     // Every probe is attached before the API opens: what it serves is complete from then on.
-    let pressure = pressure_source(&args, &cgroup_root, &node, &telemetry, &btf)?;
-    drop(btf);
+    let pressure = pressure_source(&args, &cgroup_root, &node, &telemetry)?;
     telemetry.set_feature("cgroup_events", if features.cgroup_events { "on" } else { "rescans" });
     telemetry.set_feature("dns", if args.dns.ports.0.is_empty() { "off" } else { "on" });
     telemetry.ready.release(Latch::ProgramsAttached);

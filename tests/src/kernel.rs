@@ -32,8 +32,7 @@ impl FlowProgs {
 
     pub fn load_with(opts: LoadOptions) -> Self {
         crate::privileged::require_root();
-        let btf = podlens_agent::ebpf::kernel_btf().expect("kernel BTF");
-        let mut kernel = Kernel::load(&opts, &btf).expect("load the eBPF object");
+        let mut kernel = Kernel::load(&opts).expect("load the eBPF object");
         let ring = kernel.take_events().expect("events ring");
         let dns_ring = kernel.take_dns_events().expect("DNS ring");
         Self { kernel, ring, dns_ring }

@@ -99,19 +99,10 @@ pub struct Features {
     pub cgroup_events: bool,
 }
 
-/// The running kernel's BTF (/sys/kernel/btf/vmlinux): parsing it is the
-/// largest cost of starting (time and peak memory), so it is done once and
-/// shared by every loader.
-pub fn kernel_btf() -> Result<Btf, LoadError> {
-    Btf::from_sys_fs().map_err(LoadError::Btf)
-}
-
 impl Kernel {
-    /// Loads and verifies every program and creates the maps; `btf` is the
-    /// running kernel's (see [`kernel_btf`]), parsed once for every object.
-    pub fn load(opts: &LoadOptions, btf: &Btf) -> Result<Self, LoadError> {
+    /// Loads and verifies every program and creates the maps.
+    pub fn load(opts: &LoadOptions) -> Result<Self, LoadError> {
         let mut ebpf = EbpfLoader::new()
-            .btf(Some(btf))
             .map_max_entries(maps::EVENTS, opts.events_ring_bytes)
             .map_max_entries(maps::DNS_EVENTS, opts.dns_ring_bytes)
             .override_global(globals::DNS_PORTS, &opts.dns_ports, true)
@@ -127,9 +118,10 @@ impl Kernel {
             let prog: &mut CgroupSkb = program(&mut ebpf, name)?;
             prog.load().map_err(|source| program_error(name, source))?;
         }
+        let btf = Btf::from_sys_fs().map_err(LoadError::Btf)?;
         for (name, tp) in [(programs::CGROUP_MKDIR, "cgroup_mkdir"), (programs::CGROUP_RMDIR, "cgroup_rmdir")] {
             let prog: &mut BtfTracePoint = program(&mut ebpf, name)?;
-            prog.load(tp, btf).map_err(|source| program_error(name, source))?;
+            prog.load(tp, &btf).map_err(|source| program_error(name, source))?;
         }
 
         let flows = [take_map(&mut ebpf, maps::FLOWS[0])?, take_map(&mut ebpf, maps::FLOWS[1])?];

@@ -114,7 +114,7 @@ pub struct SchedProbes {
 
 impl SchedProbes {
     /// Loads and verifies the programs and creates the maps.
-    pub fn load(opts: &SchedOptions, btf: &Btf) -> Result<Self, LoadError> {
+    pub fn load(opts: &SchedOptions) -> Result<Self, LoadError> {
         let mode: u32 = match opts.mode {
             SchedMode::Schedinfo => 1,
             SchedMode::WakeupProbes => 0,
@@ -122,7 +122,6 @@ impl SchedProbes {
         // The per-task map is only used with the wakeup probes.
         let tasks = if opts.mode == SchedMode::Schedinfo { 1 } else { opts.tasks };
         let mut ebpf = EbpfLoader::new()
-            .btf(Some(btf))
             .map_max_entries(maps::CGROUPS, opts.cgroups)
             .map_max_entries(maps::PAIRS, opts.pairs)
             .map_max_entries(maps::TASKS, tasks)
@@ -132,9 +131,10 @@ impl SchedProbes {
                 let hint = hint_for(&source);
                 LoadError::Object { source: Box::new(source), hint }
             })?;
+        let btf = Btf::from_sys_fs().map_err(LoadError::Btf)?;
         for (name, tp) in programs::ALL {
             let prog: &mut BtfTracePoint = program(&mut ebpf, name)?;
-            prog.load(tp, btf).map_err(|source| program_error(name, source))?;
+            prog.load(tp, &btf).map_err(|source| program_error(name, source))?;
         }
         let cgroups = take_map(&mut ebpf, maps::CGROUPS)?;
         let pairs = take_map(&mut ebpf, maps::PAIRS)?;

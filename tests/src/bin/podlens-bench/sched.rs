@@ -87,8 +87,7 @@ fn pingpong_pinned(rounds: u64, cpu: usize) -> Result<f64> {
 
 fn attached(mode: SchedMode) -> Result<SchedProbes> {
     let mut p =
-        SchedProbes::load(&SchedOptions { mode, ..SchedOptions::default() }, &podlens_agent::ebpf::kernel_btf()?)
-            .context("loading the scheduler probes")?;
+        SchedProbes::load(&SchedOptions { mode, ..SchedOptions::default() }).context("loading the scheduler probes")?;
     p.attach().context("attaching the scheduler probes")?;
     Ok(p)
 }
