@@ -42,13 +42,15 @@ pub struct MetricsState {
     pub needs_cluster_view: bool,
 }
 
-fn counter(registry: &mut Registry, name: &str, help: &str, value: u64) {
+/// Registers a counter holding `value` (a snapshot taken at scrape time).
+pub fn counter(registry: &mut Registry, name: &str, help: &str, value: u64) {
     let c: Counter = Counter::default();
     c.inc_by(value);
     registry.register(name, help, c);
 }
 
-fn gauge(registry: &mut Registry, name: &str, help: &str, value: i64) {
+/// Registers a gauge holding `value`.
+pub fn gauge(registry: &mut Registry, name: &str, help: &str, value: i64) {
     let g: Gauge = Gauge::default();
     g.set(value);
     registry.register(name, help, g);

@@ -68,14 +68,30 @@ impl Agent {
 
     /// Starts the agent and returns at once (it may still be loading).
     pub fn launch(wrapper: &[&str], node: &str, interval: &str, extra: &[&str], log_dir: &Path) -> Self {
-        crate::privileged::require_root();
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let standalone = ["--standalone", "--listen", &addr.to_string()];
+        Self::spawn(wrapper, &standalone, node, interval, extra, log_dir, Some(addr))
+    }
+
+    /// `mode` flags, then the common ones, then `extra`; `addr` is the Observe
+    /// API when there is one, else the metrics address stands for it.
+    fn spawn(
+        wrapper: &[&str],
+        mode: &[&str],
+        node: &str,
+        interval: &str,
+        extra: &[&str],
+        log_dir: &Path,
+        addr: Option<SocketAddr>,
+    ) -> Self {
+        crate::privileged::require_root();
         let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let addr = addr.unwrap_or(metrics);
         let log = log_dir.join(format!("agent-{}.log", addr.port()));
         let log_file = std::fs::File::create(&log).expect("agent log");
         let child = agent_command(wrapper)
-            .args(["--standalone", "--listen", &addr.to_string(), "--interval", interval, "--node-name", node])
-            .args(["--metrics-listen", &metrics.to_string()])
+            .args(mode)
+            .args(["--interval", interval, "--node-name", node, "--metrics-listen", &metrics.to_string()])
             .args(extra)
             .env("PODLENS_LOG", "info,podlens_agent=debug")
             .stdout(Stdio::null())
@@ -88,20 +104,8 @@ impl Agent {
     /// Starts the agent as the DaemonSet runs it: no embedded collector, only
     /// `extra` (e.g. `--collector`); returns once `/readyz` answers 200.
     pub fn start_daemon(node: &str, interval: &str, extra: &[&str], log_dir: &Path) -> Self {
-        crate::privileged::require_root();
-        let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-        let log = log_dir.join(format!("agent-{}.log", metrics.port()));
-        let log_file = std::fs::File::create(&log).expect("agent log");
-        let child = agent_command(&[])
-            .args(["--interval", interval, "--node-name", node, "--metrics-listen", &metrics.to_string()])
-            .args(extra)
-            .env("PODLENS_LOG", "info,podlens_agent=debug")
-            .stdout(Stdio::null())
-            .stderr(log_file)
-            .spawn()
-            .expect("spawn podlens-agent");
-        // no Observe API in this mode: `addr` is the metrics address
-        let mut agent = Self { child: Some(child), addr: metrics, metrics, log };
+        let mut agent = Self::spawn(&[], &[], node, interval, extra, log_dir, None);
+        let metrics = agent.metrics;
         let deadline = Instant::now() + Duration::from_secs(30);
         while crate::http::get(metrics, "/readyz").map(|r| r.0) != Some(200) {
             if let Some(status) = agent.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {

@@ -8,6 +8,8 @@ use prometheus_client::{
     registry::Registry,
 };
 
+use podlens_collector::metrics::{counter, gauge};
+
 use super::{process, readiness::Latch, Telemetry};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -36,18 +38,6 @@ struct FeatureLabel {
 struct InfoLabel {
     version: String,
     node: String,
-}
-
-fn counter(r: &mut Registry, name: &str, help: &str, value: u64) {
-    let c: Counter = Counter::default();
-    c.inc_by(value);
-    r.register(name, help, c);
-}
-
-fn gauge(r: &mut Registry, name: &str, help: &str, value: i64) {
-    let g: Gauge = Gauge::default();
-    g.set(value);
-    r.register(name, help, g);
 }
 
 fn float_counter(r: &mut Registry, name: &str, help: &str, value: f64) {
