@@ -13,6 +13,7 @@ pub mod findings;
 pub mod hub;
 pub mod ingest;
 pub mod metrics;
+pub mod minutes;
 pub mod observe;
 pub mod policy;
 pub mod pressure;

@@ -2,17 +2,14 @@
 //! protocol) in one-minute buckets kept for a bounded time, with a bounded
 //! number of entries per bucket (what does not fit is counted).
 
-use std::{
-    collections::{HashMap, VecDeque},
-    sync::Arc,
-};
+use std::{collections::HashMap, sync::Arc};
 
 use podlens_proto::{
     compact::Tables,
     v1::{self as pb, record::Kind},
 };
 
-const BUCKET_NS: u64 = 60_000_000_000;
+use crate::minutes::Minutes;
 
 /// Copy-only, so a lookup allocates nothing: the node is interned, the
 /// address parsed (an unparsable one keys as unspecified, but keeps its text).
@@ -34,15 +31,9 @@ struct Agg {
     last_seen: u64,
 }
 
-struct Bucket {
-    start: u64,
-    flows: HashMap<Key, Agg>,
-}
-
 pub struct Talkers {
     nodes: HashMap<Arc<str>, u32>,
-    buckets: VecDeque<Bucket>,
-    retention_buckets: usize,
+    minutes: Minutes<HashMap<Key, Agg>>,
     max_per_bucket: usize,
     /// Flow records that did not fit a full bucket.
     pub dropped: u64,
@@ -53,8 +44,7 @@ impl Talkers {
     pub fn new(retention_minutes: usize, max_per_bucket: usize) -> Self {
         Self {
             nodes: HashMap::new(),
-            buckets: VecDeque::new(),
-            retention_buckets: retention_minutes.max(1),
+            minutes: Minutes::new(retention_minutes),
             max_per_bucket: max_per_bucket.max(1),
             dropped: 0,
         }
@@ -62,14 +52,7 @@ impl Talkers {
 
     /// Adds the flow records of a batch received at `now` (Unix ns).
     pub fn add(&mut self, records: &[pb::Record], tables: &Tables<'_>, now: u64) {
-        let start = now - now % BUCKET_NS;
-        if self.buckets.back().is_none_or(|b| b.start < start) {
-            self.buckets.push_back(Bucket { start, flows: HashMap::new() });
-            while self.buckets.len() > self.retention_buckets {
-                self.buckets.pop_front();
-            }
-        }
-        let Some(bucket) = self.buckets.back_mut() else { return };
+        let bucket = self.minutes.current(now);
         for r in records {
             let Some(Kind::Flow(f)) = &r.kind else { continue };
             let (Some(local), Some(remote)) = (tables.local(f), &f.remote) else { continue };
@@ -87,7 +70,7 @@ impl Talkers {
             };
             let bytes = f.egress.map_or(0, |c| c.bytes) + f.ingress.map_or(0, |c| c.bytes);
             let packets = f.egress.map_or(0, |c| c.packets) + f.ingress.map_or(0, |c| c.packets);
-            if let Some(a) = bucket.flows.get_mut(&key) {
+            if let Some(a) = bucket.get_mut(&key) {
                 a.bytes += bytes;
                 a.packets += packets;
                 a.last_seen = a.last_seen.max(f.last_seen_unix_nano);
@@ -96,7 +79,7 @@ impl Talkers {
                 }
                 continue;
             }
-            if bucket.flows.len() >= self.max_per_bucket {
+            if bucket.len() >= self.max_per_bucket {
                 self.dropped += 1;
                 continue;
             }
@@ -105,7 +88,7 @@ impl Talkers {
             remote.pod_index = 0;
             let node = self.nodes.get_key_value(node_name).map_or_else(|| Arc::from(node_name), |(k, _)| k.clone());
             let agg = Agg { node, local: local.clone(), remote, bytes, packets, last_seen: f.last_seen_unix_nano };
-            bucket.flows.insert(key, agg);
+            bucket.insert(key, agg);
         }
     }
 
@@ -121,8 +104,8 @@ impl Talkers {
             first: &'a Agg,
         }
         let mut sums: HashMap<Key, Sum<'_>> = HashMap::new();
-        for b in self.buckets.iter().filter(|b| b.start + BUCKET_NS > since) {
-            for (k, a) in &b.flows {
+        for b in self.minutes.since(since) {
+            for (k, a) in b {
                 let s =
                     sums.entry(*k).or_insert(Sum { bytes: 0, packets: 0, last_seen: 0, mixed_ports: false, first: a });
                 s.bytes += a.bytes;
@@ -157,7 +140,7 @@ impl Talkers {
                 }
             })
             .collect();
-        (out, self.buckets.front().map_or(0, |b| b.start))
+        (out, self.minutes.oldest())
     }
 }
 
@@ -171,6 +154,7 @@ fn record_namespace(w: &pb::Workload) -> Option<&String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::minutes::BUCKET_NS;
 
     fn flow(ns: &str, cgroup: u64, remote: &str, port: u32, bytes: u64) -> pb::Record {
         pb::Record {

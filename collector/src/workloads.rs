@@ -3,19 +3,17 @@
 //! time, with a bounded number of workloads per bucket (what does not fit is
 //! counted).
 
-use std::{
-    collections::{HashMap, VecDeque},
-    sync::Arc,
-};
+use std::{collections::HashMap, sync::Arc};
 
 use podlens_proto::{
     compact::Tables,
     v1::{self as pb, record::Kind},
 };
 
-use crate::pressure::{self, Pressure};
-
-const BUCKET_NS: u64 = 60_000_000_000;
+use crate::{
+    minutes::Minutes,
+    pressure::{self, Pressure},
+};
 
 /// A latency histogram as the agents send it: counts per bucket of `bounds`
 /// plus one overflow bucket. Agents with other bounds cannot be merged.
@@ -169,14 +167,8 @@ impl Summary {
     }
 }
 
-struct Bucket {
-    start: u64,
-    workloads: HashMap<(Arc<str>, u64), Summary>,
-}
-
 pub struct Workloads {
-    buckets: VecDeque<Bucket>,
-    retention_buckets: usize,
+    minutes: Minutes<HashMap<(Arc<str>, u64), Summary>>,
     max_per_bucket: usize,
     /// Records that did not fit a full bucket.
     pub dropped: u64,
@@ -185,25 +177,13 @@ pub struct Workloads {
 impl Workloads {
     /// Keeps `retention_minutes` one-minute buckets of at most `max_per_bucket` workloads.
     pub fn new(retention_minutes: usize, max_per_bucket: usize) -> Self {
-        Self {
-            buckets: VecDeque::new(),
-            retention_buckets: retention_minutes.max(1),
-            max_per_bucket: max_per_bucket.max(1),
-            dropped: 0,
-        }
+        Self { minutes: Minutes::new(retention_minutes), max_per_bucket: max_per_bucket.max(1), dropped: 0 }
     }
 
     /// Adds the flow, client DNS and pod-level pressure records of a batch
     /// received at `now` (Unix ns).
     pub fn add(&mut self, records: &[pb::Record], tables: &Tables<'_>, now: u64) {
-        let start = now - now % BUCKET_NS;
-        if self.buckets.back().is_none_or(|b| b.start < start) {
-            self.buckets.push_back(Bucket { start, workloads: HashMap::new() });
-            while self.buckets.len() > self.retention_buckets {
-                self.buckets.pop_front();
-            }
-        }
-        let Some(bucket) = self.buckets.back_mut() else { return };
+        let bucket = self.minutes.current(now);
         for r in records {
             let local = tables.record_local(r);
             let wanted = match &r.kind {
@@ -214,11 +194,11 @@ impl Workloads {
             };
             let (true, Some(local)) = (wanted, local) else { continue };
             let key = (Arc::from(tables.node(r)), local.cgroup_id);
-            if !bucket.workloads.contains_key(&key) && bucket.workloads.len() >= self.max_per_bucket {
+            if !bucket.contains_key(&key) && bucket.len() >= self.max_per_bucket {
                 self.dropped += 1;
                 continue;
             }
-            let s = bucket.workloads.entry(key.clone()).or_insert_with(|| Summary {
+            let s = bucket.entry(key.clone()).or_insert_with(|| Summary {
                 node: key.0.clone(),
                 workload: local.clone(),
                 ..Default::default()
@@ -258,8 +238,8 @@ impl Workloads {
         sort: pb::TopSort,
     ) -> (Vec<pb::WorkloadSummary>, u64) {
         let mut sums: HashMap<&(Arc<str>, u64), Summary> = HashMap::new();
-        for b in self.buckets.iter().filter(|b| b.start + BUCKET_NS > since) {
-            for (k, s) in &b.workloads {
+        for b in self.minutes.since(since) {
+            for (k, s) in b {
                 match sums.get_mut(k) {
                     Some(sum) => sum.merge(s),
                     None => {
@@ -293,13 +273,14 @@ impl Workloads {
         let id = |w: &pb::WorkloadSummary| w.workload.as_ref().map_or(0, |w| w.cgroup_id);
         ranked.sort_by(|(ra, a), (rb, b)| rb.cmp(ra).then_with(|| a.node.cmp(&b.node)).then_with(|| id(a).cmp(&id(b))));
         let out = ranked.into_iter().take(limit).map(|(_, w)| w).collect();
-        (out, self.buckets.front().map_or(0, |b| b.start))
+        (out, self.minutes.oldest())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::minutes::BUCKET_NS;
 
     fn workload(ns: &str, cgroup: u64) -> pb::Workload {
         pb::Workload {

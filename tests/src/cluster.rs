@@ -274,6 +274,48 @@ impl Pod {
         self.spawn(args).wait_json(Duration::from_secs(120))
     }
 
+    /// dnsmasq in the pod, listening on its IPv4 address, port 53:
+    /// NXDOMAIN under each `local` domain, fixed answers for `address`
+    /// entries ("/name/ip"). Returns once it listens.
+    pub fn dnsmasq(&self, local: &[&str], address: &[&str]) -> Proc {
+        let mut args: Vec<String> = [
+            "exec",
+            "--",
+            "dnsmasq",
+            "--keep-in-foreground",
+            "--no-resolv",
+            "--no-hosts",
+            "--conf-file=/dev/null",
+            "--bind-interfaces",
+            "--port=53",
+            "--user=root",
+            "--pid-file",
+            "--local-ttl=60",
+            "--log-facility=-",
+        ]
+        .map(String::from)
+        .to_vec();
+        args.push(format!("--listen-address={}", self.v4));
+        args.extend(local.iter().map(|d| format!("--local=/{d}/")));
+        args.extend(address.iter().map(|a| format!("--address={a}")));
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let p = self.spawn(&refs);
+        self.wait_listening_udp(53);
+        p
+    }
+
+    /// Waits until something in the pod listens on UDP `port` (no probe packet).
+    pub fn wait_listening_udp(&self, port: u16) {
+        for _ in 0..100 {
+            let out = sh("ip", &["netns", "exec", &self.netns, "ss", "-Hlun", &format!("sport = :{port}")]);
+            if !out.trim().is_empty() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("nothing listens on UDP {port} in pod {}/{}", self.namespace, self.name);
+    }
+
     pub fn ip(&self, v6: bool) -> IpAddr {
         if v6 {
             IpAddr::V6(self.v6)

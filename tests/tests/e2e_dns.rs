@@ -16,7 +16,7 @@ use std::{
 
 use podlens_e2e::{
     agent::{Agent, Observer},
-    cluster::{sh, write_inventory, Driver, Node, Pod, Proc, Qos},
+    cluster::{write_inventory, Driver, Node, Pod, Proc, Qos},
     dns_records::{dns_totals, DnsTotals},
     privileged::unique,
 };
@@ -78,42 +78,7 @@ impl Env {
     /// dnsmasq in the DNS pod: authoritative-style NXDOMAIN under `local`,
     /// fixed addresses for `address` entries ("/name/ip").
     fn dnsmasq(&self, local: &[&str], address: &[&str]) -> Proc {
-        let mut args: Vec<String> = [
-            "exec",
-            "--",
-            "dnsmasq",
-            "--keep-in-foreground",
-            "--no-resolv",
-            "--no-hosts",
-            "--conf-file=/dev/null",
-            "--bind-interfaces",
-            "--port=53",
-            "--user=root",
-            "--pid-file",
-            "--local-ttl=60",
-            "--log-facility=-",
-        ]
-        .map(String::from)
-        .to_vec();
-        args.push(format!("--listen-address={}", self.dns_ip()));
-        args.extend(local.iter().map(|d| format!("--local=/{d}/")));
-        args.extend(address.iter().map(|a| format!("--address={a}")));
-        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        let p = self.dns.spawn(&refs);
-        self.wait_listening(53);
-        p
-    }
-
-    /// Waits until something in the DNS pod listens on UDP `port` (no probe query).
-    fn wait_listening(&self, port: u16) {
-        for _ in 0..100 {
-            let out = sh("ip", &["netns", "exec", &self.dns.netns, "ss", "-Hlun", &format!("sport = :{port}")]);
-            if !out.trim().is_empty() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("nothing listens on UDP {port} in the DNS pod");
+        self.dns.dnsmasq(local, address)
     }
 
     /// dig in the client pod; returns its output (it must succeed).

@@ -12,7 +12,7 @@ use std::{
     collections::HashMap,
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc, Mutex,
+        Arc, Mutex, MutexGuard,
     },
 };
 
@@ -23,7 +23,7 @@ use podlens_proto::{compact::Tables, v1 as pb};
 use crate::{
     filter::Filter,
     findings::{Findings, FindingsFilter, DEFAULT_MAX_FINDINGS, DEFAULT_RETENTION},
-    policy::detector::PolicyDetector,
+    policy::{detector::PolicyDetector, emit::PendingFindings},
     talkers::Talkers,
     workloads::Workloads,
 };
@@ -162,6 +162,10 @@ pub struct Hub {
     findings: Mutex<Findings>,
     /// Classifies flows against the cluster's NetworkPolicies, when a cluster view is configured.
     policy: Mutex<Option<PolicyRun>>,
+    /// Held from numbering a batch of policy findings until it is delivered,
+    /// so batches rendered outside the detector lock still reach the store
+    /// and consumers in sequence order.
+    policy_emit: Mutex<()>,
     consumer_buffer: usize,
     max_consumers: usize,
     pub stats: HubStats,
@@ -178,6 +182,14 @@ struct PolicyRun {
     last_emit: u64,
     /// Of the batches of policy findings handed to consumers.
     sequence: u64,
+}
+
+/// Changed policy findings, numbered, not yet rendered.
+struct PolicyBatch<'a> {
+    pending: PendingFindings,
+    epoch: u64,
+    sequence: u64,
+    _order: MutexGuard<'a, ()>,
 }
 
 fn now_unix_nanos() -> u64 {
@@ -201,6 +213,7 @@ impl Hub {
             workloads: Mutex::new(Workloads::new(15, 20_000)),
             findings: Mutex::new(Findings::new(DEFAULT_MAX_FINDINGS, DEFAULT_RETENTION)),
             policy: Mutex::new(None),
+            policy_emit: Mutex::new(()),
             consumer_buffer: consumer_buffer.max(1),
             max_consumers,
             stats: HubStats::default(),
@@ -224,9 +237,9 @@ impl Hub {
         self.policy.lock().unwrap_or_else(|e| e.into_inner()).as_mut().map(|p| f(&mut p.detector))
     }
 
-    /// Feeds the policy detector; every [`POLICY_FINDINGS_EVERY`] returns its
-    /// findings (already in the findings store) as a batch for consumers.
-    fn run_policy(&self, records: &[pb::Record], tables: &Tables<'_>, now: u64) -> Option<Published> {
+    /// Feeds the policy detector; every [`POLICY_FINDINGS_EVERY`] takes its
+    /// changed findings, numbered, with the emit lock that orders them.
+    fn run_policy(&self, records: &[pb::Record], tables: &Tables<'_>, now: u64) -> Option<PolicyBatch<'_>> {
         let mut guard = self.policy.lock().unwrap_or_else(|e| e.into_inner());
         let run = guard.as_mut()?;
         run.detector.observe(records, tables, now);
@@ -240,10 +253,17 @@ impl Hub {
             return None;
         }
         run.sequence += 1;
-        let (epoch, sequence) = (run.epoch, run.sequence);
-        drop(guard);
-        // suggestions are YAML built from the observed flows: not under the lock
-        let found: Vec<pb::Record> = pending
+        // taken before the detector lock is released: the next batch cannot
+        // overtake this one while it renders
+        let order = self.policy_emit.lock().unwrap_or_else(|e| e.into_inner());
+        Some(PolicyBatch { pending, epoch: run.epoch, sequence: run.sequence, _order: order })
+    }
+
+    /// Renders a batch of policy findings (suggestions are YAML built from the
+    /// observed flows: not under the detector lock), stores and delivers it.
+    fn emit_policy(&self, batch: PolicyBatch<'_>, now: u64) {
+        let found: Vec<pb::Record> = batch
+            .pending
             .render()
             .into_iter()
             .map(|f| pb::Record {
@@ -252,19 +272,19 @@ impl Hub {
                 ..Default::default()
             })
             .collect();
-        self.findings.lock().unwrap_or_else(|e| e.into_inner()).add(&found, &Tables::default(), epoch, now);
-        Some(Published {
+        self.findings.lock().unwrap_or_else(|e| e.into_inner()).add(&found, &Tables::default(), batch.epoch, now);
+        self.deliver(&Published {
             origin: Arc::new(pb::Origin {
                 node: POLICY_NODE.into(),
                 boot_id: String::new(),
-                agent_epoch_unix_nano: epoch,
-                sequence,
+                agent_epoch_unix_nano: batch.epoch,
+                sequence: batch.sequence,
             }),
             records: Arc::new(found),
             workloads: Arc::new(Vec::new()),
             pods: Arc::new(Vec::new()),
             at: now,
-        })
+        });
     }
 
     /// Restores what a previous collector run admitted, so replays are recognised.
@@ -373,7 +393,7 @@ impl Hub {
         };
         self.deliver(&published);
         if let Some(p) = policy {
-            self.deliver(&p);
+            self.emit_policy(p, now);
         }
     }
 

@@ -6,26 +6,16 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use podlens_e2e::{
     agent::{Agent, Observer},
-    cluster::{sh, write_inventory, Driver, Node, Pod, Qos},
+    cluster::{write_inventory, Driver, Node, Pod, Qos},
     privileged::unique,
     records::loss_total,
 };
 use podlens_proto::v1 as pb;
 
 use super::{abba, median, stream::cpu_seconds};
-
-fn wait_listening(pod: &Pod) -> Result<()> {
-    for _ in 0..100 {
-        if !sh("ip", &["netns", "exec", &pod.netns, "ss", "-Hlun", "sport = :53"]).trim().is_empty() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    bail!("dnsmasq did not start listening")
-}
 
 /// Answered queries per second for one load run.
 fn load(client: &Pod, server: SocketAddr, rate: u64, seconds: u64) -> Result<(f64, u64, u64)> {
@@ -56,24 +46,7 @@ pub fn run(reps: usize, rate: u64, seconds: u64) -> Result<()> {
     let inventory = dir.join("pods.yaml");
     write_inventory(&inventory, "bench", &[&client, &dns]);
     let ip = dns.ip(false);
-    let _dnsmasq = dns.spawn(&[
-        "exec",
-        "--",
-        "dnsmasq",
-        "--keep-in-foreground",
-        "--no-resolv",
-        "--no-hosts",
-        "--conf-file=/dev/null",
-        "--bind-interfaces",
-        "--port=53",
-        "--user=root",
-        "--pid-file",
-        "--local=/example.test/",
-        "--address=/bench.example.test/10.77.0.99",
-        "--address=/api.example.test/10.77.0.98",
-        &format!("--listen-address={ip}"),
-    ]);
-    wait_listening(&dns)?;
+    let _dnsmasq = dns.dnsmasq(&["example.test"], &["/bench.example.test/10.77.0.99", "/api.example.test/10.77.0.98"]);
     let server = SocketAddr::new(ip, 53);
     load(&client, server, rate, 1)?; // warm-up, not counted
     let inv = inventory.display().to_string();
