@@ -38,8 +38,15 @@ enum Bench {
         #[arg(long, default_value_t = 10)]
         iperf_seconds: u64,
         /// Only the program costs (skip the iperf3 runs).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "throughput_only")]
         programs_only: bool,
+        /// Only the iperf3 runs (skip the program costs).
+        #[arg(long)]
+        throughput_only: bool,
+        /// An extra agent argument for the runs with the agent (repeatable), e.g.
+        /// `--agent-arg=--sched=off` to see what one feature costs.
+        #[arg(long = "agent-arg", allow_hyphen_values = true)]
+        agent_args: Vec<String>,
     },
     /// A resolver under a paced load with and without the agent; DNS messages lost; agent CPU.
     Dns {
@@ -195,7 +202,7 @@ fn iperf(client: &Pod, server: &Pod, seconds: u64) -> Result<f64> {
     out["end"]["sum_received"]["bits_per_second"].as_f64().context("iperf3 JSON: end.sum_received.bits_per_second")
 }
 
-fn throughput(reps: usize, seconds: u64) -> Result<()> {
+fn throughput(reps: usize, seconds: u64, agent_args: &[String]) -> Result<()> {
     let dir = std::env::temp_dir().join(unique("bench"));
     std::fs::create_dir_all(&dir)?;
     let mut node = Node::new(Driver::Systemd);
@@ -205,7 +212,8 @@ fn throughput(reps: usize, seconds: u64) -> Result<()> {
         if !on {
             return iperf(&a, &b, seconds);
         }
-        let mut agent = Agent::start("bench", "5s", &[], &dir);
+        let extra: Vec<&str> = agent_args.iter().map(String::as_str).collect();
+        let mut agent = Agent::start("bench", "5s", &extra, &dir);
         let r = iperf(&a, &b, seconds);
         agent.stop();
         r
@@ -215,7 +223,8 @@ fn throughput(reps: usize, seconds: u64) -> Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     println!("### TCP throughput between two emulated pods (iperf3 over veth and a bridge)\n");
     println!("{reps} pairs of {seconds} s runs in ABBA order, without and with the agent (started fresh,");
-    println!("`--standalone --interval 5s`); iperf3 client and server pinned to CPUs 0 and 1. Median of the");
+    let extra = if agent_args.is_empty() { String::new() } else { format!(" {}", agent_args.join(" ")) };
+    println!("`--standalone --interval 5s{extra}`); iperf3 client and server pinned to CPUs 0 and 1. Median of the");
     println!("per-pair ratios.\n");
     println!("| | Gbit/s (median) |");
     println!("|---|---|");
@@ -238,12 +247,14 @@ fn main() -> Result<()> {
         Bench::Memory { reps: _, rate, seconds } => memory::run(rate, seconds),
         Bench::Dns { reps, rate, seconds } => dns::run(reps, rate, seconds),
         Bench::Sched { reps, rounds } => sched::run(reps, rounds),
-        Bench::Flows { reps, runs, iperf_seconds, programs_only } => {
-            program_costs(reps, runs)?;
+        Bench::Flows { reps, runs, iperf_seconds, programs_only, throughput_only, agent_args } => {
+            if !throughput_only {
+                program_costs(reps, runs)?;
+            }
             if programs_only {
                 return Ok(());
             }
-            throughput(reps, iperf_seconds)
+            throughput(reps, iperf_seconds, &agent_args)
         }
     }
 }
