@@ -116,6 +116,18 @@ pub fn render(state: &MetricsState) -> String {
         );
         counter(
             &mut r,
+            "policy_node_address_flows",
+            "Flows to a node's own address (not treated as external egress)",
+            p.node_address_flows,
+        );
+        counter(
+            &mut r,
+            "policy_host_network_records",
+            "Flow records of host-network pods, which NetworkPolicies do not select (left out)",
+            p.host_network_records,
+        );
+        counter(
+            &mut r,
             "policy_unreadable_records",
             "Flow records the policy detector left out because an address did not parse",
             p.unreadable_records,

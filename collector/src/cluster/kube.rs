@@ -13,9 +13,10 @@ use std::sync::{Arc, Mutex};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::api::core::v1::{Container, Namespace, Node, NodeSpec, NodeStatus, Pod, PodSpec, PodStatus, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::core::PartialObjectMeta;
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, Resource};
@@ -104,7 +105,7 @@ impl<T> Store<T> {
     }
 }
 
-fn key(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
+fn key(meta: &ObjectMeta) -> String {
     let name = meta.name.as_deref().unwrap_or_default();
     match meta.namespace.as_deref() {
         Some(namespace) if !namespace.is_empty() => format!("{namespace}/{name}"),
@@ -161,11 +162,11 @@ impl KubeCluster {
         let shared = Arc::new(Shared { stores: Mutex::new(Stores::default()), changed: watch::channel(()).0 });
         let c = || client.clone();
         let tasks = vec![
-            spawn::<Pod, _>(&shared, c(), |s| &mut s.pods, slim),
+            spawn::<Pod, _>(&shared, c(), |s| &mut s.pods, slim_pod),
             spawn::<Namespace, _>(&shared, c(), |s| &mut s.namespaces, slim),
             spawn::<Service, _>(&shared, c(), |s| &mut s.services, slim),
             spawn::<EndpointSlice, _>(&shared, c(), |s| &mut s.endpoint_slices, slim),
-            spawn::<Node, _>(&shared, c(), |s| &mut s.nodes, slim),
+            spawn::<Node, _>(&shared, c(), |s| &mut s.nodes, slim_node),
             spawn::<NetworkPolicy, _>(&shared, c(), |s| &mut s.policies, slim),
             spawn::<PartialObjectMeta<ReplicaSet>, _>(&shared, c(), |s| &mut s.owners[0], owner),
             spawn::<PartialObjectMeta<Deployment>, _>(&shared, c(), |s| &mut s.owners[1], owner),
@@ -225,6 +226,56 @@ impl Drop for KubeCluster {
 fn slim<K: Resource>(mut object: K) -> K {
     object.meta_mut().managed_fields = None;
     object
+}
+
+/// What the policy view reads of an object's metadata; annotations (kubectl's last-applied copy
+/// of the whole object among them) and managedFields are dropped.
+fn slim_meta(m: ObjectMeta) -> ObjectMeta {
+    ObjectMeta {
+        name: m.name,
+        namespace: m.namespace,
+        uid: m.uid,
+        labels: m.labels,
+        owner_references: m.owner_references,
+        creation_timestamp: m.creation_timestamp,
+        ..ObjectMeta::default()
+    }
+}
+
+/// A pod as the policy view reads it: identity, labels, owners, container ports, addresses, phase
+/// and host networking. Pods are the most numerous objects and each full one is several KiB (env,
+/// volumes, probes, conditions, container statuses), held once and copied at every rebuild.
+pub(super) fn slim_pod(pod: Pod) -> Pod {
+    let ports_only = |containers: Vec<Container>| -> Vec<Container> {
+        containers.into_iter().map(|c| Container { name: c.name, ports: c.ports, ..Container::default() }).collect()
+    };
+    Pod {
+        metadata: slim_meta(pod.metadata),
+        spec: pod.spec.map(|s| PodSpec {
+            containers: ports_only(s.containers),
+            init_containers: s.init_containers.map(ports_only),
+            host_network: s.host_network,
+            node_name: s.node_name,
+            ..PodSpec::default()
+        }),
+        status: pod.status.map(|s| PodStatus {
+            phase: s.phase,
+            pod_ip: s.pod_ip,
+            pod_ips: s.pod_ips,
+            host_ip: s.host_ip,
+            ..PodStatus::default()
+        }),
+    }
+}
+
+/// A node as the policy view reads it: its pod networks and addresses (a node's status lists
+/// every image it holds, often tens of KiB).
+pub(super) fn slim_node(node: Node) -> Node {
+    Node {
+        metadata: slim_meta(node.metadata),
+        spec: node.spec.map(|s| NodeSpec { pod_cidr: s.pod_cidr, pod_cidrs: s.pod_cidrs, ..NodeSpec::default() }),
+        status: node.status.map(|s| NodeStatus { addresses: s.addresses, ..NodeStatus::default() }),
+    }
 }
 
 fn owner<K>(object: PartialObjectMeta<K>) -> OwnerObject

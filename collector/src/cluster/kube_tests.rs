@@ -209,3 +209,75 @@ async fn cluster_run_installs_the_detector_only_after_every_kind_is_listed() {
     stop_tx.send_replace(true);
     tokio::time::timeout(Duration::from_secs(5), task).await.expect("run stops").unwrap();
 }
+
+#[test]
+fn slim_pods_and_nodes_keep_what_the_policy_view_reads() {
+    use k8s_openapi::api::core::v1::Node;
+
+    use super::kube::{slim_node, slim_pod};
+    use crate::policy::{eval::Protocol, state::ClusterState};
+
+    let full: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "api-0", "namespace": "shop", "uid": "u-api", "labels": {"app": "api"},
+            "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "x".repeat(4000)},
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "api", "uid": "s1",
+                "controller": true}],
+            "managedFields": [{"manager": "kubelet", "operation": "Update", "fieldsV1": {"f:status": {}}}]},
+        "spec": {"nodeName": "n1",
+            "containers": [{"name": "api", "image": "api:1", "args": ["--serve"],
+                "env": [{"name": "TOKEN", "value": "y".repeat(2000)}],
+                "ports": [{"name": "http", "containerPort": 8080}],
+                "readinessProbe": {"httpGet": {"path": "/ready", "port": 8080}}}],
+            "initContainers": [{"name": "metrics", "image": "m:1", "restartPolicy": "Always",
+                "ports": [{"name": "metrics", "containerPort": 9090, "protocol": "TCP"}]}],
+            "volumes": [{"name": "data", "emptyDir": {}}]},
+        "status": {"phase": "Running", "podIP": "10.0.0.11", "podIPs": [{"ip": "10.0.0.11"}, {"ip": "fd00::11"}],
+            "hostIP": "192.168.1.10", "conditions": [{"type": "Ready", "status": "True"}],
+            "containerStatuses": [{"name": "api", "image": "api:1", "imageID": "sha256:abc", "ready": true,
+                "restartCount": 0}]}
+    }))
+    .unwrap();
+    let node: Node = serde_json::from_value(json!({
+        "metadata": {"name": "n1", "labels": {"kubernetes.io/hostname": "n1"}},
+        "spec": {"podCIDR": "10.0.0.0/24", "podCIDRs": ["10.0.0.0/24", "fd00::/64"]},
+        "status": {"addresses": [{"type": "InternalIP", "address": "192.168.1.10"}],
+            "capacity": {"cpu": "8", "memory": "32Gi", "pods": "110"},
+            "nodeInfo": {"kubeletVersion": "v1.33.1", "kernelVersion": "6.18.0", "osImage": "Debian",
+                "containerRuntimeVersion": "containerd://2.1", "architecture": "amd64", "bootID": "b",
+                "machineID": "m", "systemUUID": "s", "kubeProxyVersion": "", "operatingSystem": "linux"},
+            "images": (0..20).map(|i| json!({"names": [format!("registry/image-{i}@sha256:{}", "0".repeat(64))],
+                "sizeBytes": 1_000_000})).collect::<Vec<_>>()}
+    }))
+    .unwrap();
+    let slim = slim_pod(full.clone());
+    assert!(json_len(&slim) * 4 < json_len(&full), "slim pod {} bytes, full {}", json_len(&slim), json_len(&full));
+    assert!(json_len(&slim_node(node.clone())) * 2 < json_len(&node));
+
+    // What the detector reads is the same either way.
+    let read = |pod: Pod, node: Node| {
+        let mut m = Manifests::default();
+        m.pods = vec![pod];
+        m.nodes = vec![node];
+        let state = ClusterState::from_manifests(&m);
+        let p = state.view.pod_by_ip("fd00::11".parse().unwrap()).expect("found by address");
+        (
+            (p.namespace().to_string(), p.name().to_string(), p.labels().clone(), p.ips().to_vec()),
+            (p.container_ports().to_vec(), p.declares(9090, Protocol::Tcp), p.host_network()),
+            state.workload(&("shop".into(), "api-0".into())).map(|w| (w.kind, w.name)),
+            (
+                state.in_pod_network("10.0.0.99".parse().unwrap()),
+                state.is_node_address("192.168.1.10".parse().unwrap()),
+            ),
+        )
+    };
+    let from_full = read(full, node.clone());
+    assert_eq!(read(slim, slim_node(node)), from_full);
+    assert_eq!(from_full.1 .0.len(), 2, "named ports of containers and init containers: {from_full:?}");
+    assert_eq!(from_full.2, Some(("StatefulSet".to_string(), "api".to_string())));
+    assert_eq!(from_full.3, (true, true));
+}
+
+/// Serialized size of an API object.
+fn json_len(v: &impl serde::Serialize) -> usize {
+    serde_json::to_vec(v).map_or(0, |v| v.len())
+}

@@ -43,6 +43,8 @@ pub struct PolicyDetector {
     retention: u64,
     gaps_expired: u64,
     unknown_pod_addresses: u64,
+    node_address_flows: u64,
+    host_network_records: u64,
     unreadable_records: u64,
 }
 
@@ -65,6 +67,12 @@ pub struct PolicyStats {
     /// Flows to an address in a node's pod network that no pod of the view
     /// had (a view older than the pod): neither learned nor alerted as egress.
     pub unknown_pod_addresses: u64,
+    /// Flows to a node's own address (kubelet, host-network pods, API servers
+    /// on control-plane nodes): neither learned nor alerted as external egress.
+    pub node_address_flows: u64,
+    /// Flow records of host-network pods, left out: NetworkPolicies do not
+    /// select them in most CNIs, and their address is the node's.
+    pub host_network_records: u64,
     /// Flow records left out because an address did not parse.
     pub unreadable_records: u64,
 }
@@ -101,6 +109,8 @@ impl PolicyDetector {
             retention: nanos(DEFAULT_RETENTION),
             gaps_expired: 0,
             unknown_pod_addresses: 0,
+            node_address_flows: 0,
+            host_network_records: 0,
             unreadable_records: 0,
         })
     }
@@ -140,6 +150,8 @@ impl PolicyDetector {
             baseline_workloads: self.baseline.workload_count(),
             baseline_dropped: self.baseline.dropped_workloads() + self.baseline.dropped_destinations(),
             unknown_pod_addresses: self.unknown_pod_addresses,
+            node_address_flows: self.node_address_flows,
+            host_network_records: self.host_network_records,
             unreadable_records: self.unreadable_records,
         }
     }
@@ -173,6 +185,10 @@ impl PolicyDetector {
                 // host processes are not subject to NetworkPolicies
                 _ => continue,
             };
+            if self.state.is_host_network(&local) {
+                self.host_network_records += 1;
+                continue;
+            }
             let obs = ObservedFlow {
                 local,
                 local_ip,
@@ -203,9 +219,14 @@ impl PolicyDetector {
             }
             let mut external =
                 class.ingress == Class::NotApplicable && class.service.is_none() && class.server_pod.is_none();
-            if external && side == Side::Client && state.in_pod_network(remote_ip) {
-                self.unknown_pod_addresses += 1;
-                external = false;
+            if external && side == Side::Client {
+                if state.is_node_address(remote_ip) {
+                    self.node_address_flows += 1;
+                    external = false;
+                } else if state.in_pod_network(remote_ip) {
+                    self.unknown_pod_addresses += 1;
+                    external = false;
+                }
             }
             let client = class.client_pod.as_ref().and_then(|p| state.workload(p));
             if let (true, Some(w), Side::Client, true) = (external, &client, side, class.egress != Class::NotApplicable)

@@ -323,3 +323,47 @@ fn an_unknown_address_in_a_pod_network_is_not_external_egress() {
     assert_eq!(d.stats().unknown_pod_addresses, 1);
     assert!(d.state().in_pod_network("fd00::5".parse().unwrap()));
 }
+
+/// A second node and a host-network pod on it: both have the node's address.
+const HOST_NETWORK: &str = r#"
+- apiVersion: v1
+  kind: Node
+  metadata: {name: n2}
+  spec: {podCIDR: 10.0.1.0/24}
+  status: {addresses: [{type: InternalIP, address: 192.168.1.20}, {type: Hostname, address: n2}]}
+- apiVersion: v1
+  kind: Pod
+  metadata: {name: node-exporter-x1, namespace: ops, uid: u-exporter, labels: {app: node-exporter}}
+  spec: {hostNetwork: true, nodeName: n2, containers: [{name: e, image: e, ports: [{containerPort: 9100}]}]}
+  status: {podIP: 192.168.1.20, podIPs: [{ip: 192.168.1.20}]}
+"#;
+
+#[test]
+fn node_addresses_are_not_external_egress_and_host_network_pods_are_left_out() {
+    let mut m = crate::cluster::manifests::Manifests::default();
+    crate::cluster::manifests::parse_file("cluster.yaml", &format!("{MANIFESTS}{HOST_NETWORK}"), &mut m);
+    assert!(m.errors.is_empty(), "{:?}", m.errors);
+    let state = ClusterState::from_manifests(&m);
+    let node_ip = "192.168.1.20".parse().unwrap();
+    assert!(state.view.pod_by_ip(node_ip).is_none(), "the node's address names no host-network pod");
+    assert!(state.view.pod("ops", "node-exporter-x1").is_some_and(|p| p.host_network()));
+    let mut d = PolicyDetector::new(state, None).unwrap().with_learning(Duration::ZERO);
+    let records = [
+        // web scrapes the exporter on the node's address: a node, not the internet
+        flow("u-web", "shop", "web-7d9f-abcde", ("10.0.0.10", 40000), ("192.168.1.20", 9100), ""),
+        // the exporter's own record of it, and its egress to the internet: not policy's business
+        flow("u-exporter", "ops", "node-exporter-x1", ("192.168.1.20", 9100), ("10.0.0.10", 40000), ""),
+        flow("u-exporter", "ops", "node-exporter-x1", ("192.168.1.20", 40100), ("203.0.113.5", 443), ""),
+    ];
+    d.observe(&records, &podlens_proto::compact::Tables::default(), now());
+    let findings = d.findings(now()).render();
+    let of = |kind: pb::FindingKind| findings.iter().filter(move |f| f.kind == kind as i32);
+    assert_eq!(of(pb::FindingKind::UnexpectedEgress).count(), 0, "{findings:#?}");
+    assert!(
+        of(pb::FindingKind::UncoveredEgress).any(|f| f.summary.contains("192.168.1.20")),
+        "web's egress to the node is still uncovered egress: {findings:#?}"
+    );
+    assert!(!findings.iter().any(|f| f.summary.contains("node-exporter")), "{findings:#?}");
+    let stats = d.stats();
+    assert_eq!((stats.node_address_flows, stats.host_network_records, stats.unknown_pod_addresses), (1, 2, 0));
+}

@@ -11,8 +11,11 @@
 //! - Pod and namespace selector peers match pods only; [`Endpoint::External`]
 //!   never matches them, even if its address belongs to a pod: use
 //!   [`ClusterView::endpoint`] to resolve addresses first.
-//! - Host-network pods are treated as ordinary pods even though most CNIs do
-//!   not enforce policy on them and their IP is the node's.
+//! - A host-network pod's address is its node's, shared with every host
+//!   process and host-network pod there, so such pods are not found by
+//!   address ([`ClusterView::pod_by_ip`]): that address is the node's. Named,
+//!   they are evaluated as ordinary pods, although most CNIs do not enforce
+//!   policy on them (the policy detector leaves their flows out).
 //! - Named ports resolve on the destination pod's `containers` and
 //!   `initContainers` (native sidecars can serve) by name and protocol.
 //! - Every namespace carries `kubernetes.io/metadata.name`, as the apiserver
@@ -95,6 +98,7 @@ struct PodInfo {
     ports: Vec<NamedPort>,
     /// Every declared container port, named or not.
     declared: Vec<(Protocol, u16)>,
+    host_network: bool,
 }
 
 /// A pod of a [`ClusterView`].
@@ -124,6 +128,10 @@ impl<'a> PodRef<'a> {
     }
     pub fn container_ports(&self) -> &'a [NamedPort] {
         &self.pod.ports
+    }
+    /// Whether the pod shares its node's network namespace (and address).
+    pub fn host_network(&self) -> bool {
+        self.pod.host_network
     }
     /// Whether a container of the pod declares `port` (named or not).
     pub fn declares(&self, port: u16, protocol: Protocol) -> bool {
@@ -244,7 +252,8 @@ impl ClusterView {
             let info = pod_info(pod);
             // A finished pod keeps its IP in status after the IP is reused.
             let finished = matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"));
-            if !finished {
+            // a host-network pod's address is the node's: it names no one pod
+            if !finished && !info.host_network {
                 for ip in &info.ips {
                     view.by_ip.entry(*ip).or_insert(idx);
                 }
@@ -329,6 +338,7 @@ fn pod_info(pod: &Pod) -> PodInfo {
         ips,
         ports,
         declared,
+        host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
     }
 }
 
