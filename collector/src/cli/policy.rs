@@ -93,6 +93,7 @@ fn decision_json(d: Option<&Decision>) -> Value {
     match d {
         None => Value::Null,
         Some(Decision::NotIsolated) => json!({"decision": "not_isolated", "rules": [], "selecting": []}),
+        Some(Decision::OwnNode) => json!({"decision": "own_node", "rules": [], "selecting": []}),
         Some(Decision::Allowed(rules)) => {
             json!({"decision": "allowed", "rules": rules.iter().map(rule_json).collect::<Vec<_>>(), "selecting": []})
         }
@@ -105,6 +106,7 @@ fn decision_text(d: Option<&Decision>) -> String {
     match d {
         None => "outside the cluster: no policy applies".into(),
         Some(Decision::NotIsolated) => "not isolated: no policy selects the pod for this direction".into(),
+        Some(Decision::OwnNode) => "allowed: the other end is the pod's own node, which policies never block".into(),
         Some(Decision::Allowed(rules)) => {
             let list: Vec<String> = rules
                 .iter()

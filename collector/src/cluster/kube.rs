@@ -263,6 +263,7 @@ pub(super) fn slim_pod(pod: Pod) -> Pod {
             pod_ip: s.pod_ip,
             pod_ips: s.pod_ips,
             host_ip: s.host_ip,
+            host_ips: s.host_ips,
             ..PodStatus::default()
         }),
     }

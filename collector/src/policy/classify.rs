@@ -71,7 +71,8 @@ pub struct ObservedFlow {
 /// most worrying, the order [`Class::worst`] ranks them in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Class {
-    /// That end is outside the cluster, or the protocol is not TCP/UDP/SCTP.
+    /// That end is outside the cluster, the other end is the pod's own node,
+    /// or the protocol is not TCP/UDP/SCTP.
     NotApplicable,
     /// Allowed by rules naming their peers; the broad rules that also allow it
     /// are left out, as they are not what covers it.
@@ -91,6 +92,8 @@ impl Class {
         let Some(decision) = decision else { return Class::NotApplicable };
         let only_broad = decision.only_broad();
         match decision {
+            // no policy can deny it, so none is missing
+            Decision::OwnNode => Class::NotApplicable,
             Decision::NotIsolated => Class::NotIsolated,
             Decision::Allowed(rules) if only_broad => Class::AllowedBroad(rules),
             Decision::Allowed(rules) => Class::AllowedSpecific(rules.into_iter().filter(|r| !r.broad).collect()),

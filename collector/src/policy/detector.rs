@@ -365,7 +365,8 @@ fn remember(
     let Some(w) = state.workload(pod) else { return };
     let labels = state.labels(pod);
     for (peer, port, judged) in peers {
-        let Some(peer) = peer else { continue };
+        // traffic no policy governs (the pod's own node) needs no rule
+        let (Some(peer), false) = (peer, *judged == Class::NotApplicable) else { continue };
         let denied_by = match judged {
             Class::EnforcementGap { selecting } => Some(selecting.as_slice()),
             _ => None,

@@ -336,6 +336,11 @@ const HOST_NETWORK: &str = r#"
   metadata: {name: node-exporter-x1, namespace: ops, uid: u-exporter, labels: {app: node-exporter}}
   spec: {hostNetwork: true, nodeName: n2, containers: [{name: e, image: e, ports: [{containerPort: 9100}]}]}
   status: {podIP: 192.168.1.20, podIPs: [{ip: 192.168.1.20}]}
+- apiVersion: v1
+  kind: Pod
+  metadata: {name: api-1, namespace: shop, uid: u-api-1, labels: {app: api}}
+  spec: {nodeName: n2, containers: [{name: api, image: api, ports: [{name: http, containerPort: 8080}]}]}
+  status: {podIP: 10.0.1.5, hostIP: 192.168.1.20}
 "#;
 
 #[test]
@@ -354,6 +359,8 @@ fn node_addresses_are_not_external_egress_and_host_network_pods_are_left_out() {
         // the exporter's own record of it, and its egress to the internet: not policy's business
         flow("u-exporter", "ops", "node-exporter-x1", ("192.168.1.20", 9100), ("10.0.0.10", 40000), ""),
         flow("u-exporter", "ops", "node-exporter-x1", ("192.168.1.20", 40100), ("203.0.113.5", 443), ""),
+        // the kubelet probing api-1, which api-from-web isolates: its own node, always allowed
+        flow("u-api-1", "shop", "api-1", ("10.0.1.5", 8080), ("192.168.1.20", 51000), ""),
     ];
     d.observe(&records, &podlens_proto::compact::Tables::default(), now());
     let findings = d.findings(now()).render();
@@ -364,6 +371,7 @@ fn node_addresses_are_not_external_egress_and_host_network_pods_are_left_out() {
         "web's egress to the node is still uncovered egress: {findings:#?}"
     );
     assert!(!findings.iter().any(|f| f.summary.contains("node-exporter")), "{findings:#?}");
+    assert_eq!(of(pb::FindingKind::EnforcementGap).count(), 0, "the kubelet's probe is no gap: {findings:#?}");
     let stats = d.stats();
     assert_eq!((stats.node_address_flows, stats.host_network_records, stats.unknown_pod_addresses), (1, 2, 0));
 }

@@ -16,6 +16,9 @@
 //!   address ([`ClusterView::pod_by_ip`]): that address is the node's. Named,
 //!   they are evaluated as ordinary pods, although most CNIs do not enforce
 //!   policy on them (the policy detector leaves their flows out).
+//! - Traffic between a pod and an address of its own node (status.hostIPs)
+//!   is always allowed ([`Decision::OwnNode`]), as the spec says for
+//!   kubelet probes and node-local agents.
 //! - Named ports resolve on the destination pod's `containers` and
 //!   `initContainers` (native sidecars can serve) by name and protocol.
 //! - Every namespace carries `kubernetes.io/metadata.name`, as the apiserver
@@ -25,7 +28,7 @@
 use std::{borrow::Borrow, collections::HashMap, fmt, net::IpAddr};
 
 use k8s_openapi::api::{
-    core::v1::{Container, Namespace, Pod},
+    core::v1::{Container, Namespace, Pod, PodStatus},
     networking::v1::NetworkPolicy,
 };
 
@@ -99,6 +102,8 @@ struct PodInfo {
     /// Every declared container port, named or not.
     declared: Vec<(Protocol, u16)>,
     host_network: bool,
+    /// Its node's addresses (status.hostIPs): traffic with them is always allowed.
+    host_ips: Vec<IpAddr>,
 }
 
 /// A pod of a [`ClusterView`].
@@ -182,6 +187,9 @@ pub enum Decision {
     NotIsolated,
     /// Every rule that allows it, sorted.
     Allowed(Vec<RuleRef>),
+    /// The other end is the pod's own node: NetworkPolicy always allows
+    /// traffic between a pod and the node it runs on (kubelet probes).
+    OwnNode,
     /// Isolated and no rule allows it; the policies isolating the pod as
     /// (namespace, name), sorted.
     Denied { selecting: Vec<(String, String)> },
@@ -339,7 +347,18 @@ fn pod_info(pod: &Pod) -> PodInfo {
         ports,
         declared,
         host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
+        host_ips: host_ips(status),
     }
+}
+
+/// status.hostIPs (dual-stack nodes), or status.hostIP on older objects.
+fn host_ips(status: Option<&PodStatus>) -> Vec<IpAddr> {
+    let listed = status.and_then(|s| s.host_ips.as_ref()).into_iter().flatten().map(|h| h.ip.as_str());
+    let mut ips: Vec<IpAddr> = listed.filter_map(|s| s.parse::<IpAddr>().ok()).map(|ip| ip.to_canonical()).collect();
+    if ips.is_empty() {
+        ips.extend(status.and_then(|s| s.host_ip.as_deref()?.parse::<IpAddr>().ok()).map(|ip| ip.to_canonical()));
+    }
+    ips
 }
 
 fn named_ports(c: &Container) -> impl Iterator<Item = NamedPort> + '_ {
@@ -367,6 +386,11 @@ fn decide(view: &ClusterView, pod: &PodRef, direction: Direction, c: &Connection
         Direction::Ingress => &c.from,
         Direction::Egress => &c.to,
     };
+    if let Endpoint::External(ip) = other {
+        if pod.pod.host_ips.contains(&ip.to_canonical()) {
+            return Decision::OwnNode;
+        }
+    }
     let mut selecting = Vec::new();
     let mut allowed = Vec::new();
     let namespace = pod.namespace();

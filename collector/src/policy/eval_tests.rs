@@ -589,3 +589,37 @@ fn decision_helpers() {
     assert!(Decision::NotIsolated.permits());
     assert!(!Decision::Denied { selecting: vec![] }.permits());
 }
+
+#[test]
+fn own_node_traffic_is_always_allowed_and_a_node_address_is_no_pods() {
+    let db: Pod = serde_json::from_value(json!({
+        "metadata": {"namespace": "prod", "name": "db", "labels": {"app": "db"}},
+        "spec": {"containers": [{"name": "main"}]},
+        "status": {"phase": "Running", "podIPs": [{"ip": "10.0.1.2"}], "hostIP": "192.168.1.10",
+                   "hostIPs": [{"ip": "192.168.1.10"}, {"ip": "fd99::10"}]}
+    }))
+    .unwrap();
+    let exporter: Pod = serde_json::from_value(json!({
+        "metadata": {"namespace": "mon", "name": "exporter", "labels": {"app": "exporter"}},
+        "spec": {"hostNetwork": true, "containers": [{"name": "main"}]},
+        "status": {"phase": "Running", "podIPs": [{"ip": "192.168.1.10"}], "hostIP": "192.168.1.10"}
+    }))
+    .unwrap();
+    let deny_all: NetworkPolicy =
+        serde_json::from_value(np("prod/deny-all", json!({"podSelector": {}, "policyTypes": ["Ingress", "Egress"]})))
+            .unwrap();
+    let (view, errors) = ClusterView::new([db, exporter], Vec::<Namespace>::new(), [deny_all]);
+    assert!(errors.is_empty(), "{errors:?}");
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+    assert!(matches!(view.endpoint(ip("192.168.1.10")), Endpoint::External(_)), "the node's address is the node's");
+    assert!(view.pod("mon", "exporter").is_some_and(|p| p.host_network()));
+    let db = Endpoint::Pod(view.pod("prod", "db").unwrap());
+    let check =
+        |from: Endpoint, to: Endpoint, port| evaluate(&view, &Connection { from, to, port, protocol: Protocol::Tcp });
+    // kubelet probing db, and db calling an agent on its node: allowed although db is isolated
+    assert_eq!(check(Endpoint::External(ip("192.168.1.10")), db, 5432).ingress, Some(Decision::OwnNode));
+    assert_eq!(check(db, view.endpoint(ip("fd99::10")), 10250).egress, Some(Decision::OwnNode));
+    // another node is not db's own
+    let other = check(Endpoint::External(ip("192.168.1.11")), db, 5432);
+    assert_eq!(other.ingress, Some(Decision::Denied { selecting: vec![("prod".into(), "deny-all".into())] }));
+}
