@@ -111,7 +111,7 @@ pub fn render(state: &MetricsState) -> String {
         counter(
             &mut r,
             "policy_unknown_pod_addresses",
-            "Flows to a pod-network address no pod of the cluster view had (not treated as external egress)",
+            "Flow records whose other end is a pod-network address no pod of the cluster view had (not judged)",
             p.unknown_pod_addresses,
         );
         counter(

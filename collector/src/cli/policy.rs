@@ -20,8 +20,9 @@ Exit status: 0 when both directions allow the connection (or are not isolated), 
 denies it, 1 on errors. Manifests that do not parse are reported on stderr; the rest still load.
 
 JSON output (-o json), one object: {from, to, port, protocol, permitted, egress, ingress,
-manifest_errors}; egress and ingress are null when that end is outside the cluster, else
-{decision: not_isolated | allowed | denied, rules: [{namespace, policy, direction, rule_index,
+manifest_errors}; egress and ingress are null when that end is outside the cluster or in a
+host-network pod, else {decision: not_isolated | allowed | denied | exempt, exemption: own_node |
+same_pod (when exempt), rules: [{namespace, policy, direction, rule_index,
 broad}] (every rule that allows it), selecting: [{namespace, policy}] (the policies that isolate
 the pod, when denied)}.")]
 pub struct PolicyCheckArgs {
@@ -93,7 +94,9 @@ fn decision_json(d: Option<&Decision>) -> Value {
     match d {
         None => Value::Null,
         Some(Decision::NotIsolated) => json!({"decision": "not_isolated", "rules": [], "selecting": []}),
-        Some(Decision::OwnNode) => json!({"decision": "own_node", "rules": [], "selecting": []}),
+        Some(Decision::Exempt(e)) => {
+            json!({"decision": "exempt", "exemption": e.to_string().replace(' ', "_"), "rules": [], "selecting": []})
+        }
         Some(Decision::Allowed(rules)) => {
             json!({"decision": "allowed", "rules": rules.iter().map(rule_json).collect::<Vec<_>>(), "selecting": []})
         }
@@ -104,9 +107,9 @@ fn decision_json(d: Option<&Decision>) -> Value {
 
 fn decision_text(d: Option<&Decision>) -> String {
     match d {
-        None => "outside the cluster: no policy applies".into(),
+        None => "outside the cluster (or host network): no policy applies".into(),
         Some(Decision::NotIsolated) => "not isolated: no policy selects the pod for this direction".into(),
-        Some(Decision::OwnNode) => "allowed: the other end is the pod's own node, which policies never block".into(),
+        Some(Decision::Exempt(e)) => format!("exempt ({e}): isolated, but policies never block this traffic"),
         Some(Decision::Allowed(rules)) => {
             let list: Vec<String> = rules
                 .iter()
@@ -154,6 +157,7 @@ pub fn check(args: &PolicyCheckArgs) -> Result<(String, bool, Vec<String>)> {
         manifests::load_dir(&args.manifests).with_context(|| format!("--manifests {}", args.manifests.display()))?;
     let mut errors: Vec<String> = m.errors.iter().map(ToString::to_string).collect();
     let (view, policy_errors) = ClusterView::new(&m.pods, &m.namespaces, &m.policies);
+    let view = view.with_nodes(&m.nodes);
     errors.extend(policy_errors.iter().map(ToString::to_string));
     let c = Connection {
         from: endpoint(&view, &from, "--from")?,

@@ -215,7 +215,10 @@ fn slim_pods_and_nodes_keep_what_the_policy_view_reads() {
     use k8s_openapi::api::core::v1::Node;
 
     use super::kube::{slim_node, slim_pod};
-    use crate::policy::{eval::Protocol, state::ClusterState};
+    use crate::policy::{
+        eval::{evaluate, Connection, Decision, Endpoint, Exemption, Protocol},
+        state::ClusterState,
+    };
 
     let full: Pod = serde_json::from_value(json!({
         "metadata": {"name": "api-0", "namespace": "shop", "uid": "u-api", "labels": {"app": "api"},
@@ -232,7 +235,7 @@ fn slim_pods_and_nodes_keep_what_the_policy_view_reads() {
                 "ports": [{"name": "metrics", "containerPort": 9090, "protocol": "TCP"}]}],
             "volumes": [{"name": "data", "emptyDir": {}}]},
         "status": {"phase": "Running", "podIP": "10.0.0.11", "podIPs": [{"ip": "10.0.0.11"}, {"ip": "fd00::11"}],
-            "hostIP": "192.168.1.10", "conditions": [{"type": "Ready", "status": "True"}],
+            "hostIP": "fd99::10", "hostIPs": [{"ip": "fd99::10"}], "conditions": [{"type": "Ready", "status": "True"}],
             "containerStatuses": [{"name": "api", "image": "api:1", "imageID": "sha256:abc", "ready": true,
                 "restartCount": 0}]}
     }))
@@ -258,7 +261,21 @@ fn slim_pods_and_nodes_keep_what_the_policy_view_reads() {
         let mut m = Manifests::default();
         m.pods = vec![pod];
         m.nodes = vec![node];
+        m.policies = vec![serde_json::from_value(json!({"metadata": {"namespace": "shop", "name": "deny"},
+            "spec": {"podSelector": {}, "policyTypes": ["Ingress"]}}))
+        .unwrap()];
         let state = ClusterState::from_manifests(&m);
+        // fd99::10 is only in the pod's status.hostIPs, 192.168.1.10 only in the node's addresses
+        let own_node = |from: &str| {
+            let to = state.view.pod("shop", "api-0").expect("api-0");
+            let c = Connection {
+                from: Endpoint::External(from.parse().unwrap()),
+                to: Endpoint::Pod(to),
+                port: 8080,
+                protocol: Protocol::Tcp,
+            };
+            evaluate(&state.view, &c).ingress
+        };
         let p = state.view.pod_by_ip("fd00::11".parse().unwrap()).expect("found by address");
         (
             (p.namespace().to_string(), p.name().to_string(), p.labels().clone(), p.ips().to_vec()),
@@ -268,6 +285,7 @@ fn slim_pods_and_nodes_keep_what_the_policy_view_reads() {
                 state.in_pod_network("10.0.0.99".parse().unwrap()),
                 state.is_node_address("192.168.1.10".parse().unwrap()),
             ),
+            (own_node("fd99::10"), own_node("192.168.1.10")),
         )
     };
     let from_full = read(full, node.clone());
@@ -275,6 +293,8 @@ fn slim_pods_and_nodes_keep_what_the_policy_view_reads() {
     assert_eq!(from_full.1 .0.len(), 2, "named ports of containers and init containers: {from_full:?}");
     assert_eq!(from_full.2, Some(("StatefulSet".to_string(), "api".to_string())));
     assert_eq!(from_full.3, (true, true));
+    let exempt = Some(Decision::Exempt(Exemption::OwnNode));
+    assert_eq!(from_full.4, (exempt.clone(), exempt));
 }
 
 /// Serialized size of an API object.

@@ -31,7 +31,7 @@
 use std::net::IpAddr;
 
 use super::{
-    eval::{evaluate, ClusterView, Connection, Decision, Endpoint, PodRef, Protocol, RuleRef},
+    eval::{evaluate, ClusterView, Connection, Decision, Endpoint, Exemption, PodRef, Protocol, RuleRef},
     services::ServiceIndex,
 };
 
@@ -71,9 +71,11 @@ pub struct ObservedFlow {
 /// most worrying, the order [`Class::worst`] ranks them in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Class {
-    /// That end is outside the cluster, the other end is the pod's own node,
-    /// or the protocol is not TCP/UDP/SCTP.
+    /// That end is outside the cluster, or the protocol is not TCP/UDP/SCTP.
     NotApplicable,
+    /// The pod is isolated, and this traffic is exempt from policy (its own
+    /// node's probes, itself): covered, and needs no rule.
+    Exempt(Exemption),
     /// Allowed by rules naming their peers; the broad rules that also allow it
     /// are left out, as they are not what covers it.
     AllowedSpecific(Vec<RuleRef>),
@@ -92,8 +94,7 @@ impl Class {
         let Some(decision) = decision else { return Class::NotApplicable };
         let only_broad = decision.only_broad();
         match decision {
-            // no policy can deny it, so none is missing
-            Decision::OwnNode => Class::NotApplicable,
+            Decision::Exempt(e) => Class::Exempt(e),
             Decision::NotIsolated => Class::NotIsolated,
             Decision::Allowed(rules) if only_broad => Class::AllowedBroad(rules),
             Decision::Allowed(rules) => Class::AllowedSpecific(rules.into_iter().filter(|r| !r.broad).collect()),
@@ -104,6 +105,7 @@ impl Class {
     fn rank(&self) -> u8 {
         match self {
             Class::NotApplicable => 0,
+            Class::Exempt(_) => 1,
             Class::AllowedSpecific(_) => 1,
             Class::AllowedBroad(_) => 2,
             Class::NotIsolated => 3,

@@ -37,7 +37,9 @@ impl Coverage {
         let isolated = match class {
             Class::NotApplicable => return,
             Class::NotIsolated => false,
-            Class::AllowedSpecific(_) | Class::AllowedBroad(_) | Class::EnforcementGap { .. } => true,
+            Class::Exempt(_) | Class::AllowedSpecific(_) | Class::AllowedBroad(_) | Class::EnforcementGap { .. } => {
+                true
+            }
         };
         if !self.namespaces.contains_key(&w.namespace) && self.namespaces.len() >= MAX_NAMESPACES {
             self.dropped += 1;
@@ -58,7 +60,7 @@ impl Coverage {
         }
         ns.flows += 1;
         match class {
-            Class::AllowedSpecific(_) => ns.covered += 1,
+            Class::Exempt(_) | Class::AllowedSpecific(_) => ns.covered += 1,
             Class::AllowedBroad(_) => ns.broad += 1,
             Class::NotIsolated => ns.uncovered += 1,
             Class::EnforcementGap { .. } => ns.denied += 1,

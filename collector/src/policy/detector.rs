@@ -64,8 +64,9 @@ pub struct PolicyStats {
     pub baseline_workloads: usize,
     /// Workloads and destinations the egress baseline had no room for.
     pub baseline_dropped: u64,
-    /// Flows to an address in a node's pod network that no pod of the view
-    /// had (a view older than the pod): neither learned nor alerted as egress.
+    /// Flow records whose other end is an address in a node's pod network
+    /// that no pod of the view had (a pod newer than the view, or a node's
+    /// bridge or router address): not judged, learned or alerted.
     pub unknown_pod_addresses: u64,
     /// Flows to a node's own address (kubelet, host-network pods, API servers
     /// on control-plane nodes): neither learned nor alerted as external egress.
@@ -205,6 +206,13 @@ impl PolicyDetector {
             };
             let class = classifier.classify(&obs);
             let side = if class.local_is_client { Side::Client } else { Side::Server };
+            let remote_pod = if side == Side::Client { &class.server_pod } else { &class.client_pod };
+            if remote_pod.is_none() && class.service.is_none() && self.state.in_pod_network(remote_ip) {
+                // a pod newer than the view, or a node's bridge or router address
+                // (probes on some CNIs): who it is is unknown, so it is not judged
+                self.unknown_pod_addresses += 1;
+                continue;
+            }
             let bytes = f.egress.as_ref().map_or(0, |c| c.bytes) + f.ingress.as_ref().map_or(0, |c| c.bytes);
             let state = &self.state;
             let report = Report { class: &class, remote_ip: Some(remote_ip), side, bytes, now };
@@ -219,14 +227,9 @@ impl PolicyDetector {
             }
             let mut external =
                 class.ingress == Class::NotApplicable && class.service.is_none() && class.server_pod.is_none();
-            if external && side == Side::Client {
-                if state.is_node_address(remote_ip) {
-                    self.node_address_flows += 1;
-                    external = false;
-                } else if state.in_pod_network(remote_ip) {
-                    self.unknown_pod_addresses += 1;
-                    external = false;
-                }
+            if external && side == Side::Client && state.is_node_address(remote_ip) {
+                self.node_address_flows += 1;
+                external = false;
             }
             let client = class.client_pod.as_ref().and_then(|p| state.workload(p));
             if let (true, Some(w), Side::Client, true) = (external, &client, side, class.egress != Class::NotApplicable)
@@ -365,8 +368,8 @@ fn remember(
     let Some(w) = state.workload(pod) else { return };
     let labels = state.labels(pod);
     for (peer, port, judged) in peers {
-        // traffic no policy governs (the pod's own node) needs no rule
-        let (Some(peer), false) = (peer, *judged == Class::NotApplicable) else { continue };
+        // traffic exempt from policy (the pod's own node, itself) needs no rule
+        let (Some(peer), false) = (peer, matches!(judged, Class::Exempt(_))) else { continue };
         let denied_by = match judged {
             Class::EnforcementGap { selecting } => Some(selecting.as_slice()),
             _ => None,

@@ -12,13 +12,14 @@
 //!   never matches them, even if its address belongs to a pod: use
 //!   [`ClusterView::endpoint`] to resolve addresses first.
 //! - A host-network pod's address is its node's, shared with every host
-//!   process and host-network pod there, so such pods are not found by
-//!   address ([`ClusterView::pod_by_ip`]): that address is the node's. Named,
-//!   they are evaluated as ordinary pods, although most CNIs do not enforce
-//!   policy on them (the policy detector leaves their flows out).
-//! - Traffic between a pod and an address of its own node (status.hostIPs)
-//!   is always allowed ([`Decision::OwnNode`]), as the spec says for
-//!   kubelet probes and node-local agents.
+//!   process and host-network pod there: such pods are not found by address
+//!   ([`ClusterView::pod_by_ip`]), and named as an end they are judged as
+//!   their address (policies do not select them in most CNIs).
+//! - Exemptions ([`Decision::Exempt`]), for pods a policy isolates: ingress
+//!   from an address of the pod's own node (status.hostIPs, and the node's
+//!   status.addresses when the view has nodes), as the API specifies for
+//!   kubelet probes; and a pod reaching itself. Egress to the own node is
+//!   judged by the policies: Calico and Cilium enforce it.
 //! - Named ports resolve on the destination pod's `containers` and
 //!   `initContainers` (native sidecars can serve) by name and protocol.
 //! - Every namespace carries `kubernetes.io/metadata.name`, as the apiserver
@@ -28,7 +29,7 @@
 use std::{borrow::Borrow, collections::HashMap, fmt, net::IpAddr};
 
 use k8s_openapi::api::{
-    core::v1::{Container, Namespace, Pod, PodStatus},
+    core::v1::{Container, Namespace, Node, Pod, PodStatus},
     networking::v1::NetworkPolicy,
 };
 
@@ -102,8 +103,10 @@ struct PodInfo {
     /// Every declared container port, named or not.
     declared: Vec<(Protocol, u16)>,
     host_network: bool,
-    /// Its node's addresses (status.hostIPs): traffic with them is always allowed.
+    /// Its node's addresses as the pod's status gives them (status.hostIPs).
     host_ips: Vec<IpAddr>,
+    /// spec.nodeName.
+    node: Option<String>,
 }
 
 /// A pod of a [`ClusterView`].
@@ -187,12 +190,29 @@ pub enum Decision {
     NotIsolated,
     /// Every rule that allows it, sorted.
     Allowed(Vec<RuleRef>),
-    /// The other end is the pod's own node: NetworkPolicy always allows
-    /// traffic between a pod and the node it runs on (kubelet probes).
-    OwnNode,
+    /// The pod is isolated, but this traffic is exempt from policy.
+    Exempt(Exemption),
     /// Isolated and no rule allows it; the policies isolating the pod as
     /// (namespace, name), sorted.
     Denied { selecting: Vec<(String, String)> },
+}
+
+/// Traffic NetworkPolicy never blocks, whatever selects the pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exemption {
+    /// Ingress from an address of the node the pod runs on (kubelet probes).
+    OwnNode,
+    /// The pod reaching itself.
+    SamePod,
+}
+
+impl fmt::Display for Exemption {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Exemption::OwnNode => "own node",
+            Exemption::SamePod => "same pod",
+        })
+    }
 }
 
 impl Decision {
@@ -228,6 +248,8 @@ pub struct ClusterView {
     by_name: HashMap<String, HashMap<String, usize>>,
     by_ip: HashMap<IpAddr, usize>,
     by_uid: HashMap<String, usize>,
+    /// Node name -> its addresses (status.addresses).
+    nodes: HashMap<String, Vec<IpAddr>>,
     namespaces: HashMap<String, Labels>,
     policies: HashMap<String, Vec<CompiledPolicy>>,
 }
@@ -283,6 +305,26 @@ impl ClusterView {
             view.namespaces.entry(ns.clone()).or_insert_with(|| Labels::from([(NAME_LABEL.to_owned(), ns)]));
         }
         (view, errors)
+    }
+
+    /// Adds the nodes: ingress from any of a node's addresses to its pods is
+    /// exempt from policy, not only from the address in the pods' status.
+    pub fn with_nodes<N: Borrow<Node>>(mut self, nodes: impl IntoIterator<Item = N>) -> Self {
+        for node in nodes {
+            let node = node.borrow();
+            let Some(name) = node.metadata.name.clone() else { continue };
+            let listed = node.status.as_ref().and_then(|s| s.addresses.as_ref()).into_iter().flatten();
+            let ips = listed.filter_map(|a| a.address.parse::<IpAddr>().ok()).map(|ip| ip.to_canonical()).collect();
+            self.nodes.insert(name, ips);
+        }
+        self
+    }
+
+    /// Whether `ip` is an address of the node `pod` runs on.
+    fn own_node(&self, pod: &PodInfo, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        pod.host_ips.contains(&ip)
+            || pod.node.as_ref().and_then(|n| self.nodes.get(n)).is_some_and(|addresses| addresses.contains(&ip))
     }
 
     pub fn pod(&self, namespace: &str, name: &str) -> Option<PodRef<'_>> {
@@ -348,6 +390,7 @@ fn pod_info(pod: &Pod) -> PodInfo {
         declared,
         host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
         host_ips: host_ips(status),
+        node: spec.and_then(|s| s.node_name.clone()),
     }
 }
 
@@ -374,11 +417,20 @@ fn named_ports(c: &Container) -> impl Iterator<Item = NamedPort> + '_ {
 /// Decides both directions of `c` independently: egress by the policies
 /// selecting `from`, ingress by those selecting `to`.
 pub fn evaluate(view: &ClusterView, c: &Connection) -> Verdict {
+    let c = Connection { from: as_node(c.from), to: as_node(c.to), ..*c };
     let decide_for = |end: &Endpoint, direction| match end {
-        Endpoint::Pod(pod) => Some(decide(view, pod, direction, c)),
+        Endpoint::Pod(pod) => Some(decide(view, pod, direction, &c)),
         Endpoint::External(_) => None,
     };
     Verdict { egress: decide_for(&c.from, Direction::Egress), ingress: decide_for(&c.to, Direction::Ingress) }
+}
+
+/// A host-network pod is its node's address to policies.
+fn as_node(end: Endpoint<'_>) -> Endpoint<'_> {
+    match end {
+        Endpoint::Pod(p) if p.host_network() => p.addresses().first().map_or(end, |ip| Endpoint::External(*ip)),
+        _ => end,
+    }
 }
 
 fn decide(view: &ClusterView, pod: &PodRef, direction: Direction, c: &Connection) -> Decision {
@@ -386,11 +438,13 @@ fn decide(view: &ClusterView, pod: &PodRef, direction: Direction, c: &Connection
         Direction::Ingress => &c.from,
         Direction::Egress => &c.to,
     };
-    if let Endpoint::External(ip) = other {
-        if pod.pod.host_ips.contains(&ip.to_canonical()) {
-            return Decision::OwnNode;
+    let exemption = match other {
+        Endpoint::Pod(o) if std::ptr::eq(o.pod, pod.pod) => Some(Exemption::SamePod),
+        Endpoint::External(ip) if direction == Direction::Ingress && view.own_node(pod.pod, *ip) => {
+            Some(Exemption::OwnNode)
         }
-    }
+        _ => None,
+    };
     let mut selecting = Vec::new();
     let mut allowed = Vec::new();
     let namespace = pod.namespace();
@@ -406,6 +460,8 @@ fn decide(view: &ClusterView, pod: &PodRef, direction: Direction, c: &Connection
     }
     if selecting.is_empty() {
         Decision::NotIsolated
+    } else if let Some(e) = exemption {
+        Decision::Exempt(e)
     } else if allowed.is_empty() {
         selecting.sort();
         Decision::Denied { selecting }

@@ -12,7 +12,10 @@ use k8s_openapi::api::{
 use serde_json::{json, Value};
 
 use super::{
-    eval::{evaluate, ClusterView, Connection, Decision, Direction, Endpoint, PolicyError, Problem, Protocol, RuleRef},
+    eval::{
+        evaluate, ClusterView, Connection, Decision, Direction, Endpoint, Exemption, PolicyError, Problem, Protocol,
+        RuleRef, Verdict,
+    },
     selector::{Cidr, CidrError, PortError, SelectorError},
 };
 
@@ -591,35 +594,57 @@ fn decision_helpers() {
 }
 
 #[test]
-fn own_node_traffic_is_always_allowed_and_a_node_address_is_no_pods() {
-    let db: Pod = serde_json::from_value(json!({
-        "metadata": {"namespace": "prod", "name": "db", "labels": {"app": "db"}},
-        "spec": {"containers": [{"name": "main"}]},
-        "status": {"phase": "Running", "podIPs": [{"ip": "10.0.1.2"}], "hostIP": "192.168.1.10",
-                   "hostIPs": [{"ip": "192.168.1.10"}, {"ip": "fd99::10"}]}
-    }))
-    .unwrap();
-    let exporter: Pod = serde_json::from_value(json!({
-        "metadata": {"namespace": "mon", "name": "exporter", "labels": {"app": "exporter"}},
-        "spec": {"hostNetwork": true, "containers": [{"name": "main"}]},
-        "status": {"phase": "Running", "podIPs": [{"ip": "192.168.1.10"}], "hostIP": "192.168.1.10"}
+fn exemptions_own_node_ingress_and_same_pod_and_host_network_ends() {
+    let pod = |ns: &str, name: &str, host_network: bool, ip: &str| -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"namespace": ns, "name": name, "labels": {"app": name}},
+            "spec": {"nodeName": "n1", "hostNetwork": host_network, "containers": [{"name": "main"}]},
+            "status": {"phase": "Running", "podIPs": [{"ip": ip}], "hostIP": "192.168.1.10",
+                       "hostIPs": [{"ip": "192.168.1.10"}, {"ip": "fd99::10"}]}
+        }))
+        .unwrap()
+    };
+    let pods = [
+        pod("prod", "db", false, "10.0.1.2"),
+        pod("mon", "exporter", true, "192.168.1.10"),
+        // on the same node, isolated by nothing
+        pod("dev", "tool", false, "10.0.1.3"),
+    ];
+    let node: k8s_openapi::api::core::v1::Node = serde_json::from_value(json!({
+        "metadata": {"name": "n1"},
+        "status": {"addresses": [{"type": "InternalIP", "address": "192.168.1.10"},
+                                 {"type": "ExternalIP", "address": "198.51.100.10"}]}
     }))
     .unwrap();
     let deny_all: NetworkPolicy =
         serde_json::from_value(np("prod/deny-all", json!({"podSelector": {}, "policyTypes": ["Ingress", "Egress"]})))
             .unwrap();
-    let (view, errors) = ClusterView::new([db, exporter], Vec::<Namespace>::new(), [deny_all]);
+    let (view, errors) = ClusterView::new(&pods, Vec::<Namespace>::new(), [deny_all]);
     assert!(errors.is_empty(), "{errors:?}");
+    let view = view.with_nodes([node]);
     let ip = |s: &str| s.parse::<IpAddr>().unwrap();
     assert!(matches!(view.endpoint(ip("192.168.1.10")), Endpoint::External(_)), "the node's address is the node's");
     assert!(view.pod("mon", "exporter").is_some_and(|p| p.host_network()));
     let db = Endpoint::Pod(view.pod("prod", "db").unwrap());
     let check =
         |from: Endpoint, to: Endpoint, port| evaluate(&view, &Connection { from, to, port, protocol: Protocol::Tcp });
-    // kubelet probing db, and db calling an agent on its node: allowed although db is isolated
-    assert_eq!(check(Endpoint::External(ip("192.168.1.10")), db, 5432).ingress, Some(Decision::OwnNode));
-    assert_eq!(check(db, view.endpoint(ip("fd99::10")), 10250).egress, Some(Decision::OwnNode));
-    // another node is not db's own
-    let other = check(Endpoint::External(ip("192.168.1.11")), db, 5432);
-    assert_eq!(other.ingress, Some(Decision::Denied { selecting: vec![("prod".into(), "deny-all".into())] }));
+    let own_node = Some(Decision::Exempt(Exemption::OwnNode));
+    let denied = Some(Decision::Denied { selecting: vec![("prod".into(), "deny-all".into())] });
+    // the kubelet probing db, from any address of db's node (IPv4-mapped too)
+    for from in ["192.168.1.10", "fd99::10", "198.51.100.10", "::ffff:192.168.1.10"] {
+        assert_eq!(check(Endpoint::External(ip(from)), db, 5432).ingress, own_node, "{from}");
+    }
+    // another node is not db's own; egress to its own node is policy's business (Calico, Cilium)
+    assert_eq!(check(Endpoint::External(ip("192.168.1.11")), db, 5432).ingress, denied);
+    assert_eq!(check(db, view.endpoint(ip("192.168.1.10")), 10250).egress, denied);
+    // a host-network pod named as an end is its node's address: no egress policy, own-node ingress
+    let exporter = Endpoint::Pod(view.pod("mon", "exporter").unwrap());
+    assert_eq!(check(exporter, db, 5432), Verdict { egress: None, ingress: own_node });
+    assert_eq!(check(db, exporter, 9100).ingress, None);
+    // a pod reaching itself
+    let same = Some(Decision::Exempt(Exemption::SamePod));
+    assert_eq!(check(db, db, 5432), Verdict { egress: same.clone(), ingress: same });
+    // exemptions are for isolated pods: one no policy selects stays not isolated
+    let tool = Endpoint::Pod(view.pod("dev", "tool").unwrap());
+    assert_eq!(check(Endpoint::External(ip("192.168.1.10")), tool, 80).ingress, Some(Decision::NotIsolated));
 }

@@ -179,7 +179,7 @@ impl GapAggregator {
                     Class::EnforcementGap { selecting } => {
                         self.bump(GapKind::EnforcementGap, client, egress, to, &flow(end.port), selecting);
                     }
-                    Class::NotApplicable | Class::AllowedSpecific(_) => {}
+                    Class::NotApplicable | Class::Exempt(_) | Class::AllowedSpecific(_) => {}
                 }
             }
         }

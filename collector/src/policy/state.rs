@@ -39,6 +39,7 @@ pub struct ClusterState {
 impl ClusterState {
     pub fn from_manifests(m: &Manifests) -> Self {
         let (view, policy_errors) = ClusterView::new(&m.pods, &m.namespaces, &m.policies);
+        let view = view.with_nodes(&m.nodes);
         let owners = OwnerIndex::new(m.owners.iter().map(|o| OwnerObject {
             api_version: o.api_version.clone(),
             kind: o.kind.clone(),
