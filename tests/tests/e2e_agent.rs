@@ -227,7 +227,11 @@ fn readiness_waits_for_programs_identity_and_the_collector_stream() {
     let a = node.pod("ready", "a", Qos::Burstable);
     let inventory = dir.join("pods.yaml");
     write_inventory(&inventory, "n1", &[&a]);
-    let collector = Collector::start(vec!["--insecure-plaintext".into()], &dir);
+    // with an (empty) manifests directory the policy detector runs, and its metrics exist
+    let manifests = dir.join("manifests");
+    std::fs::create_dir_all(&manifests).unwrap();
+    let args = vec!["--insecure-plaintext".into(), "--manifests".into(), manifests.display().to_string()];
+    let collector = Collector::start(args, &dir);
     let ingest = format!("http://{}", collector.ingest);
     let inv = inventory.to_str().unwrap();
     let flags = ["--collector", &ingest, "--insecure-plaintext", "--pods-file", inv];
@@ -266,8 +270,52 @@ fn readiness_waits_for_programs_identity_and_the_collector_stream() {
     };
     assert!(http::value(&m, "podlens_agent_records_total", &[("kind", "loss")]).is_some_and(|v| v >= 1.0));
     assert!(http::value(&m, "podlens_agent_losses_total", &[("source", "kernel"), ("reason", "truncated")]).is_some());
+    // every metric the Grafana dashboard queries is one these daemons export
+    let mut exported = exported_names(&http::get(agent.metrics, "/metrics").expect("agent /metrics").1);
+    exported.extend(exported_names(&collector.metrics_text()));
+    let dashboard = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/grafana/podlens.json"))
+        .expect("deploy/grafana/podlens.json");
+    let queried = metric_names(&dashboard);
+    // only with --kube, which needs an API server
+    let kube_only = ["podlens_collector_cluster_view_ready"];
+    let missing: Vec<&String> =
+        queried.iter().filter(|n| !exported.contains(*n) && !kube_only.contains(&n.as_str())).collect();
+    assert!(queried.len() > 30, "{queried:?}");
+    assert!(missing.is_empty(), "the dashboard queries metrics nobody exports: {missing:?}");
     assert_eq!(agent.stop().code(), Some(0), "{}", agent.log_text());
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Every `podlens_*` name in `text`.
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let is_name = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    text.match_indices("podlens_")
+        .filter(|(i, _)| !text[..*i].ends_with(is_name))
+        .map(|(i, _)| text[i..].chars().take_while(|c| is_name(*c)).collect())
+        .collect()
+}
+
+/// The sample names a Prometheus text exposition can have, including those of
+/// families with no sample yet (from their TYPE line).
+fn exported_names(exposition: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    for line in exposition.lines() {
+        if let Some(t) = line.strip_prefix("# TYPE ") {
+            let mut parts = t.split_whitespace();
+            let (Some(name), Some(kind)) = (parts.next(), parts.next()) else { continue };
+            match kind {
+                "counter" => names.insert(format!("{name}_total")),
+                "histogram" => {
+                    names.extend(["_bucket", "_sum", "_count"].map(|s| format!("{name}{s}")));
+                    false
+                }
+                _ => names.insert(name.to_string()),
+            };
+        } else if !line.starts_with('#') {
+            names.extend(line.split(['{', ' ']).next().filter(|n| !n.is_empty()).map(str::to_string));
+        }
+    }
+    names
 }
 
 #[test]
