@@ -124,6 +124,18 @@ impl DedupStore {
         let _ = rx.wait_for(|w| *w >= generation).await;
     }
 
+    /// Forgets every run of these nodes (see `Hub::forget_nodes_idle_since`).
+    pub fn forget(&self, nodes: &[String]) {
+        if nodes.is_empty() {
+            return;
+        }
+        let mut t = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        t.retain(|k, _| !nodes.contains(&k.0));
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        drop(t);
+        self.dirty.notify_one();
+    }
+
     /// The highest sequence of this run known to be on disk.
     pub fn durable(&self, node: &pb::NodeIdentity) -> u64 {
         self.durable.lock().unwrap_or_else(|e| e.into_inner()).get(&key(node)).copied().unwrap_or(0)
@@ -196,6 +208,21 @@ mod tests {
         assert_eq!(loaded.len(), 2);
         assert_eq!((loaded[0].node.as_str(), loaded[0].last_sequence, loaded[0].agent_epoch_unix_nano), ("a", 6, 1));
         assert_eq!((loaded[1].node.as_str(), loaded[1].last_sequence), ("b", 9));
+    }
+
+    #[tokio::test]
+    async fn forgotten_nodes_leave_the_state_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = DedupStore::open(dir.path()).unwrap();
+        store.admitted(&node("a", 1), 5).await;
+        store.admitted(&node("a", 2), 2).await;
+        store.admitted(&node("b", 1), 9).await;
+        store.forget(&["a".to_string()]);
+        // returns once a write at least as new as the forgetting is on disk
+        store.admitted(&node("b", 1), 10).await;
+        let (_, loaded) = DedupStore::open(dir.path()).unwrap();
+        let kept: Vec<(&str, u64)> = loaded.iter().map(|a| (a.node.as_str(), a.last_sequence)).collect();
+        assert_eq!(kept, [("b", 10)]);
     }
 
     #[tokio::test]

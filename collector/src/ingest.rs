@@ -8,6 +8,7 @@
 use std::{
     pin::Pin,
     sync::{atomic::Ordering, Arc},
+    time::Duration,
 };
 
 use futures::Stream;
@@ -24,19 +25,38 @@ use crate::{
 pub const MAX_BATCH_BYTES: usize = 8 << 20;
 /// Metadata key naming a batch refused for good (see ingest.proto).
 pub const REJECTED_SEQUENCE: &str = "podlens-rejected-sequence";
+/// Metadata key of a stream ended because of its age: reconnect at once.
+pub const RECONNECT: &str = "podlens-reconnect";
+/// How long an ingest stream lives by default (`--max-connection-age`).
+pub const DEFAULT_MAX_STREAM_AGE: Duration = Duration::from_secs(3600);
 
 pub struct IngestService {
     hub: Arc<Hub>,
     store: Option<Arc<DedupStore>>,
     shutdown: watch::Receiver<bool>,
+    max_age: Duration,
 }
 
 impl IngestService {
     /// With a store, what is admitted is written to disk before it is
     /// acknowledged.
     pub fn new(hub: Arc<Hub>, store: Option<Arc<DedupStore>>, shutdown: watch::Receiver<bool>) -> Self {
-        Self { hub, store, shutdown }
+        Self { hub, store, shutdown, max_age: DEFAULT_MAX_STREAM_AGE }
     }
+
+    /// Streams end after `max_age` so that the agent connects again: the TLS
+    /// handshake, and with it a rotated CA or a revoked certificate, applies
+    /// to long-lived streams too.
+    pub fn with_max_age(self, max_age: Duration) -> Self {
+        Self { max_age, ..self }
+    }
+}
+
+/// The end of a stream that reached its maximum age.
+fn reconnect() -> Status {
+    let mut status = Status::unavailable("stream reached the collector's --max-connection-age: reconnect");
+    status.metadata_mut().insert(RECONNECT, tonic::metadata::MetadataValue::from_static("age"));
+    status
 }
 
 type AckStream = Pin<Box<dyn Stream<Item = Result<pb::Ack, Status>> + Send>>;
@@ -59,14 +79,22 @@ impl Ingest for IngestService {
         let hub = self.hub.clone();
         let store = self.store.clone();
         let mut shutdown = self.shutdown.clone();
+        let expiry = tokio::time::sleep(self.max_age);
         let (tx, rx) = mpsc::channel::<Result<pb::Ack, Status>>(64);
         tokio::spawn(async move {
+            tokio::pin!(expiry);
             let mut node = String::new();
             loop {
                 let message = tokio::select! {
                     m = inbound.message() => m,
                     _ = async { let _ = shutdown.wait_for(|s| *s).await; } => {
                         let _ = tx.send(Err(Status::unavailable("collector shutting down; replay to the next one"))).await;
+                        break;
+                    }
+                    // what was sent after the last acknowledgement is replayed on the next stream
+                    () = &mut expiry => {
+                        tracing::debug!(?peer, node = %node, "ingest stream reached its maximum age");
+                        let _ = tx.send(Err(reconnect())).await;
                         break;
                     }
                 };

@@ -61,7 +61,13 @@ pub fn render(state: &MetricsState) -> String {
     let mut r = Registry::with_prefix("podlens_collector");
     let hub = &state.hub;
     let nodes = hub.nodes();
-    gauge(&mut r, "nodes", "Nodes that have sent at least one batch", nodes.len() as i64);
+    gauge(&mut r, "nodes", "Nodes that sent a batch within the node retention", nodes.len() as i64);
+    counter(
+        &mut r,
+        "nodes_forgotten",
+        "Nodes forgotten (with their per-node series) after the node retention without a batch",
+        hub.stats.nodes_forgotten.load(Ordering::Relaxed),
+    );
     gauge(&mut r, "consumers", "Observe consumers connected", hub.consumers() as i64);
     counter(
         &mut r,

@@ -36,7 +36,7 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
-/// See `Server::max_connection_age`; the agent reconnects and replays.
+/// See `Server::max_connection_age`.
 const MAX_CONNECTION_AGE: Duration = Duration::from_secs(3600);
 
 /// A bound listener, so callers learn the port (and bind errors) before serving.
@@ -73,8 +73,9 @@ impl Listener {
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .tcp_keepalive(Some(Duration::from_secs(30)))
-            // Revoked or expired certificates and rotated CAs apply to long-lived
-            // streams too: every connection re-handshakes at least this often.
+            // Calls started after this age go over a new connection (GOAWAY),
+            // so a new TLS handshake; running streams are not cut here (the
+            // Ingest service ends its own streams at their age).
             .max_connection_age(MAX_CONNECTION_AGE);
         let router = server.add_routes(routes);
         match tls {
@@ -124,12 +125,13 @@ impl Listener {
         store: Option<Arc<DedupStore>>,
         tls: Option<Arc<ReloadingServerTls>>,
         stats: Arc<ListenerStats>,
+        max_age: Duration,
         shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> Result<(), ServeError> {
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<IngestServer<IngestService>>().await;
-        let ingest = IngestServer::new(IngestService::new(hub, store, shutdown.clone()))
-            .max_decoding_message_size(MAX_BATCH_BYTES);
+        let service = IngestService::new(hub, store, shutdown.clone()).with_max_age(max_age);
+        let ingest = IngestServer::new(service).max_decoding_message_size(MAX_BATCH_BYTES);
         let routes = Routes::new(health_service).add_service(reflection()?).add_service(ingest);
         let mut stop = shutdown;
         self.serve(routes, tls, stats, async move {

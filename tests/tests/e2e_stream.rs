@@ -176,6 +176,42 @@ fn collector_down_for_30s_loses_nothing_and_counts_nothing_twice() {
 }
 
 #[test]
+fn agent_streams_renew_their_tls_connection_at_the_collectors_max_age() {
+    let env = Env::new("maxage");
+    let (_node, a, b, inventory) = two_pods(&env);
+    let collector = Collector::start_tls(&env.pki, &env.dir, &["--max-connection-age", "2s"]);
+    let agent = start_agent(&env, "node-1", &env.agent_flags(&collector, &inventory, &[]));
+    let observer = Observer::connect_with(env.consumer(&collector), pb::ObserveRequest::default());
+    let mut expected: Vec<(Tuple, u64, u64)> = Vec::new();
+    for port in 9400..9404 {
+        let (local, out, inn) = transfer(&a, &b, port, 30_000);
+        expected.push((client_tuple(local, &b, port), out, inn));
+        std::thread::sleep(Duration::from_millis(2500));
+    }
+    let records = observer.wait_until(Duration::from_secs(20), |r| {
+        expected.iter().all(|(t, out, inn)| packets(r, &a, t) == (*out, *inn))
+    });
+    for (t, out, inn) in &expected {
+        assert_eq!(packets(&records, &a, t), (*out, *inn), "{t:?}: packets out/in across renewed streams");
+    }
+    // every batch, once, although streams ended with batches in flight
+    let seen: Vec<u64> = observer.with_origins().into_iter().map(|(_, o)| o.expect("origin").sequence).collect();
+    let unique: BTreeSet<u64> = seen.iter().copied().collect();
+    let (first, last) = (unique.first().copied().unwrap_or(0), unique.last().copied().unwrap_or(0));
+    let missing: Vec<u64> = (first..=last).filter(|s| !unique.contains(s)).collect();
+    assert!(missing.is_empty(), "sequences missing between {first} and {last}: {missing:?}");
+    // one origin per record: a batch published again would show its sequence after later ones
+    assert!(seen.windows(2).all(|w| w[0] <= w[1]), "a batch was published twice: {seen:?}");
+    // a new connection (so a new TLS handshake) every 2 s, none of them counted as a failure
+    let (_, text) = podlens_e2e::http::get(agent.metrics, "/metrics").expect("agent /metrics");
+    let m = podlens_e2e::http::parse_exposition(&text).expect("Prometheus text");
+    let connects = podlens_e2e::http::value(&m, "podlens_agent_stream_connects_total", &[]).unwrap_or(0.0);
+    assert!(connects >= 4.0, "{connects} stream connects in ~10 s with a 2 s maximum age");
+    assert_eq!(podlens_e2e::http::value(&m, "podlens_agent_stream_failures_total", &[]), Some(0.0));
+    assert_eq!(loss_total(&records, "export", "dropped_batches"), Some(0));
+}
+
+#[test]
 fn an_outage_beyond_the_buffer_is_reported_exactly() {
     let env = Env::new("bound");
     let (_node, a, b, inventory) = two_pods(&env);

@@ -24,7 +24,7 @@ use super::{backoff::Backoff, Exporter};
 const MAX_MESSAGE_BYTES: usize = 8 << 20;
 /// How often TLS files are checked for a rotation while connected.
 const TLS_CHECK: Duration = Duration::from_secs(5);
-use podlens_collector::ingest::REJECTED_SEQUENCE;
+use podlens_collector::ingest::{RECONNECT, REJECTED_SEQUENCE};
 
 #[derive(Clone, Debug)]
 pub struct StreamConfig {
@@ -80,7 +80,8 @@ pub async fn run(cfg: StreamConfig, exporter: Arc<Exporter>, mut shutdown: watch
         let progress = Arc::new(AtomicBool::new(false));
         let result = connect_and_stream(&cfg, &exporter, &progress, shutdown.clone(), deadline).await;
         exporter.stream.connected.store(false, Ordering::Release);
-        if result.is_err() {
+        let renew = matches!(&result, Err(StreamError::Status(s)) if s.metadata().contains_key(RECONNECT));
+        if result.is_err() && !renew {
             exporter.stream.failures.fetch_add(1, Ordering::Relaxed);
         }
         if progress.load(Ordering::Acquire) {
@@ -90,6 +91,11 @@ pub async fn run(cfg: StreamConfig, exporter: Arc<Exporter>, mut shutdown: watch
             Ok(Ended::Drained) => return,
             Ok(Ended::Rotated) => {
                 tracing::info!("TLS files changed: reconnecting with the new certificates");
+                continue;
+            }
+            // the collector's periodic re-handshake: not a failure
+            Err(_) if renew => {
+                tracing::debug!(collector = %cfg.url, "collector ended the stream at its maximum age; reconnecting");
                 continue;
             }
             Err(StreamError::Status(s)) if rejected_sequence(&s).is_some() => {

@@ -103,6 +103,15 @@ struct Args {
     /// policy), are forgotten after this long without traffic.
     #[arg(long, env = "PODLENS_POLICY_RETENTION", default_value = "24h", value_parser = parse_duration)]
     policy_retention: Duration,
+    /// Agent streams end after this long and the agent reconnects at once, with a new TLS handshake
+    /// (so a rotated CA or a revoked certificate applies), replaying what was not acknowledged;
+    /// consumer connections get a GOAWAY at 1h (running Observe streams go on). 1s..24h.
+    #[arg(long, env = "PODLENS_MAX_CONNECTION_AGE", default_value = "1h", value_parser = parse_connection_age)]
+    max_connection_age: Duration,
+    /// A node without a batch for this long is forgotten: its per-node series on /metrics, its
+    /// counters and its replay bookkeeping (node names come and go with node pools).
+    #[arg(long, env = "PODLENS_NODE_RETENTION", default_value = "24h", value_parser = parse_node_retention)]
+    node_retention: Duration,
     /// Time consumers get to read the last records at shutdown.
     #[arg(long, env = "PODLENS_SHUTDOWN_GRACE", default_value = "5", value_name = "SECONDS")]
     shutdown_grace: u64,
@@ -203,6 +212,7 @@ async fn main() -> Result<()> {
             None
         }
     };
+    tokio::spawn(forget_idle_nodes(hub.clone(), store.clone(), args.node_retention));
     // checked before the manifests are read, so a conflicting pair of flags fails at once
     let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
     let use_kube = args.kube.use_api(args.manifests.is_some(), in_cluster)?;
@@ -266,8 +276,14 @@ async fn main() -> Result<()> {
         let run = podlens_collector::policy::watch_kube::run(hub.clone(), client, detector, stop_rx.clone());
         policy_task = Some(tokio::spawn(run));
     }
-    let mut ingest_task =
-        tokio::spawn(ingest.serve_ingest(hub.clone(), store, sec.ingest_tls, ingest_stats, ingest_stop_rx));
+    let mut ingest_task = tokio::spawn(ingest.serve_ingest(
+        hub.clone(),
+        store,
+        sec.ingest_tls,
+        ingest_stats,
+        args.max_connection_age,
+        ingest_stop_rx,
+    ));
     let mut consumer_task = tokio::spawn(consumers.serve_consumers(
         hub.clone(),
         sec.consumer_auth,
@@ -299,6 +315,39 @@ async fn main() -> Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+fn parse_connection_age(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_secs(1) || d > Duration::from_secs(24 * 3600) {
+        return Err(format!("{s:?} is out of range: between 1s and 24h"));
+    }
+    Ok(d)
+}
+
+fn parse_node_retention(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_secs(600) {
+        return Err(format!("{s:?} is too short: at least 10m (an agent reconnecting within it must be recognised)"));
+    }
+    Ok(d)
+}
+
+/// Once a minute, forgets the nodes without a batch for `retention`.
+async fn forget_idle_nodes(hub: Arc<Hub>, store: Option<Arc<DedupStore>>, retention: Duration) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tick.tick().await;
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let cutoff = now.saturating_sub(retention).as_nanos();
+        let gone = hub.forget_nodes_idle_since(u64::try_from(cutoff).unwrap_or(u64::MAX));
+        if let Some(first) = gone.first() {
+            tracing::info!(nodes = gone.len(), first = %first, ?retention, "forgot nodes without a batch for the node retention");
+            if let Some(store) = &store {
+                store.forget(&gone);
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -111,6 +111,9 @@ pub struct NodeState {
     pub gaps: u64,
     /// When the last batch arrived, Unix ns.
     pub last_batch_unix_nano: u64,
+    /// The last batch, or when the node was restored from disk: what the
+    /// node retention counts from.
+    pub last_seen_unix_nano: u64,
     /// The node's latest loss report.
     pub losses: Option<pb::LossReport>,
 }
@@ -150,6 +153,8 @@ pub struct HubStats {
     pub batches_rejected: AtomicU64,
     /// Ingest streams that ended with an error (disconnects, undecodable messages).
     pub streams_failed: AtomicU64,
+    /// Nodes forgotten after the node retention without a batch.
+    pub nodes_forgotten: AtomicU64,
 }
 
 pub struct Hub {
@@ -293,6 +298,23 @@ impl Hub {
         let state = nodes.entry(node.name.clone()).or_default();
         state.add_run(&node, last_sequence);
         state.refresh_identity(&node);
+        // a full retention from now: its agent may be about to reconnect and replay
+        state.last_seen_unix_nano = state.last_seen_unix_nano.max(now_unix_nanos());
+    }
+
+    /// Forgets the nodes not seen since `cutoff` (Unix ns): their counters,
+    /// loss report and run bookkeeping (a replay of theirs would be admitted
+    /// again). Node names come and go with node pools; without this every
+    /// name ever seen would stay in memory and on /metrics. Returns the names.
+    pub fn forget_nodes_idle_since(&self, cutoff: u64) -> Vec<String> {
+        let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        let gone: Vec<String> =
+            nodes.iter().filter(|(_, n)| n.last_seen_unix_nano < cutoff).map(|(name, _)| name.clone()).collect();
+        for name in &gone {
+            nodes.remove(name);
+        }
+        self.stats.nodes_forgotten.fetch_add(gone.len() as u64, Ordering::Relaxed);
+        gone
     }
 
     /// Admits and publishes a batch (for callers that persist nothing).
@@ -358,6 +380,7 @@ impl Hub {
         state.batches += 1;
         state.records += batch.records.len() as u64;
         state.last_batch_unix_nano = now_unix_nanos();
+        state.last_seen_unix_nano = state.last_batch_unix_nano;
         let latest_loss = batch.records.iter().rev().find_map(|r| match &r.kind {
             Some(pb::record::Kind::Loss(l)) => Some(l.clone()),
             _ => None,
@@ -531,6 +554,26 @@ mod tests {
         assert_eq!(hub.ingest(batch("a", 2, 1, 1)), Ok(IngestOutcome::Accepted { acked: 1 }));
         let a = hub.nodes().into_iter().find(|n| n.identity.name == "a").unwrap();
         assert_eq!((a.batches, a.records, a.duplicates, a.gaps), (3, 4, 2, 0));
+    }
+
+    #[test]
+    fn nodes_idle_beyond_the_retention_are_forgotten() {
+        let hub = Hub::new(16);
+        hub.ingest(batch("old", 1, 1, 1)).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let cutoff = now_unix_nanos();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        hub.ingest(batch("new", 1, 1, 1)).unwrap();
+        // restored from disk before the cutoff's time: kept, its agent may be about to replay
+        hub.restore(pb::NodeIdentity { name: "restored".into(), agent_epoch_unix_nano: 1, ..Default::default() }, 5);
+        assert_eq!(hub.forget_nodes_idle_since(cutoff), vec!["old".to_string()]);
+        let mut names: Vec<String> = hub.nodes().into_iter().map(|n| n.identity.name).collect();
+        names.sort();
+        assert_eq!(names, ["new", "restored"]);
+        assert_eq!(hub.stats.nodes_forgotten.load(Ordering::Relaxed), 1);
+        assert_eq!(hub.ingest(batch("restored", 1, 5, 1)), Ok(IngestOutcome::Duplicate { acked: 5 }));
+        // what the node's runs were is gone with it
+        assert_eq!(hub.ingest(batch("old", 1, 1, 1)), Ok(IngestOutcome::Accepted { acked: 1 }));
     }
 
     #[test]

@@ -969,6 +969,10 @@ pub struct Ack {
     /// A batch the collector refuses for good ends the stream with
     /// INVALID_ARGUMENT and its sequence in the "podlens-rejected-sequence"
     /// metadata, so the agent can drop it (and count it) instead of resending.
+    /// A stream older than the collector's --max-connection-age ends with
+    /// UNAVAILABLE and "podlens-reconnect" metadata: the agent reconnects at once
+    /// (a new TLS handshake, so rotated CAs and revoked certificates apply) and
+    /// replays what was not acknowledged.
     #[prost(uint64, tag = "1")]
     pub sequence: u64,
 }
