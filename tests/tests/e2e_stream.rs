@@ -212,6 +212,60 @@ fn agent_streams_renew_their_tls_connection_at_the_collectors_max_age() {
 }
 
 #[test]
+fn a_frozen_collector_is_found_by_keepalive_and_nothing_is_lost() {
+    let env = Env::new("frozen");
+    let (_node, a, b, inventory) = two_pods(&env);
+    let collector = Collector::start_tls(&env.pki, &env.dir, &[]);
+    let agent = start_agent(&env, "node-1", &env.agent_flags(&collector, &inventory, &[]));
+    let before = Observer::connect_with(env.consumer(&collector), pb::ObserveRequest::default());
+    let mut expected: Vec<(Tuple, u64, u64)> = Vec::new();
+    let (local, out, inn) = transfer(&a, &b, 9500, 20_000);
+    expected.push((client_tuple(local, &b, 9500), out, inn));
+    before.wait_until(Duration::from_secs(15), |r| packets(r, &a, &expected[0].0) == (out, inn));
+    next_window(&before);
+    let failures = || {
+        let (_, text) = podlens_e2e::http::get(agent.metrics, "/metrics").expect("agent /metrics");
+        let m = podlens_e2e::http::parse_exposition(&text).expect("Prometheus text");
+        podlens_e2e::http::value(&m, "podlens_agent_stream_failures_total", &[]).unwrap_or(0.0)
+    };
+    let failed_before = failures();
+    // SIGSTOP: the connection stays open and nothing answers, no RST, no FIN (a hung process,
+    // a dead node behind a load balancer); only HTTP/2 keepalive can tell
+    let pid = collector.pid().to_string();
+    podlens_e2e::cluster::sh("kill", &["-STOP", &pid]);
+    let frozen = Instant::now();
+    let mut found_after = None;
+    let mut port = 9501;
+    while frozen.elapsed() < Duration::from_secs(35) {
+        let (local, out, inn) = transfer(&a, &b, port, 10_000 + u64::from(port));
+        expected.push((client_tuple(local, &b, port), out, inn));
+        port += 1;
+        if found_after.is_none() && failures() > failed_before {
+            found_after = Some(frozen.elapsed());
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    podlens_e2e::cluster::sh("kill", &["-CONT", &pid]);
+    let found_after = found_after.expect("the agent never noticed the frozen collector");
+    assert!(found_after < Duration::from_secs(30), "noticed after {found_after:?} (keepalive: 10 s + 10 s)");
+    let after = Observer::connect_with(
+        env.consumer(&collector),
+        pb::ObserveRequest { since_unix_nano: 1, ..Default::default() },
+    );
+    let records = after.wait_until(Duration::from_secs(60), |r| {
+        expected.iter().all(|(t, out, inn)| packets(r, &a, t) == (*out, *inn))
+    });
+    for (t, out, inn) in &expected {
+        assert_eq!(packets(&records, &a, t), (*out, *inn), "{t:?}: packets out/in after the freeze");
+    }
+    let batches: BTreeSet<u64> = after.with_origins().into_iter().map(|(_, o)| o.expect("origin").sequence).collect();
+    let (first, last) = (batches.first().copied().unwrap_or(0), batches.last().copied().unwrap_or(0));
+    let missing: Vec<u64> = (first..=last).filter(|s| !batches.contains(s)).collect();
+    assert!(missing.is_empty(), "sequences missing between {first} and {last}: {missing:?}");
+    assert_eq!(loss_total(&records, "export", "dropped_batches"), Some(0));
+}
+
+#[test]
 fn an_outage_beyond_the_buffer_is_reported_exactly() {
     let env = Env::new("bound");
     let (_node, a, b, inventory) = two_pods(&env);
