@@ -503,6 +503,14 @@ fn bad_certificates_and_bad_messages_are_refused_and_others_keep_being_served() 
         ));
         assert!(r.is_err(), "{what}: accepted: {r:?}");
     }
+    // the agent's side: a collector certificate without the expected name is refused
+    let mut wrong_name = ingest_client(&env, &collector, Some(&env.pki.agent));
+    wrong_name.server_name = Some("not-the-collector.example".into());
+    let r = rt.block_on(send_batches(&collector, wrong_name, vec![fake_batch("fake-x", 1, 1, 1)]));
+    assert!(r.as_ref().is_err_and(|e| e.contains("connect")), "a certificate for another name accepted: {r:?}");
+    // a plaintext client on the TLS listener gets nothing through
+    let r = rt.block_on(plaintext_batch(&collector, fake_batch("fake-x", 1, 1, 1)));
+    assert!(r.is_err(), "plaintext accepted: {r:?}");
     // an invalid batch (sequence 0) and one over the 8 MiB limit end that stream only
     let r = rt.block_on(send_batches(&collector, good.clone(), vec![fake_batch("fake-1", 0, 1, 1)]));
     assert!(r.as_ref().is_err_and(|e| e.contains("InvalidArgument") && e.contains("sequence")), "{r:?}");
@@ -541,6 +549,26 @@ fn bad_certificates_and_bad_messages_are_refused_and_others_keep_being_served() 
         status(ConnectArgs { token_file: Some(wrong), ..env.consumer(&collector) }),
         Err("Unauthenticated".into())
     );
+}
+
+/// One batch over plaintext HTTP/2 (no TLS at all).
+async fn plaintext_batch(c: &Collector, batch: pb::Batch) -> Result<Vec<u64>, String> {
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{}", c.ingest.port()))
+        .map_err(|e| e.to_string())?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(5));
+    let channel = endpoint.connect().await.map_err(|e| format!("connect: {e:?}"))?;
+    let mut client = pb::ingest_client::IngestClient::new(channel);
+    let mut acks = client
+        .stream(tokio_stream::iter(vec![batch]))
+        .await
+        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
+        .into_inner();
+    match acks.message().await {
+        Ok(Some(a)) => Ok(vec![a.sequence]),
+        Ok(None) => Err("closed".into()),
+        Err(s) => Err(format!("{:?}: {}", s.code(), s.message())),
+    }
 }
 
 /// A gRPC message whose bytes are not a Batch.
