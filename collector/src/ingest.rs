@@ -27,8 +27,9 @@ pub const MAX_BATCH_BYTES: usize = 8 << 20;
 pub const REJECTED_SEQUENCE: &str = "podlens-rejected-sequence";
 /// Metadata key of a stream ended because of its age: reconnect at once.
 pub const RECONNECT: &str = "podlens-reconnect";
-/// How long an ingest stream lives by default (`--max-connection-age`).
-pub const DEFAULT_MAX_STREAM_AGE: Duration = Duration::from_secs(3600);
+/// How long an ingest stream lives by default (`--max-connection-age`), and
+/// the age at which consumer connections are sent a GOAWAY.
+pub const DEFAULT_MAX_CONNECTION_AGE: Duration = Duration::from_secs(3600);
 
 pub struct IngestService {
     hub: Arc<Hub>,
@@ -41,7 +42,7 @@ impl IngestService {
     /// With a store, what is admitted is written to disk before it is
     /// acknowledged.
     pub fn new(hub: Arc<Hub>, store: Option<Arc<DedupStore>>, shutdown: watch::Receiver<bool>) -> Self {
-        Self { hub, store, shutdown, max_age: DEFAULT_MAX_STREAM_AGE }
+        Self { hub, store, shutdown, max_age: DEFAULT_MAX_CONNECTION_AGE }
     }
 
     /// Streams end after `max_age` so that the agent connects again: the TLS

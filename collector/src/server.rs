@@ -20,7 +20,7 @@ use crate::{
     auth::ConsumerAuth,
     dedup::DedupStore,
     hub::Hub,
-    ingest::{IngestService, MAX_BATCH_BYTES},
+    ingest::{IngestService, DEFAULT_MAX_CONNECTION_AGE, MAX_BATCH_BYTES},
     observe::ObserveService,
     query::QueryService,
     tls::{incoming, ReloadingServerTls},
@@ -35,9 +35,6 @@ pub enum ServeError {
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
-
-/// See `Server::max_connection_age`.
-const MAX_CONNECTION_AGE: Duration = Duration::from_secs(3600);
 
 /// A bound listener, so callers learn the port (and bind errors) before serving.
 pub struct Listener {
@@ -66,6 +63,7 @@ impl Listener {
         routes: Routes,
         tls: Option<Arc<ReloadingServerTls>>,
         stats: Arc<ListenerStats>,
+        max_age: Duration,
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) -> Result<(), ServeError> {
         let mut server = Server::builder()
@@ -76,7 +74,7 @@ impl Listener {
             // Calls started after this age go over a new connection (GOAWAY),
             // so a new TLS handshake; running streams are not cut here (the
             // Ingest service ends its own streams at their age).
-            .max_connection_age(MAX_CONNECTION_AGE);
+            .max_connection_age(max_age);
         let router = server.add_routes(routes);
         match tls {
             Some(tls) => {
@@ -112,7 +110,7 @@ impl Listener {
         });
         let mut routes = Routes::new(health_service);
         routes = routes.add_service(reflection()?).add_service(observe).add_service(query);
-        self.serve(routes, tls, stats, shutdown).await
+        self.serve(routes, tls, stats, DEFAULT_MAX_CONNECTION_AGE, shutdown).await
     }
 
     /// Serves Ingest (agents; TLS with required client certificates unless
@@ -134,7 +132,7 @@ impl Listener {
         let ingest = IngestServer::new(service).max_decoding_message_size(MAX_BATCH_BYTES);
         let routes = Routes::new(health_service).add_service(reflection()?).add_service(ingest);
         let mut stop = shutdown;
-        self.serve(routes, tls, stats, async move {
+        self.serve(routes, tls, stats, max_age, async move {
             let _ = stop.wait_for(|s| *s).await;
         })
         .await

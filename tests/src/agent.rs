@@ -140,6 +140,13 @@ impl Agent {
         unsafe { libc::kill(self.pid() as i32, sig) };
     }
 
+    /// The agent's /metrics, parsed strictly as Prometheus text (it must answer 200).
+    pub fn metrics(&self) -> Vec<crate::http::Sample> {
+        let (code, text) = crate::http::get(self.metrics, "/metrics").expect("agent /metrics");
+        assert_eq!(code, 200, "{text}");
+        crate::http::parse_exposition(&text).unwrap_or_else(|e| panic!("not Prometheus text: {e}\n{text}"))
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

@@ -214,12 +214,6 @@ fn poll(addr: SocketAddr, path: &str, what: &str, done: impl Fn(u16, &str) -> bo
     }
 }
 
-fn metrics(agent: &Agent) -> Vec<http::Sample> {
-    let (code, text) = http::get(agent.metrics, "/metrics").expect("agent /metrics");
-    assert_eq!(code, 200, "{text}");
-    http::parse_exposition(&text).unwrap_or_else(|e| panic!("not Prometheus text: {e}\n{text}"))
-}
-
 #[test]
 fn readiness_waits_for_programs_identity_and_the_collector_stream() {
     let dir = tmpdir("ready");
@@ -243,7 +237,7 @@ fn readiness_waits_for_programs_identity_and_the_collector_stream() {
     agent.wait_ready(Duration::from_secs(30));
     poll(agent.metrics, "/readyz", "ready once the stream opened", |code, _| code == 200);
     assert_eq!(http::get(agent.metrics, "/healthz").map(|r| r.0), Some(200));
-    let m = metrics(&agent);
+    let m = agent.metrics();
     for latch in ["programs_attached", "identity_synced", "stream_connected"] {
         assert_eq!(http::value(&m, "podlens_agent_ready", &[("latch", latch)]), Some(1.0), "{latch}");
     }
@@ -261,7 +255,7 @@ fn readiness_waits_for_programs_identity_and_the_collector_stream() {
     let before = windows(&m);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let m = loop {
-        let m = metrics(&agent);
+        let m = agent.metrics();
         if windows(&m) > before {
             break m;
         }
@@ -295,25 +289,20 @@ fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
         .collect()
 }
 
-/// The sample names a Prometheus text exposition can have, including those of
-/// families with no sample yet (from their TYPE line).
+/// The sample names a Prometheus text exposition can have: those it has, and
+/// those of families with no sample yet (from their TYPE line).
 fn exported_names(exposition: &str) -> std::collections::BTreeSet<String> {
-    let mut names = std::collections::BTreeSet::new();
-    for line in exposition.lines() {
-        if let Some(t) = line.strip_prefix("# TYPE ") {
-            let mut parts = t.split_whitespace();
-            let (Some(name), Some(kind)) = (parts.next(), parts.next()) else { continue };
-            match kind {
-                "counter" => names.insert(format!("{name}_total")),
-                "histogram" => {
-                    names.extend(["_bucket", "_sum", "_count"].map(|s| format!("{name}{s}")));
-                    false
-                }
-                _ => names.insert(name.to_string()),
-            };
-        } else if !line.starts_with('#') {
-            names.extend(line.split(['{', ' ']).next().filter(|n| !n.is_empty()).map(str::to_string));
-        }
+    let samples = http::parse_exposition(exposition).unwrap_or_else(|e| panic!("not Prometheus text: {e}"));
+    let mut names: std::collections::BTreeSet<String> = samples.into_iter().map(|s| s.name).collect();
+    for (name, kind) in exposition.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.split_once(' ')) {
+        match kind.trim() {
+            "counter" => names.insert(format!("{name}_total")),
+            "histogram" => {
+                names.extend(["_bucket", "_sum", "_count"].map(|s| format!("{name}{s}")));
+                false
+            }
+            _ => names.insert(name.to_string()),
+        };
     }
     names
 }
@@ -331,7 +320,7 @@ fn forced_export_losses_move_the_loss_counters_and_hold_readiness() {
     };
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let m = loop {
-        let m = metrics(&agent);
+        let m = agent.metrics();
         if dropped(&m).is_some_and(|v| v >= 2.0) {
             break m;
         }

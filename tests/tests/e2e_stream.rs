@@ -203,8 +203,7 @@ fn agent_streams_renew_their_tls_connection_at_the_collectors_max_age() {
     // one origin per record: a batch published again would show its sequence after later ones
     assert!(seen.windows(2).all(|w| w[0] <= w[1]), "a batch was published twice: {seen:?}");
     // a new connection (so a new TLS handshake) every 2 s, none of them counted as a failure
-    let (_, text) = podlens_e2e::http::get(agent.metrics, "/metrics").expect("agent /metrics");
-    let m = podlens_e2e::http::parse_exposition(&text).expect("Prometheus text");
+    let m = agent.metrics();
     let connects = podlens_e2e::http::value(&m, "podlens_agent_stream_connects_total", &[]).unwrap_or(0.0);
     assert!(connects >= 4.0, "{connects} stream connects in ~10 s with a 2 s maximum age");
     assert_eq!(podlens_e2e::http::value(&m, "podlens_agent_stream_failures_total", &[]), Some(0.0));
@@ -223,11 +222,8 @@ fn a_frozen_collector_is_found_by_keepalive_and_nothing_is_lost() {
     expected.push((client_tuple(local, &b, 9500), out, inn));
     before.wait_until(Duration::from_secs(15), |r| packets(r, &a, &expected[0].0) == (out, inn));
     next_window(&before);
-    let failures = || {
-        let (_, text) = podlens_e2e::http::get(agent.metrics, "/metrics").expect("agent /metrics");
-        let m = podlens_e2e::http::parse_exposition(&text).expect("Prometheus text");
-        podlens_e2e::http::value(&m, "podlens_agent_stream_failures_total", &[]).unwrap_or(0.0)
-    };
+    let failures =
+        || podlens_e2e::http::value(&agent.metrics(), "podlens_agent_stream_failures_total", &[]).unwrap_or(0.0);
     let failed_before = failures();
     // SIGSTOP: the connection stays open and nothing answers, no RST, no FIN (a hung process,
     // a dead node behind a load balancer); only HTTP/2 keepalive can tell

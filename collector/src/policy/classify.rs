@@ -270,7 +270,9 @@ impl<'a> Classifier<'a> {
         (Class::from_decision(verdict.egress), Class::from_decision(verdict.ingress))
     }
 
-    fn local_endpoint(&self, flow: &ObservedFlow) -> Endpoint<'a> {
+    /// The flow's own end: its pod (by the identity the agent gave, or its
+    /// address), or an external endpoint when the view has no such pod.
+    pub fn local_endpoint(&self, flow: &ObservedFlow) -> Endpoint<'a> {
         let end = &flow.local;
         // Outer None: no identity given; inner None: one the view lacks.
         let identity = match (&end.namespace, &end.name, &end.uid) {

@@ -17,7 +17,7 @@ use super::{
     classify::{policy_protocol, Class, Classifier, FlowClass, FlowEnd, ObjectId, ObservedFlow},
     coverage::Coverage,
     emit::{gap_finding, unexpected_finding, PendingFindings, SuggestionInput},
-    eval::Direction,
+    eval::{Direction, Endpoint},
     gaps::{GapAggregator, GapKind, Report, Side},
     observed::ObservedFlows,
     owners::Workload,
@@ -186,10 +186,6 @@ impl PolicyDetector {
                 // host processes are not subject to NetworkPolicies
                 _ => continue,
             };
-            if self.state.is_host_network(&local) {
-                self.host_network_records += 1;
-                continue;
-            }
             let obs = ObservedFlow {
                 local,
                 local_ip,
@@ -204,6 +200,10 @@ impl PolicyDetector {
                 },
                 fqdn: (!remote.fqdn.is_empty()).then(|| remote.fqdn.clone()),
             };
+            if matches!(classifier.local_endpoint(&obs), Endpoint::Pod(p) if p.host_network()) {
+                self.host_network_records += 1;
+                continue;
+            }
             let class = classifier.classify(&obs);
             let side = if class.local_is_client { Side::Client } else { Side::Server };
             let remote_pod = if side == Side::Client { &class.server_pod } else { &class.client_pod };

@@ -26,10 +26,15 @@
 //!   guarantees; namespaces missing from the snapshot have only that label.
 //! - Objects without a namespace are taken to be in `default`.
 
-use std::{borrow::Borrow, collections::HashMap, fmt, net::IpAddr};
+use std::{
+    borrow::Borrow,
+    collections::{HashMap, HashSet},
+    fmt,
+    net::IpAddr,
+};
 
 use k8s_openapi::api::{
-    core::v1::{Container, Namespace, Node, Pod, PodStatus},
+    core::v1::{Container, Namespace, Node, Pod},
     networking::v1::NetworkPolicy,
 };
 
@@ -250,6 +255,8 @@ pub struct ClusterView {
     by_uid: HashMap<String, usize>,
     /// Node name -> its addresses (status.addresses).
     nodes: HashMap<String, Vec<IpAddr>>,
+    /// Every node's addresses, host-network pods' (their node's) included.
+    node_addresses: HashSet<IpAddr>,
     namespaces: HashMap<String, Labels>,
     policies: HashMap<String, Vec<CompiledPolicy>>,
 }
@@ -283,7 +290,9 @@ impl ClusterView {
             // A finished pod keeps its IP in status after the IP is reused.
             let finished = matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"));
             // a host-network pod's address is the node's: it names no one pod
-            if !finished && !info.host_network {
+            if info.host_network {
+                view.node_addresses.extend(&info.ips);
+            } else if !finished {
                 for ip in &info.ips {
                     view.by_ip.entry(*ip).or_insert(idx);
                 }
@@ -314,10 +323,16 @@ impl ClusterView {
             let node = node.borrow();
             let Some(name) = node.metadata.name.clone() else { continue };
             let listed = node.status.as_ref().and_then(|s| s.addresses.as_ref()).into_iter().flatten();
-            let ips = listed.filter_map(|a| a.address.parse::<IpAddr>().ok()).map(|ip| ip.to_canonical()).collect();
+            let ips = addresses(listed.map(|a| a.address.as_str()), None);
+            self.node_addresses.extend(&ips);
             self.nodes.insert(name, ips);
         }
         self
+    }
+
+    /// Whether `ip` is a node's own address (see [`ClusterView::with_nodes`]).
+    pub fn is_node_address(&self, ip: IpAddr) -> bool {
+        self.node_addresses.contains(&ip.to_canonical())
     }
 
     /// Whether `ip` is an address of the node `pod` runs on.
@@ -361,12 +376,10 @@ impl ClusterView {
 fn pod_info(pod: &Pod) -> PodInfo {
     let meta = &pod.metadata;
     let status = pod.status.as_ref();
-    let listed = status.and_then(|s| s.pod_ips.as_ref()).into_iter().flatten().map(|p| p.ip.as_str());
-    let mut ips: Vec<IpAddr> = listed.filter_map(|s| s.parse::<IpAddr>().ok()).map(|ip| ip.to_canonical()).collect();
-    if ips.is_empty() {
-        // podIPs came later than podIP; older objects have only the latter.
-        ips.extend(status.and_then(|s| s.pod_ip.as_deref()?.parse::<IpAddr>().ok()).map(|ip| ip.to_canonical()));
-    }
+    let mut ips = addresses(
+        status.and_then(|s| s.pod_ips.as_ref()).into_iter().flatten().map(|p| p.ip.as_str()),
+        status.and_then(|s| s.pod_ip.as_deref()),
+    );
     ips.dedup();
     let spec = pod.spec.as_ref();
     let containers = spec.map(|s| s.containers.iter()).into_iter().flatten();
@@ -389,17 +402,21 @@ fn pod_info(pod: &Pod) -> PodInfo {
         ports,
         declared,
         host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
-        host_ips: host_ips(status),
+        host_ips: addresses(
+            status.and_then(|s| s.host_ips.as_ref()).into_iter().flatten().map(|h| h.ip.as_str()),
+            status.and_then(|s| s.host_ip.as_deref()),
+        ),
         node: spec.and_then(|s| s.node_name.clone()),
     }
 }
 
-/// status.hostIPs (dual-stack nodes), or status.hostIP on older objects.
-fn host_ips(status: Option<&PodStatus>) -> Vec<IpAddr> {
-    let listed = status.and_then(|s| s.host_ips.as_ref()).into_iter().flatten().map(|h| h.ip.as_str());
-    let mut ips: Vec<IpAddr> = listed.filter_map(|s| s.parse::<IpAddr>().ok()).map(|ip| ip.to_canonical()).collect();
+/// The parsed addresses of a plural status field (podIPs, hostIPs), or of its
+/// singular predecessor (podIP, hostIP) on objects older than the plural one.
+fn addresses<'a>(listed: impl Iterator<Item = &'a str>, single: Option<&'a str>) -> Vec<IpAddr> {
+    let parse = |s: &str| s.parse::<IpAddr>().ok().map(|ip| ip.to_canonical());
+    let ips: Vec<IpAddr> = listed.filter_map(parse).collect();
     if ips.is_empty() {
-        ips.extend(status.and_then(|s| s.host_ip.as_deref()?.parse::<IpAddr>().ok()).map(|ip| ip.to_canonical()));
+        return single.and_then(parse).into_iter().collect();
     }
     ips
 }

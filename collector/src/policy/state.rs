@@ -1,15 +1,11 @@
 //! The cluster as the policy detector sees it: the evaluator's view, services,
 //! owners, and the lookups flow records need, indexed once per snapshot.
 
-use std::{
-    collections::{HashMap, HashSet},
-    net::IpAddr,
-};
+use std::{collections::HashMap, net::IpAddr};
 
 use k8s_openapi::api::core::v1::{Node, Pod};
 
 use super::{
-    classify::FlowEnd,
     eval::ClusterView,
     owners::{OwnerIndex, OwnerObject, Workload},
     selector::{Cidr, Labels},
@@ -31,9 +27,6 @@ pub struct ClusterState {
     /// The nodes' pod networks (spec.podCIDRs): an address there that no pod
     /// of the view has is a pod newer than the view, not the internet.
     pod_networks: Vec<Cidr>,
-    /// The nodes' own addresses (status.addresses, and host-network pods'
-    /// IPs, which are their node's): cluster infrastructure, not the internet.
-    node_addresses: HashSet<IpAddr>,
 }
 
 impl ClusterState {
@@ -68,20 +61,13 @@ impl ClusterState {
             policies: m.policies.clone(),
             errors,
             pod_networks: pod_networks(&m.nodes),
-            node_addresses: node_addresses(&m.nodes, &m.pods),
         }
     }
 
-    /// Whether the flow's local pod runs in its node's network namespace.
-    pub fn is_host_network(&self, end: &FlowEnd) -> bool {
-        let by_name = || self.view.pod(end.namespace.as_deref()?, end.name.as_deref()?);
-        let pod = end.uid.as_deref().and_then(|u| self.view.pod_by_uid(u)).or_else(by_name);
-        pod.is_some_and(|p| p.host_network())
-    }
-
-    /// Whether `ip` is a node's own address.
+    /// Whether `ip` is a node's own address (status.addresses, or a
+    /// host-network pod's): cluster infrastructure, not the internet.
     pub fn is_node_address(&self, ip: IpAddr) -> bool {
-        self.node_addresses.contains(&ip.to_canonical())
+        self.view.is_node_address(ip)
     }
 
     /// Whether `ip` is in a node's pod network.
@@ -113,15 +99,4 @@ fn pod_networks(nodes: &[Node]) -> Vec<Cidr> {
         }
     }
     out
-}
-
-fn node_addresses(nodes: &[Node], pods: &[Pod]) -> HashSet<IpAddr> {
-    let listed =
-        nodes.iter().filter_map(|n| n.status.as_ref()?.addresses.as_ref()).flatten().map(|a| a.address.as_str());
-    let host_network = pods
-        .iter()
-        .filter(|p| p.spec.as_ref().and_then(|s| s.host_network).unwrap_or(false))
-        .filter_map(|p| p.status.as_ref())
-        .flat_map(|s| s.pod_ips.iter().flatten().map(|p| p.ip.as_str()).chain(s.pod_ip.as_deref()));
-    listed.chain(host_network).filter_map(|a| a.parse::<IpAddr>().ok()).map(|ip| ip.to_canonical()).collect()
 }
